@@ -1,0 +1,20 @@
+"""label-refinery: train image classifiers with the Label Refinery (Bagherinezhad et al., 2018).
+
+Generation 1 trains on ground truth; generation k+1 trains from scratch on the softmax that a frozen
+refinery (generation k, or any trained model) gives to the very same random crop the student sees.
+
+Example:
+    >>> from label_refinery import load_config, run_chain
+    >>> cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 3, "chain.generations": 2})
+    >>> rows = run_chain(cfg, "runs/digits-chain")                                   # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .chain import run_chain  # noqa: E402
+from .checkpoint import load_checkpoint  # noqa: E402
+from .config import Config, load_config  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .generation import train_generation  # noqa: E402
+
+__all__ = ["Config", "UserError", "load_checkpoint", "load_config", "run_chain", "train_generation"]

@@ -1,0 +1,189 @@
+"""Checkpoints: safetensors weights with our JSON metadata, written atomically, loaded safely.
+
+A generation directory holds
+- ``model.safetensors``: the final weights; the header's metadata carries the JSON below;
+- ``meta.json``: the same metadata plus the weights file's SHA-256, written *last*: its presence
+  means the generation finished;
+- ``state.safetensors``: the resumable training state after the last finished epoch (model and
+  optimizer tensors; epoch and config in the header), replaced atomically every epoch.
+
+Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
+target (``os.replace``), so a crash or a full disk leaves the previous file intact. Loading uses
+``safetensors`` only: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import UserError
+
+FORMAT = "label-refinery-checkpoint/1"
+META_KEY = "label_refinery"
+WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.safetensors"
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+_FILE_MODE = 0o666 & ~_umask()  # mkstemp creates 0600; give written files the usual mode
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """Save tensors with ``meta`` in the safetensors header, atomically; returns the file's SHA-256."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    data = st_save(flat, metadata={META_KEY: json.dumps({"format": FORMAT, **meta}, sort_keys=True)})
+    atomic_write(path, data)
+    return sha256_bytes(data)
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, str]:
+    """Tensors, metadata and SHA-256 of a file written by :func:`save_tensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    data = path.read_bytes()
+    if path.suffix != ".safetensors":
+        raise UserError(
+            f"{path} is not a label-refinery checkpoint: expected a .safetensors file written by label-refinery "
+            "(pickled .pt/.pth files are never loaded, since unpickling can run arbitrary code)"
+        )
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is corrupt or not a safetensors file ({err}); retrain or restore it") from err
+    raw = (header.get("__metadata__") or {}).get(META_KEY)
+    meta = json.loads(raw) if raw else {}
+    if meta.get("format") != FORMAT:
+        raise UserError(
+            f"{path} is a safetensors file but not a label-refinery checkpoint (no {FORMAT!r} metadata); "
+            "to start from foreign weights use --pretrained FILE instead"
+        )
+    return tensors, meta, sha256_bytes(data)
+
+
+@dataclass
+class Checkpoint:
+    """A finished model: weights, metadata and where they came from."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    meta: dict
+    sha256: str
+
+    def build_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The model with these weights (architecture, channels and classes from the metadata)."""
+        from .models import create_model
+
+        model = create_model(self.meta["model"], self.meta["in_chans"], len(self.meta["classes"]))
+        model.load_state_dict(self.state_dict)
+        return model.to(device)
+
+
+def resolve(path: str | Path) -> Path:
+    """A run's generation folder or its ``model.safetensors`` -> the weights file."""
+    p = Path(path).expanduser()
+    return p / WEIGHTS if p.is_dir() else p
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a finished model; accepts a generation folder or its ``model.safetensors``.
+
+    Example:
+        >>> ckpt = load_checkpoint("runs/demo/gen1")          # doctest: +SKIP
+        >>> model = ckpt.build_model().eval()                  # doctest: +SKIP
+    """
+    weights = resolve(path)
+    tensors, meta, digest = load_tensors(weights)
+    sidecar = weights.parent / META
+    if weights.name == WEIGHTS and sidecar.is_file():
+        recorded = json.loads(sidecar.read_text()).get("sha256")
+        if recorded and recorded != digest:
+            raise UserError(f"{weights} does not match {sidecar} (SHA-256 differs): the file was changed or is corrupt")
+    for key in ("model", "in_chans", "classes"):
+        if key not in meta:
+            raise UserError(f"{weights} has no {key!r} in its metadata; it is not a finished label-refinery model")
+    return Checkpoint(weights, tensors, meta, digest)
+
+
+def save_final(folder: str | Path, model: torch.nn.Module, meta: dict) -> dict:
+    """Write ``model.safetensors`` then ``meta.json`` (the commit marker); returns the metadata."""
+    folder = Path(folder)
+    digest = save_tensors(folder / WEIGHTS, model.state_dict(), meta)
+    full = {"format": FORMAT, **meta, "sha256": digest}
+    write_json(folder / META, full)
+    return full
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state into tensors (for safetensors) and JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in info["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})

@@ -1,0 +1,243 @@
+"""Typed, frozen configuration: dataclasses loaded from YAML and/or overrides, validated.
+
+One :class:`Config` describes a generation (``train``) or a chain (``chain``; its ``chain`` section
+is ignored by ``train``). YAML mirrors the dataclasses::
+
+    model: cnn-small
+    seed: 0
+    data:   {dataset: fashion-mnist, crop_scale: [0.25, 1.0]}
+    optim:  {epochs: 10, batch_size: 128, lr: 0.05, schedule: cosine}
+    labels: {temperature: 1.0, gt_weight: 0.0}
+    chain:  {generations: 3}
+
+Overrides are dotted keys (``optim.lr=0.1``); the CLI's flags map onto them. Unknown keys fail
+with the list of valid keys. Derived values (steps per epoch, the device) are computed where they
+are used, never written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion-mnist"  # registry name: fashion-mnist | digits | imagefolder:PATH
+    data_dir: str | None = None  # where to look for dataset files first
+    image_size: int | None = None  # side of crops and evaluation views, pixels (None: the dataset's own)
+    train_subset: int | None = None  # train on a fixed, seeded subset of this many images
+    crop_scale: tuple[float, float] = (0.25, 1.0)  # crop area / image area; the paper's ImageNet runs: 0.08-1
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
+    flip: bool = True  # horizontal flip with probability 0.5
+    workers: int = 0  # loader processes (image folders)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 10
+    batch_size: int = 128  # images per step, over all processes
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # L2 on all parameters
+    schedule: str = "cosine"  # cosine | step | constant
+    milestones: tuple[int, ...] = ()  # epochs after which lr is multiplied by gamma (schedule: step)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0, in epochs
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    temperature: float = 1.0  # T of refinery and student softmax; the paper: 1
+    gt_weight: float = 0.0  # alpha: weight of the ground-truth cross-entropy; the paper: 0
+    label_smoothing: float = 0.0  # generation 1 (ground truth) only
+    refinery_bn_train: bool = False  # the 2018 release's behaviour: refinery BatchNorm in train mode
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    generations: int = 3
+    models: tuple[str, ...] = ()  # one architecture per generation; empty: `model` for all
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "cnn-small"
+    pretrained: str | None = None  # "hub" or a local weights file for timm/torchvision models
+    refinery: str | None = None  # checkpoint labelling this run (train), or generation 1 (chain)
+    seed: int = 0  # init, batch order and crops; a chain uses seed + generation - 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    channels_last: bool = True  # memory format of images and models (faster convolutions on CPU)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(_hints(cls)[f.name]):
+            out += valid_keys(_hints(cls)[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise UserError(f"config key {key}: expected {len(args)} values, got {list(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key {key}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise UserError(f"config key {key}: expected a number, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise UserError(f"config key {key}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise UserError(f"config key {key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown config key {prefix}{unknown[0]}; valid keys: {', '.join(valid_keys())}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {prefix}{name}: expected a mapping of {', '.join(valid_keys(tp))}")
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (tuples as lists), for YAML and JSON."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _nest(overrides: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file, then dotted ``overrides``; validated.
+
+    Example:
+        >>> cfg = load_config(overrides={"optim.epochs": 2, "data.dataset": "digits"})
+        >>> cfg.optim.epochs, cfg.data.dataset
+        (2, 'digits')
+    """
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {p} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {p} must hold a mapping of keys; valid keys: {', '.join(valid_keys())}")
+        values = loaded
+    values = _merge(values, _nest(overrides or {}))
+    cfg = _build(Config, values)
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Precise errors for values that cannot work."""
+    o, d, lab, ch = cfg.optim, cfg.data, cfg.labels, cfg.chain
+    _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
+    _check(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine, step or constant, got {o.schedule!r}")
+    _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")
+    _check(all(0 < m < o.epochs for m in o.milestones), f"optim.milestones must lie in 1..epochs-1, got {list(o.milestones)}")
+    _check(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, f"data.crop_scale must satisfy 0 < low <= high <= 1, got {list(d.crop_scale)}")
+    _check(0 < d.crop_ratio[0] <= d.crop_ratio[1], f"data.crop_ratio must satisfy 0 < low <= high, got {list(d.crop_ratio)}")
+    _check(lab.temperature > 0, f"labels.temperature must be > 0, got {lab.temperature}")
+    _check(0 <= lab.gt_weight <= 1, f"labels.gt_weight must be in [0, 1], got {lab.gt_weight}")
+    _check(0 <= lab.label_smoothing < 1, f"labels.label_smoothing must be in [0, 1), got {lab.label_smoothing}")
+    _check(ch.generations >= 1, f"chain.generations must be >= 1, got {ch.generations}")
+    _check(
+        not ch.models or len(ch.models) == ch.generations,
+        f"chain.models names {len(ch.models)} architectures for {ch.generations} generations; name one per generation or none",
+    )
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .checkpoint import atomic_write
+
+    atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())

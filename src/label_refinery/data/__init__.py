@@ -1,0 +1,66 @@
+"""Datasets (a small registry), crops as values, batches.
+
+Names: ``fashion-mnist`` (default), ``digits``, ``imagefolder:PATH``.
+
+Example:
+    >>> from label_refinery.data import load_dataset
+    >>> ds = load_dataset("digits")
+    >>> ds.num_classes, ds.image_size, len(ds.train)
+    (10, 8, 1438)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+from . import digits, fashion_mnist, imagefolder
+from .base import Batch, ImageDataset, Split
+from .crops import Crop, CropSampler, apply_crops
+
+DATASETS = {
+    "fashion-mnist": fashion_mnist.load,
+    "digits": digits.load,
+}
+PREFIXED = {"imagefolder": imagefolder.load}
+SUBSET_SEED = 0  # fixed: every generation of a chain sees the same subset
+
+
+def dataset_names() -> list[str]:
+    return sorted(DATASETS) + [f"{p}:PATH" for p in sorted(PREFIXED)]
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    train_subset: int | None = None,
+    workers: int = 0,
+) -> ImageDataset:
+    """Load a dataset by registry name.
+
+    Args:
+        name: ``fashion-mnist``, ``digits`` or ``imagefolder:PATH``.
+        data_dir: where to look for files first (Fashion-MNIST).
+        image_size: side of training crops and evaluation views (default: the dataset's own).
+        train_subset: keep only this many training images (a seeded choice, indices unchanged).
+        workers: loader processes for image folders.
+    """
+    prefix, _, arg = name.partition(":")
+    if name in DATASETS:
+        ds = DATASETS[name](data_dir=data_dir, image_size=image_size)
+    elif prefix in PREFIXED and arg:
+        ds = PREFIXED[prefix](arg, image_size=image_size, workers=workers)
+    else:
+        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
+    if train_subset:
+        if not hasattr(ds.train, "subset"):
+            raise UserError(f"train_subset is supported for in-memory datasets only, not {name}")
+        if not 0 < train_subset <= len(ds.train):
+            raise UserError(f"train_subset must be in 1..{len(ds.train)}, got {train_subset}")
+        pos = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(ds.train))[:train_subset])
+        ds.train = ds.train.subset(pos)
+    return ds
+
+
+__all__ = ["Batch", "Crop", "CropSampler", "ImageDataset", "Split", "apply_crops", "dataset_names", "load_dataset"]

@@ -1,0 +1,117 @@
+"""The batch and dataset containers every data source produces."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+
+from .crops import CropSampler
+
+
+@dataclass
+class Batch:
+    """One batch of views.
+
+    Attributes:
+        images: float ``[B, C, H, W]``, normalised, on the training device.
+        targets: ground-truth class indices ``[B]`` (int64).
+        indices: dataset indices of the images ``[B]`` (int64): the key of crops and refined labels.
+        crops: ``[B, 5]`` rows ``(y, x, h, w, flip)`` in pixels of the source image; ``None`` for
+            evaluation views.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    crops: torch.Tensor | None = None
+
+
+class Split(Protocol):
+    """One split of a dataset (train or test) that can be iterated in batches.
+
+    ``iter_batches`` yields training views (one :class:`CropSampler` crop per image, in the
+    epoch's seeded order) when ``crops`` is given, else evaluation views in index order.
+    """
+
+    targets: torch.Tensor  # [N] int64
+
+    def __len__(self) -> int: ...
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        epoch: int = 0,
+        crops: CropSampler | None = None,
+        order_seed: int | None = None,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ) -> Iterator[Batch]: ...
+
+    def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@dataclass
+class ImageDataset:
+    """A dataset: its classes, image geometry, normalisation and train/test splits."""
+
+    name: str
+    classes: list[str]
+    in_chans: int
+    image_size: int  # side of training crops and evaluation views
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Split
+    test: Split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the classes and both splits' contents: checkpoints and stores record it."""
+        h = hashlib.sha256()
+        h.update(repr((self.name.split(":")[0], self.classes, self.in_chans, self.image_size)).encode())
+        h.update(self.train.fingerprint().encode())
+        h.update(self.test.fingerprint().encode())
+        return h.hexdigest()
+
+
+def epoch_order(n: int, seed: int | None, epoch: int) -> np.ndarray:
+    """Positions ``0..n-1`` in the epoch's order: a seeded permutation, or identity if ``seed`` is None."""
+    if seed is None:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_slices(n: int, batch_size: int, drop_last: bool, shard: tuple[int, int]) -> list[slice]:
+    """Slices of the epoch order, one per batch of this shard (rank, world size).
+
+    Each global batch of ``batch_size * world`` positions is cut into ``world`` equal parts, so the
+    crops a position gets never depend on the number of processes.
+    """
+    rank, world = shard
+    step = batch_size * world
+    stop = (n // step) * step if drop_last and n >= step else n
+    out = []
+    for start in range(0, stop, step):
+        end = min(start + step, stop)
+        per = -(-(end - start) // world)
+        lo, hi = start + rank * per, min(start + (rank + 1) * per, end)
+        if lo < hi:
+            out.append(slice(lo, hi))
+    return out
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """``(x - mean) / std`` per channel on float ``[B, C, H, W]`` in ``[0, 1]``."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s

@@ -1,0 +1,154 @@
+"""Crops as values: where a training view was cut from its image, and whether it was flipped.
+
+A :class:`CropSampler` is a pure function of ``(seed, epoch, index, image size)``: the same
+arguments give the same :class:`Crop` in any process, worker or run, with no generator state to
+carry. That is what lets a refinery label *exactly* the student's crop, a label store replay it, and
+a report show it (DESIGN.md, "a crop is a value").
+
+The sampling rule is torchvision's ``RandomResizedCrop`` (10 tries of area fraction ``U(scale)`` and
+log-uniform aspect ratio, then a centre fallback) followed by a horizontal flip with probability
+``flip_p``. Random numbers come from a counter-based hash (SplitMix64) of the key, vectorised over a
+batch of indices.
+
+:func:`apply_crops` cuts and resizes a whole batch of tensors at once, a different crop per sample,
+with bilinear sampling (``affine_grid`` + ``grid_sample``). torchvision's v2 ``RandomResizedCrop``
+would apply one crop to a whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_TRIES = 10  # as torchvision's RandomResizedCrop
+
+
+class Crop(NamedTuple):
+    """A crop of an image: rows ``y:y+h``, columns ``x:x+w`` (pixels), then flipped if ``flip``."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+    flip: bool
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+def _uniforms(seed: int, epoch: int, indices: np.ndarray, n_draws: int) -> np.ndarray:
+    """``[B, n_draws]`` floats in ``[0, 1)``, a pure function of ``(seed, epoch, index, draw)``."""
+    key = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+    key = _mix(key ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF))
+    key = _mix(key ^ indices.astype(np.uint64))[:, None]  # [B, 1]
+    draws = np.arange(1, n_draws + 1, dtype=np.uint64)[None, :]  # [1, D]
+    with np.errstate(over="ignore"):
+        bits = _mix(key + draws * _GOLDEN)  # [B, D]
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass(frozen=True)
+class CropSampler:
+    """Deterministic random-resized crops plus flips, keyed by ``(seed, epoch, index)``.
+
+    Args:
+        seed: the run's crop seed.
+        scale: range of the crop's area as a fraction of the image's area.
+        ratio: range of the crop's aspect ratio (width / height).
+        flip_p: probability of a horizontal flip.
+
+    Example:
+        >>> s = CropSampler(seed=0, scale=(0.25, 1.0))
+        >>> s.sample(index=7, epoch=3, height=28, width=28) == s.sample(7, 3, 28, 28)
+        True
+    """
+
+    seed: int = 0
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def sample(self, index: int, epoch: int, height: int, width: int) -> Crop:
+        """The crop of image ``index`` (of size ``height x width``) in ``epoch``."""
+        row = self.sample_batch(np.array([index]), epoch, np.array([height]), np.array([width]))[0]
+        return Crop(int(row[0]), int(row[1]), int(row[2]), int(row[3]), bool(row[4]))
+
+    def sample_batch(self, indices, epoch: int, heights, widths) -> np.ndarray:
+        """Crops of many images at once: ``[B, 5]`` int64 rows ``(y, x, h, w, flip)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        H = np.broadcast_to(np.asarray(heights, dtype=np.int64), idx.shape).astype(np.float64)
+        W = np.broadcast_to(np.asarray(widths, dtype=np.int64), idx.shape).astype(np.float64)
+        u = _uniforms(self.seed, epoch, idx, 4 * _TRIES + 1)  # [B, 41]
+        area = H * W
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        lo, hi = self.scale
+        # Fallback: the centre crop of torchvision, used where all tries fail.
+        in_ratio = W / H
+        fw = np.where(in_ratio < self.ratio[0], W, np.where(in_ratio > self.ratio[1], np.round(H * self.ratio[1]), W))
+        fh = np.where(in_ratio < self.ratio[0], np.round(W / self.ratio[0]), H)
+        fh = np.where(in_ratio > self.ratio[1], H, fh)
+        out_h, out_w = fh.copy(), fw.copy()
+        out_y, out_x = np.floor((H - fh) / 2), np.floor((W - fw) / 2)
+        done = np.zeros(idx.shape, dtype=bool)
+        for t in range(_TRIES):
+            a = area * (lo + (hi - lo) * u[:, 4 * t])
+            r = np.exp(log_r[0] + (log_r[1] - log_r[0]) * u[:, 4 * t + 1])
+            w = np.round(np.sqrt(a * r))
+            h = np.round(np.sqrt(a / r))
+            ok = ~done & (w > 0) & (h > 0) & (w <= W) & (h <= H)
+            y = np.floor(u[:, 4 * t + 2] * (H - h + 1))
+            x = np.floor(u[:, 4 * t + 3] * (W - w + 1))
+            out_h, out_w = np.where(ok, h, out_h), np.where(ok, w, out_w)
+            out_y, out_x = np.where(ok, y, out_y), np.where(ok, x, out_x)
+            done |= ok
+        flip = u[:, -1] < self.flip_p
+        return np.stack([out_y, out_x, out_h, out_w, flip], axis=1).astype(np.int64)
+
+
+def apply_crops(images: torch.Tensor, crops: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Cut ``crops[b]`` out of ``images[b]`` and resize it to ``size``, bilinearly, for each ``b``.
+
+    Args:
+        images: float ``[B, C, H, W]``.
+        crops: ``[B, 5]`` rows ``(y, x, h, w, flip)`` in pixels of ``images``.
+        size: output side, or ``(height, width)``.
+
+    Returns:
+        ``[B, C, size, size]``. A flipped crop is exactly the mirror image of the unflipped one, and
+        the full-image crop at the input size returns the input unchanged.
+    """
+    B, C, H, W = images.shape
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    c = crops.to(device=images.device, dtype=torch.float32)
+    y, x, h, w, flip = c.unbind(1)  # each [B]
+    # Map output coordinates in [-1, 1] to input coordinates (align_corners=False: -1 and 1 are the
+    # outer edges of the border pixels, so a crop's edges are pixel edges x and x + w).
+    sx = (w / W) * (1.0 - 2.0 * flip)
+    sy = h / H
+    tx = (2.0 * x + w) / W - 1.0
+    ty = (2.0 * y + h) / H - 1.0
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)  # [B, 2, 3]
+    grid = F.affine_grid(theta, [B, C, out_h, out_w], align_corners=False)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The evaluation view of in-memory images: the whole image, resized to ``size`` if needed."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -1,0 +1,75 @@
+"""Datasets held in memory as one uint8 tensor (Fashion-MNIST, digits)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .base import Batch, batch_slices, epoch_order, normalize
+from .crops import CropSampler, apply_crops, resize_images
+
+
+class TensorSplit:
+    """A split stored as ``images`` uint8 ``[N, C, H, W]`` and ``targets`` ``[N]``.
+
+    ``ids`` are the images' dataset indices (``arange(N)`` unless this is a subset), the key of
+    crops and refined labels. Crops are cut per sample on batched tensors (:func:`apply_crops`).
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean, std, size: int, ids=None):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError("images must be uint8 [N, C, H, W]")
+        self.images = images.contiguous()
+        self.targets = targets.long()
+        self.ids = torch.arange(len(images)) if ids is None else torch.as_tensor(ids).long()
+        self.mean, self.std, self.size = tuple(mean), tuple(std), size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, positions) -> "TensorSplit":
+        pos = torch.as_tensor(positions).long()
+        return TensorSplit(self.images[pos], self.targets[pos], self.mean, self.std, self.size, self.ids[pos])
+
+    def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int:
+        return len(batch_slices(len(self), batch_size, drop_last, shard))
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        epoch: int = 0,
+        crops: CropSampler | None = None,
+        order_seed: int | None = None,
+        device="cpu",
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ) -> Iterator[Batch]:
+        order = torch.from_numpy(epoch_order(len(self), order_seed, epoch))
+        H, W = self.images.shape[-2:]
+        for sl in batch_slices(len(self), batch_size, drop_last, shard):
+            pos = order[sl]
+            raw = self.images[pos].to(device, non_blocking=True).float().div_(255.0)  # [B, C, H, W]
+            ids = self.ids[pos]
+            if crops is None:
+                boxes, views = None, resize_images(raw, self.size)
+            else:
+                boxes = torch.from_numpy(crops.sample_batch(ids.numpy(), epoch, H, W))  # [B, 5]
+                views = apply_crops(raw, boxes, self.size)
+            yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), ids, boxes)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.ids.numpy()).tobytes())
+        h.update(np.ascontiguousarray(self.targets.numpy()).tobytes())
+        h.update(np.ascontiguousarray(self.images.numpy()).tobytes())
+        return h.hexdigest()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 ``[N, C, H, W]`` images scaled to ``[0, 1]``."""
+    x = images.float().div(255.0).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(round(v, 4) for v in x.mean(1).tolist()), tuple(round(v, 4) for v in x.std(1).tolist())

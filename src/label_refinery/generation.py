@@ -1,0 +1,227 @@
+"""Train one generation into a folder, resumably.
+
+Generation folder layout (files are the interface to analysis and reports)::
+
+    config.yaml         the resolved config of this generation
+    metrics.jsonl       one JSON line per epoch (train loss, train top-1 on crops, test top-1/5, ...)
+    state.safetensors   model + optimizer after the last finished epoch (deleted when done)
+    model.safetensors   final weights (metadata in the header)
+    meta.json           architecture, classes, dataset fingerprint, config, refinery provenance with
+                        SHA-256, final metrics; written last: it marks the generation finished
+
+Re-running with the same config skips a finished generation and resumes an unfinished one from its
+last epoch checkpoint. Crops and batch order are pure functions of (seed, epoch, index) and the LR is
+a function of the step, so a resumed run follows the uninterrupted one's crops and schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from . import __version__
+from .checkpoint import META, STATE, load_tensors, restore_optimizer, optimizer_tensors, save_final, save_tensors
+from .config import Config, save_config, to_dict
+from .data import CropSampler, ImageDataset, load_dataset
+from .engine import evaluate, lr_schedule, make_optimizer, train_one_epoch
+from .errors import UserError
+from .labels import GroundTruth, LiveRefinery, check_compatible
+from .models import count_parameters, create_model
+
+# Keys that may change between a run and its resumption without changing its results.
+_NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def load_data(cfg: Config) -> ImageDataset:
+    d = cfg.data
+    return load_dataset(d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers)
+
+
+def comparable(cfg_dict: dict) -> dict:
+    out = json.loads(json.dumps(cfg_dict))
+    for key in _NOT_COMPARED:
+        node, *rest = key.split(".")
+        if rest:
+            out.get(node, {}).pop(rest[0], None)
+        else:
+            out.pop(node, None)
+    return out
+
+
+def _check_same_config(folder: Path, cfg: Config) -> None:
+    saved_path = folder / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = comparable(yaml.safe_load(saved_path.read_text()) or {})
+    now = comparable(to_dict(cfg))
+    if saved != now:
+        diffs = _diff(saved, now)
+        raise UserError(
+            f"{folder} holds a run with another config ({'; '.join(diffs[:4])}). Use a new --out folder, "
+            "or delete the old one to start over."
+        )
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
+    return out
+
+
+def _label_source(cfg: Config, ds: ImageDataset, device: torch.device):
+    if cfg.refinery is None:
+        return GroundTruth(ds.num_classes, cfg.labels.label_smoothing)
+    refinery = LiveRefinery.from_checkpoint(
+        cfg.refinery, device, cfg.channels_last, temperature=cfg.labels.temperature, bn_train=cfg.labels.refinery_bn_train
+    )
+    check_compatible(refinery, ds.classes)
+    fp = refinery.provenance.get("dataset_fingerprint")
+    if fp and fp != ds.fingerprint():
+        print(f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)")
+    return refinery
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _metrics_upto(path: Path, last_epoch: int) -> list[dict]:
+    """Keep metrics of epochs <= last_epoch (a crash may have logged an epoch it did not checkpoint)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["epoch"] <= last_epoch]
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return rows
+
+
+def train_generation(
+    cfg: Config,
+    folder: str | Path,
+    *,
+    generation: int = 1,
+    dataset: ImageDataset | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train (or resume, or skip if finished) one generation; returns its ``meta.json`` content.
+
+    ``cfg.refinery`` names the checkpoint that labels the crops; ``None`` trains on ground truth.
+
+    Example:
+        >>> cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 2})  # doctest: +SKIP
+        >>> meta = train_generation(cfg, "runs/digits-gen1")                             # doctest: +SKIP
+        >>> meta["metrics"]["test_top1"]                                                   # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if (folder / META).is_file():
+        _check_same_config(folder, cfg)
+        log(f"generation {generation}: finished earlier, skipping ({folder})")
+        return json.loads((folder / META).read_text())
+    _check_same_config(folder, cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "config.yaml")
+    ds = dataset or load_data(cfg)
+    device = resolve_device(cfg.device)
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    torch.manual_seed(cfg.seed)
+    student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained).to(device, memory_format=memory)
+    labels = _label_source(cfg, ds, device)
+    optimizer = make_optimizer(student, cfg.optim)
+    crops = CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
+    bs = cfg.optim.batch_size
+    steps = ds.train.num_batches(bs, drop_last=True)
+    lr_at = lr_schedule(cfg.optim, steps)
+    refinery_info = labels.describe()
+
+    start_epoch = 0
+    if (folder / STATE).is_file():
+        tensors, meta, _ = load_tensors(folder / STATE)
+        if meta.get("refinery_sha256") != refinery_info.get("sha256"):
+            raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
+        student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        restore_optimizer(optimizer, tensors, meta["optimizer"])
+        start_epoch = meta["epoch"] + 1
+        log(f"generation {generation}: resuming after epoch {start_epoch} ({folder})")
+    history = _metrics_upto(folder / "metrics.jsonl", start_epoch - 1)
+
+    desc = f"gen {generation}"
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        batches = ds.train.iter_batches(bs, epoch=epoch, crops=crops, order_seed=cfg.seed, device=device, drop_last=True)
+        row = train_one_epoch(
+            student, labels, batches, optimizer, lr_at, first_step=epoch * steps,
+            temperature=cfg.labels.temperature, gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last,
+            total=steps, progress=progress, desc=f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}",
+        )
+        test = evaluate(student, ds.test.iter_batches(512, device=device), channels_last=cfg.channels_last,
+                        total=ds.test.num_batches(512), progress=progress, desc=f"{desc} test")
+        row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+        _append_jsonl(folder / "metrics.jsonl", row)
+        history.append(row)
+        opt_tensors, opt_info = optimizer_tensors(optimizer)
+        model_tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
+        save_tensors(folder / STATE, {**model_tensors, **opt_tensors},
+                     {"epoch": epoch, "optimizer": opt_info, "refinery_sha256": refinery_info.get("sha256")})
+        log(
+            f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}: loss {row['train_loss']:.4f}  "
+            f"train top-1 (crops) {row['train_top1_crops']:.2f}  test top-1 {row['test_top1']:.2f}  "
+            f"top-5 {row['test_top5']:.2f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+        )
+
+    clean = evaluate(student, ds.train.iter_batches(512, device=device), channels_last=cfg.channels_last,
+                     total=ds.train.num_batches(512), progress=progress, desc=f"{desc} train (clean)")
+    last = history[-1]
+    metrics = {
+        "train_top1_crops": last["train_top1_crops"],
+        "train_top1_clean": clean["top1"],
+        "test_top1": last["test_top1"],
+        "test_top5": last["test_top5"],
+        "gap": clean["top1"] - last["test_top1"],
+        "train_seconds": sum(r["seconds"] for r in history),
+    }
+    meta = {
+        "generation": generation,
+        "model": cfg.model,
+        "parameters": count_parameters(student),
+        "in_chans": ds.in_chans,
+        "classes": ds.classes,
+        "image_size": ds.image_size,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "dataset": ds.name,
+        "dataset_fingerprint": ds.fingerprint(),
+        "config": to_dict(cfg),
+        "labels": refinery_info,
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"label_refinery": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    meta = save_final(folder, student.to(memory_format=torch.contiguous_format), meta)
+    (folder / STATE).unlink(missing_ok=True)
+    log(
+        f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  test top-1 {metrics['test_top1']:.2f}  "
+        f"gap {metrics['gap']:.2f}"
+    )
+    return meta

@@ -1,0 +1,153 @@
+"""Model registry: built-in small models plus any timm or torchvision architecture.
+
+Names:
+- ``cnn-small`` (about 227k parameters), ``cnn-small:width=2``;
+- ``resnet-cifar`` (ResNet-20, width 16), ``resnet-cifar:depth=32,width=32``;
+- ``timm:NAME`` (``pip install timm``), e.g. ``timm:resnet18``;
+- ``torchvision:NAME``, e.g. ``torchvision:resnet18``.
+
+``pretrained`` is ``None`` (random init), ``"hub"`` (the library's own download) or a local file
+(safetensors, or a PyTorch state dict loaded with ``weights_only=True``) holding weights for the
+architecture's default head; the head and first convolution are then adapted to ``num_classes`` and
+``in_chans``.
+
+Example:
+    >>> from label_refinery.models import create_model
+    >>> m = create_model("cnn-small", in_chans=1, num_classes=10)
+    >>> m(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .small import CNNSmall, ResNetCifar
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {
+    "cnn-small": lambda in_chans, num_classes, width=1.0: CNNSmall(in_chans, num_classes, float(width)),
+    "resnet-cifar": lambda in_chans, num_classes, depth=20, width=16: ResNetCifar(in_chans, num_classes, int(depth), int(width)),
+}
+LIBRARIES = ("timm", "torchvision")
+
+
+def model_names() -> list[str]:
+    return sorted(BUILTIN) + [f"{lib}:NAME" for lib in LIBRARIES]
+
+
+def _options(text: str, name: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise UserError(f"model {name!r}: options are key=value pairs separated by commas, e.g. cnn-small:width=2")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file or a PyTorch file, never unpickling arbitrary objects."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"cannot load weights from {path} safely (weights_only=True): {err}") from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def _replace_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Swap the first Conv2d for one with ``in_chans`` inputs; pretrained filters are averaged."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels == in_chans:
+                    return
+                new = nn.Conv2d(in_chans, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                child.dilation, child.groups, child.bias is not None, child.padding_mode)
+                with torch.no_grad():
+                    new.weight.copy_(child.weight.mean(1, keepdim=True).expand_as(new.weight) * (child.in_channels / in_chans))
+                    if child.bias is not None:
+                        new.bias.copy_(child.bias)
+                setattr(parent, child_name, new)
+                return
+
+
+def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
+    last = None
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                last = (parent, child_name, child)
+    if last is None:
+        raise UserError(f"cannot adapt {type(model).__name__} to {num_classes} classes: it has no Linear layer")
+    parent, child_name, child = last
+    if child.out_features != num_classes:
+        setattr(parent, child_name, nn.Linear(child.in_features, num_classes, bias=child.bias is not None))
+
+
+def _torchvision(arch: str, in_chans: int, num_classes: int, pretrained: str | None) -> nn.Module:
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise UserError(f"unknown torchvision model {arch!r}; see torchvision.models.list_models()")
+    if pretrained is None:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    else:
+        model = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained == "hub" else None)
+        if pretrained != "hub":
+            model.load_state_dict(load_state_dict_file(pretrained))
+        _replace_last_linear(model, num_classes)
+    _replace_first_conv(model, in_chans)
+    return model
+
+
+def _timm(arch: str, in_chans: int, num_classes: int, pretrained: str | None) -> nn.Module:
+    try:
+        import timm
+    except ImportError as err:
+        raise UserError("timm models need timm: pip install timm") from err
+    kwargs: dict = dict(in_chans=in_chans, num_classes=num_classes)
+    if pretrained is not None:
+        kwargs["pretrained"] = True
+        if pretrained != "hub":
+            kwargs["pretrained_cfg_overlay"] = dict(file=pretrained)
+    try:
+        return timm.create_model(arch, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise UserError(f"unknown timm model {arch!r}; see timm.list_models()") from err
+        raise
+
+
+def create_model(name: str, in_chans: int, num_classes: int, pretrained: str | None = None) -> nn.Module:
+    """Build a classifier by registry name; see the module docstring for names and options."""
+    prefix, _, arg = name.partition(":")
+    if prefix in BUILTIN:
+        if pretrained is not None:
+            raise UserError(f"{prefix} has no published weights; train it, or start from one of our checkpoints")
+        opts = _options(arg, name)
+        try:
+            return BUILTIN[prefix](in_chans, num_classes, **opts)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"model {name!r}: {err}") from err
+    if prefix == "torchvision" and arg:
+        return _torchvision(arg, in_chans, num_classes, pretrained)
+    if prefix == "timm" and arg:
+        return _timm(arg, in_chans, num_classes, pretrained)
+    raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["CNNSmall", "ResNetCifar", "count_parameters", "create_model", "model_names", "load_state_dict_file"]
