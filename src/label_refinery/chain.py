@@ -22,7 +22,8 @@ from typing import Callable
 
 from .checkpoint import atomic_write, write_json
 from .config import Config, save_config
-from .generation import _check_same_config, load_data, train_generation
+from .generation import check_same_config, has_progress, load_data, train_generation
+from .models import check_model_name
 
 COLUMNS = [
     ("generation", "gen"),
@@ -73,10 +74,13 @@ def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Call
         >>> [round(r["test_top1"], 1) for r in rows]                                     # doctest: +SKIP
     """
     out = Path(out)
-    _check_same_config(out, cfg)
+    if any(has_progress(p) for p in out.glob("gen*")):
+        check_same_config(out, cfg)
+    for name in cfg.chain.models or (cfg.model,):
+        check_model_name(name)
+    ds = load_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    ds = load_data(cfg)
     log(f"chain: {cfg.chain.generations} generations of {cfg.optim.epochs} epochs on {ds.name} -> {out}")
     rows = []
     for g in range(1, cfg.chain.generations + 1):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -63,7 +62,13 @@ def comparable(cfg_dict: dict) -> dict:
     return out
 
 
-def _check_same_config(folder: Path, cfg: Config) -> None:
+def has_progress(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished generation or an epoch checkpoint."""
+    return (folder / META).is_file() or (folder / STATE).is_file()
+
+
+def check_same_config(folder: Path, cfg: Config) -> None:
+    """Refuse to resume (or skip) a run that was made with another config."""
     saved_path = folder / "config.yaml"
     if not saved_path.is_file():
         return
@@ -136,12 +141,11 @@ def train_generation(
     """
     folder = Path(folder)
     if (folder / META).is_file():
-        _check_same_config(folder, cfg)
+        check_same_config(folder, cfg)
         log(f"generation {generation}: finished earlier, skipping ({folder})")
         return json.loads((folder / META).read_text())
-    _check_same_config(folder, cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, folder / "config.yaml")
+    if has_progress(folder):
+        check_same_config(folder, cfg)
     ds = dataset or load_data(cfg)
     device = resolve_device(cfg.device)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -149,6 +153,8 @@ def train_generation(
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained).to(device, memory_format=memory)
     labels = _label_source(cfg, ds, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "config.yaml")
     optimizer = make_optimizer(student, cfg.optim)
     crops = CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
     bs = cfg.optim.batch_size

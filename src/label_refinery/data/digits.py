@@ -13,7 +13,7 @@ SPLIT_SEED = 0  # fixed: the split never depends on the run's seed
 
 
 def load(data_dir: str | None = None, image_size: int | None = None, download: bool = True) -> ImageDataset:
-    """The digits as an in-memory :class:`ImageDataset` (1,437 train, 360 test, 8x8 grey)."""
+    """The digits as an in-memory :class:`ImageDataset` (1,438 train, 359 test, 8x8 grey)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:

@@ -146,8 +146,31 @@ def create_model(name: str, in_chans: int, num_classes: int, pretrained: str | N
     raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
 
 
+def check_model_name(name: str) -> None:
+    """Fail early, without building anything, if ``name`` is not a model this registry can build."""
+    prefix, _, arg = name.partition(":")
+    if prefix in BUILTIN:
+        _options(arg, name)
+        return
+    if prefix == "torchvision" and arg:
+        import torchvision
+
+        if arg not in torchvision.models.list_models():
+            raise UserError(f"unknown torchvision model {arg!r}; see torchvision.models.list_models()")
+        return
+    if prefix == "timm" and arg:
+        try:
+            import timm
+        except ImportError as err:
+            raise UserError("timm models need timm: pip install timm") from err
+        if not timm.is_model(arg):
+            raise UserError(f"unknown timm model {arg!r}; see timm.list_models()")
+        return
+    raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["CNNSmall", "ResNetCifar", "count_parameters", "create_model", "model_names", "load_state_dict_file"]
+__all__ = ["CNNSmall", "ResNetCifar", "check_model_name", "count_parameters", "create_model", "model_names", "load_state_dict_file"]
