@@ -8,7 +8,7 @@ Run folder::
 
 Generation 1 trains on ground truth, unless ``cfg.refinery`` names a checkpoint (for example a
 bigger model trained earlier), which then labels generation 1. ``cfg.chain.models`` may name one
-architecture per generation (e.g. ``resnet-cifar,cnn-small,cnn-small``: a ResNet trained on ground
+architecture per generation (e.g. ``[resnet-cifar, cnn-small, cnn-small]``: a ResNet trained on ground
 truth refines a small CNN, which then refines itself). Generation g uses seed ``seed + g - 1``.
 Re-running the same command resumes: finished generations are skipped, an unfinished one resumes.
 """

@@ -23,7 +23,7 @@ EXAMPLES = {
 
   # a bigger refinery for a small student: generation 1 is a ResNet on ground truth,
   # generation 2 a cnn-small refined by it, generation 3 refined by generation 2
-  label-refinery chain --models resnet-cifar,cnn-small,cnn-small --generations 3 --epochs 10
+  label-refinery chain --models resnet-cifar cnn-small cnn-small --generations 3 --epochs 10
 
   # start the chain from a refinery trained earlier, with settings from a YAML file
   label-refinery chain --config my.yaml --refinery runs/resnet/gen1 --generations 2
@@ -72,7 +72,7 @@ TRAIN_FLAGS = [
 ]
 CHAIN_FLAGS = [
     (["--generations"], "chain.generations", dict(type=int, help="number of generations (default 3)")),
-    (["--models"], "chain.models", dict(help="comma-separated architecture per generation, e.g. resnet-cifar,cnn-small")),
+    (["--models"], "chain.models", dict(nargs="+", metavar="MODEL", help="one architecture per generation, e.g. --models resnet-cifar cnn-small cnn-small")),
 ]
 
 
@@ -162,6 +162,8 @@ def cmd_evaluate(args) -> None:
     ds = load_dataset(args.dataset or data_cfg["dataset"], args.data_dir or data_cfg["data_dir"], ckpt.meta["image_size"])
     if list(ds.classes) != list(ckpt.meta["classes"]):
         raise UserError(f"{args.checkpoint} was trained on other classes than {ds.name}'s")
+    if ds.in_chans != ckpt.meta["in_chans"]:
+        raise UserError(f"{args.checkpoint} takes {ckpt.meta['in_chans']}-channel images but {ds.name} has {ds.in_chans}")
     device = resolve_device(args.device)
     model = ckpt.build_model(device)
     splits = ["train", "test"] if args.split == "both" else [args.split]
@@ -176,8 +178,6 @@ COMMANDS = {"chain": cmd_chain, "train": cmd_train, "evaluate": cmd_evaluate}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "chain.models", None):
-        setattr(args, "chain.models", [m for m in getattr(args, "chain.models").split(",") if m])
     try:
         COMMANDS[args.command](args)
     except UserError as err:

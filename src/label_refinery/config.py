@@ -106,8 +106,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
+        if isinstance(value, str):  # "a b" or "a,b" (use spaces when items contain commas)
+            value = value.split() if any(c.isspace() for c in value.strip()) else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key {key}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:

@@ -99,7 +99,7 @@ def _label_source(cfg: Config, ds: ImageDataset, device: torch.device):
     refinery = LiveRefinery.from_checkpoint(
         cfg.refinery, device, cfg.channels_last, temperature=cfg.labels.temperature, bn_train=cfg.labels.refinery_bn_train
     )
-    check_compatible(refinery, ds.classes)
+    check_compatible(refinery, ds.classes, ds.in_chans)
     fp = refinery.provenance.get("dataset_fingerprint")
     if fp and fp != ds.fingerprint():
         print(f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)")

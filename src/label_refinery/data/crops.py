@@ -129,7 +129,7 @@ def apply_crops(images: torch.Tensor, crops: torch.Tensor, size: int | tuple[int
 
     Returns:
         ``[B, C, size, size]``. A flipped crop is exactly the mirror image of the unflipped one, and
-        the full-image crop at the input size returns the input unchanged.
+        the full-image crop at the input size returns the input (up to float rounding, ~1e-6).
     """
     B, C, H, W = images.shape
     out_h, out_w = (size, size) if isinstance(size, int) else size

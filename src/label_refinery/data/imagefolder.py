@@ -35,7 +35,10 @@ def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
         raise UserError(f"{folder} has no class sub-folders: expected {folder}/<class>/<image files>")
     samples = []
     for i, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        files = sorted(
+            p for p in (folder / name).rglob("*")
+            if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
         if not files:
             raise UserError(
                 f"class folder {folder / name} has no images (extensions: {', '.join(sorted(EXTENSIONS))}); "
@@ -48,6 +51,9 @@ def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
 def _open_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
+            if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: scale to 8 bits, not clip
+                grey = np.asarray(img, dtype=np.float64) / 257.0
+                return Image.fromarray(grey.clip(0, 255).round().astype(np.uint8)).convert("RGB")
             return img.convert("RGB")
     except Exception as err:  # PIL raises many types for bad files
         raise UserError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err

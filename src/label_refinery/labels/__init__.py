@@ -79,6 +79,7 @@ class LiveRefinery:
             "sha256": ckpt.sha256,
             "model": ckpt.meta["model"],
             "classes": ckpt.meta["classes"],
+            "in_chans": ckpt.meta["in_chans"],
             "generation": ckpt.meta.get("generation"),
             "dataset_fingerprint": ckpt.meta.get("dataset_fingerprint"),
         }
@@ -102,9 +103,15 @@ def _num_outputs(model: nn.Module, provenance: dict | None) -> int:
     return last[-1].out_features if last else -1
 
 
-def check_compatible(refinery: LiveRefinery, classes: list[str]) -> None:
-    """Refuse a refinery whose classes differ from the student's dataset."""
+def check_compatible(refinery: LiveRefinery, classes: list[str], in_chans: int | None = None) -> None:
+    """Refuse a refinery whose classes or input channels differ from the student's dataset."""
     theirs = refinery.provenance.get("classes")
+    their_chans = refinery.provenance.get("in_chans")
+    if in_chans is not None and their_chans is not None and their_chans != in_chans:
+        raise UserError(
+            f"the refinery {refinery.provenance.get('path', '')} takes {their_chans}-channel images but the dataset "
+            f"has {in_chans} channels; use a refinery trained on this kind of images"
+        )
     if refinery.num_classes != len(classes):
         raise UserError(
             f"the refinery {refinery.provenance.get('path', '')} predicts {refinery.num_classes} classes but the "

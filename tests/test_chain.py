@@ -1,0 +1,111 @@
+import json
+
+import pytest
+import torch
+
+from label_refinery import UserError, load_config, run_chain, train_generation
+from label_refinery.checkpoint import load_checkpoint, sha256_file
+from label_refinery.data import load_dataset
+
+FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_two_generation_chain_files_and_provenance(tmp_path):
+    out = tmp_path / "chain"
+    rows = run_chain(load_config(overrides={**FAST, "chain.generations": 2}), out, log=lambda _: None)
+    assert [r["generation"] for r in rows] == [1, 2]
+    assert rows[0]["refinery"] == "ground truth" and rows[1]["refinery"] == "gen1 (cnn-small)"
+    for g in (1, 2):
+        folder = out / f"gen{g}"
+        names = {p.name for p in folder.iterdir()}
+        assert {"config.yaml", "metrics.jsonl", "model.safetensors", "meta.json"} <= names
+        assert "state.safetensors" not in names  # removed once the generation finished
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and {"train_loss", "train_top1_crops", "test_top1", "test_top5"} <= json.loads(lines[0]).keys()
+    m1 = json.loads((out / "gen1/meta.json").read_text())
+    m2 = json.loads((out / "gen2/meta.json").read_text())
+    assert m1["labels"]["kind"] == "ground-truth"
+    assert m2["labels"]["kind"] == "live-refinery"
+    assert m2["labels"]["sha256"] == m1["sha256"] == sha256_file(out / "gen1/model.safetensors")
+    assert m2["labels"]["generation"] == 1 and m2["labels"]["temperature"] == 1.0
+    assert m1["dataset_fingerprint"] == m2["dataset_fingerprint"] and len(m1["dataset_fingerprint"]) == 64
+    assert m2["config"]["seed"] == 1 and m1["config"]["seed"] == 0
+    metrics = m2["metrics"]
+    assert abs(metrics["gap"] - (metrics["train_top1_clean"] - metrics["test_top1"])) < 1e-9
+    assert (out / "summary.md").read_text().startswith("| gen | model | refinery |")
+    assert json.loads((out / "summary.json").read_text()) == rows
+
+
+def test_rerun_skips_finished_generations(tmp_path):
+    out = tmp_path / "chain"
+    cfg = load_config(overrides={**FAST, "chain.generations": 2})
+    run_chain(cfg, out, log=lambda _: None)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("gen*/model.safetensors")}
+    messages = []
+    rows = run_chain(cfg, out, log=messages.append)
+    assert sum("skipping" in m for m in messages) == 2
+    assert {p: p.stat().st_mtime_ns for p in out.glob("gen*/model.safetensors")} == stamps
+    assert len(rows) == 2
+    # extending the chain trains only the new generation
+    messages.clear()
+    run_chain(load_config(overrides={**FAST, "chain.generations": 3}), out, log=messages.append)
+    assert sum("skipping" in m for m in messages) == 2 and (out / "gen3/meta.json").is_file()
+
+
+def test_rerun_with_another_config_is_refused(tmp_path):
+    out = tmp_path / "chain"
+    run_chain(load_config(overrides={**FAST, "chain.generations": 1}), out, log=lambda _: None)
+    with pytest.raises(UserError, match="another config.*optim.lr"):
+        run_chain(load_config(overrides={**FAST, "chain.generations": 1, "optim.lr": 0.2}), out, log=lambda _: None)
+
+
+def test_interrupted_generation_resumes_to_identical_weights(tmp_path, digits):
+    cfg = load_config(overrides={**FAST, "optim.epochs": 3})
+    train_generation(cfg, tmp_path / "whole", dataset=digits, log=lambda _: None)
+
+    def crash_after_first_epoch(message):
+        if "epoch 1/3" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_generation(cfg, tmp_path / "resumed", dataset=digits, log=crash_after_first_epoch)
+    assert (tmp_path / "resumed/state.safetensors").is_file() and not (tmp_path / "resumed/meta.json").exists()
+    messages = []
+    train_generation(cfg, tmp_path / "resumed", dataset=digits, log=messages.append)
+    assert any("resuming after epoch 1" in m for m in messages)
+    a = load_checkpoint(tmp_path / "whole").state_dict
+    b = load_checkpoint(tmp_path / "resumed").state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+
+
+def test_bigger_refinery_then_self_refinement(tmp_path):
+    out = tmp_path / "chain"
+    cfg = load_config(overrides={**FAST, "chain.generations": 2, "chain.models": ["resnet-cifar:depth=8,width=8", "cnn-small"]})
+    rows = run_chain(cfg, out, log=lambda _: None)
+    assert [r["model"] for r in rows] == ["resnet-cifar:depth=8,width=8", "cnn-small"]
+    assert rows[1]["refinery"] == "gen1 (resnet-cifar:depth=8,width=8)"
+
+
+def test_chain_from_a_named_refinery(tmp_path, digits):
+    first = train_generation(load_config(overrides=FAST), tmp_path / "teacherless", dataset=digits, log=lambda _: None)
+    cfg = load_config(overrides={**FAST, "chain.generations": 1, "refinery": str(tmp_path / "teacherless")})
+    run_chain(cfg, tmp_path / "chain", log=lambda _: None)
+    meta = json.loads((tmp_path / "chain/gen1/meta.json").read_text())
+    assert meta["labels"]["sha256"] == first["sha256"]
+
+
+def test_refined_generation_learns_from_its_refinery(tmp_path, digits):
+    """Generation 2 trained on generation 1's labels ends up agreeing with generation 1."""
+    cfg = load_config(overrides={**FAST, "optim.epochs": 4, "chain.generations": 2, "data.crop_scale": [0.6, 1.0]})
+    rows = run_chain(cfg, tmp_path / "chain", log=lambda _: None)
+    assert rows[0]["test_top1"] > 80
+    last = json.loads((tmp_path / "chain/gen2/metrics.jsonl").read_text().splitlines()[-1])
+    assert last["refined_agreement"] > 75
+    assert rows[1]["test_top1"] > 70

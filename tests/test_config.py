@@ -1,0 +1,53 @@
+import pytest
+
+from label_refinery import UserError, load_config
+from label_refinery.config import save_config, to_dict
+
+
+def test_defaults_are_the_papers_label_settings():
+    cfg = load_config()
+    assert cfg.labels.temperature == 1.0 and cfg.labels.gt_weight == 0.0
+    assert not cfg.labels.refinery_bn_train
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: resnet-cifar\noptim: {epochs: 4, lr: 0.2}\ndata: {crop_scale: [0.1, 0.9]}\n")
+    cfg = load_config(p, {"optim.lr": 0.3, "chain.models": "a,b", "chain.generations": "2"})
+    assert cfg.model == "resnet-cifar" and cfg.optim.epochs == 4 and cfg.optim.lr == 0.3
+    assert cfg.data.crop_scale == (0.1, 0.9) and cfg.chain.models == ("a", "b") and cfg.chain.generations == 2
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(overrides={"optim.milestones": [3, 6], "optim.schedule": "step", "optim.epochs": 9})
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert to_dict(cfg)["optim"]["milestones"] == [3, 6]
+
+
+@pytest.mark.parametrize(
+    "overrides, phrase",
+    [
+        ({"optim.nope": 1}, "unknown config key optim.nope; valid keys: .*optim.lr"),
+        ({"nope": 1}, "unknown config key nope"),
+        ({"optim.epochs": 0}, "optim.epochs must be >= 1"),
+        ({"optim.epochs": "ten"}, "expected a number"),
+        ({"data.crop_scale": [0.9, 0.1]}, "crop_scale"),
+        ({"labels.gt_weight": 2}, "gt_weight"),
+        ({"optim.schedule": "linear"}, "cosine, step or constant"),
+        ({"chain.models": "a,b", "chain.generations": 3}, "one per generation"),
+        ({"data.flip": "maybe"}, "true/false"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, phrase):
+    with pytest.raises(UserError, match=phrase):
+        load_config(overrides=overrides)
+
+
+def test_bad_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("- a list\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(p)
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

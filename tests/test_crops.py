@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from label_refinery.data.crops import Crop, CropSampler, apply_crops
+
+
+def test_same_key_same_crop_and_keys_differ():
+    s = CropSampler(seed=3)
+    a = s.sample_batch(np.arange(500), 2, 28, 28)
+    assert np.array_equal(a, s.sample_batch(np.arange(500), 2, 28, 28))
+    assert not np.array_equal(a, s.sample_batch(np.arange(500), 3, 28, 28))  # another epoch
+    assert not np.array_equal(a, CropSampler(seed=4).sample_batch(np.arange(500), 2, 28, 28))  # another seed
+    # one index alone gives the same crop as inside a batch: crops never depend on the batch
+    assert s.sample(17, 2, 28, 28) == Crop(*[int(v) for v in a[17][:4]], bool(a[17][4]))
+
+
+@pytest.mark.parametrize("size", [(28, 28), (8, 8), (375, 500), (500, 120)])
+def test_crops_within_bounds_and_scale(size):
+    H, W = size
+    s = CropSampler(seed=0, scale=(0.25, 1.0))
+    c = s.sample_batch(np.arange(2000), 0, H, W)
+    y, x, h, w, flip = c.T
+    assert (y >= 0).all() and (x >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (y + h <= H).all() and (x + w <= W).all()
+    assert set(np.unique(flip)) <= {0, 1}
+    if H * W >= 28 * 28:
+        area = h * w / (H * W)
+        assert 0.2 < area.min() and area.max() <= 1.0
+        assert 0.4 < flip.mean() < 0.6
+
+
+def test_no_flip_when_disabled():
+    c = CropSampler(seed=0, flip_p=0.0).sample_batch(np.arange(300), 0, 28, 28)
+    assert (c[:, 4] == 0).all()
+
+
+def test_flipped_crop_equals_flip_of_crop():
+    img = torch.rand(6, 3, 20, 24)
+    crops = torch.tensor([[2, 3, 10, 12, 0], [0, 0, 20, 24, 0], [5, 1, 7, 9, 0], [1, 2, 17, 5, 0], [0, 4, 20, 20, 0], [3, 3, 3, 3, 0]])
+    flipped = crops.clone()
+    flipped[:, 4] = 1
+    a = apply_crops(img, crops, 16)
+    b = apply_crops(img, flipped, 16)
+    assert torch.equal(b, a.flip(-1))
+
+
+def test_full_crop_is_identity_and_integer_crop_is_a_slice():
+    img = torch.rand(2, 1, 28, 28)
+    full = torch.tensor([[0, 0, 28, 28, 0]] * 2)
+    assert torch.allclose(apply_crops(img, full, 28), img, atol=1e-5)
+    # a 14x14 crop resized to 14x14 samples exactly at pixel centres: a plain slice
+    part = torch.tensor([[3, 5, 14, 14, 0], [10, 0, 14, 14, 1]])
+    out = apply_crops(img, part, 14)
+    assert torch.allclose(out[0], img[0, :, 3:17, 5:19], atol=1e-5)
+    assert torch.allclose(out[1], img[1, :, 10:24, 0:14].flip(-1), atol=1e-5)
+
+
+def test_each_sample_gets_its_own_crop():
+    img = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    crops = torch.tensor([[0, 0, 4, 4, 0], [4, 4, 4, 4, 0]])
+    out = apply_crops(img, crops, 4)
+    assert torch.allclose(out[0, 0], img[0, 0, :4, :4], atol=1e-4)
+    assert torch.allclose(out[1, 0], img[1, 0, 4:, 4:], atol=1e-4)
+
+
+def test_batches_of_in_memory_split_are_deterministic_and_keyed_by_index():
+    from label_refinery.data import load_dataset
+
+    ds = load_dataset("digits")
+    s = CropSampler(seed=1)
+    a = list(ds.train.iter_batches(64, epoch=2, crops=s, order_seed=1))
+    b = list(ds.train.iter_batches(64, epoch=2, crops=s, order_seed=1))
+    assert all(torch.equal(x.images, y.images) and torch.equal(x.indices, y.indices) for x, y in zip(a, b))
+    seen = torch.cat([x.indices for x in a])
+    assert sorted(seen.tolist()) == list(range(len(ds.train)))  # every image once per epoch
+    first = a[0]
+    expected = s.sample_batch(first.indices.numpy(), 2, 8, 8)
+    assert np.array_equal(first.crops.numpy(), expected)
+    assert torch.equal(first.targets, ds.train.targets[first.indices])
+
+
+def test_shards_partition_each_global_batch():
+    from label_refinery.data import load_dataset
+
+    ds = load_dataset("digits")
+    s = CropSampler(seed=0)
+    whole = list(ds.train.iter_batches(32, epoch=0, crops=s, order_seed=0, drop_last=True))
+    parts = [list(ds.train.iter_batches(16, epoch=0, crops=s, order_seed=0, drop_last=True, shard=(r, 2))) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for w, p0, p1 in zip(whole, *parts):
+        assert torch.equal(w.indices, torch.cat([p0.indices, p1.indices]))
+        assert torch.allclose(w.images, torch.cat([p0.images, p1.images]))
