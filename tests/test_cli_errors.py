@@ -75,7 +75,7 @@ def test_unknown_model_in_chain_models(capsys, tmp_path):
     out = tmp_path / "chain"
     code, err = run_cli(
         capsys, "chain", "--dataset", "digits", "--epochs", "1", "--generations", "2",
-        "--models", "cnn-small,nope", "--out", out, "--no-progress",
+        "--models", "cnn-small", "nope", "--out", out, "--no-progress",
     )
     assert_user_error(code, err, "unknown model 'nope'", "cnn-small")
     assert not out.exists()

@@ -106,12 +106,6 @@ def _num_outputs(model: nn.Module, provenance: dict | None) -> int:
 def check_compatible(refinery: LiveRefinery, classes: list[str], in_chans: int | None = None) -> None:
     """Refuse a refinery whose classes or input channels differ from the student's dataset."""
     theirs = refinery.provenance.get("classes")
-    their_chans = refinery.provenance.get("in_chans")
-    if in_chans is not None and their_chans is not None and their_chans != in_chans:
-        raise UserError(
-            f"the refinery {refinery.provenance.get('path', '')} takes {their_chans}-channel images but the dataset "
-            f"has {in_chans} channels; use a refinery trained on this kind of images"
-        )
     if refinery.num_classes != len(classes):
         raise UserError(
             f"the refinery {refinery.provenance.get('path', '')} predicts {refinery.num_classes} classes but the "
@@ -120,6 +114,12 @@ def check_compatible(refinery: LiveRefinery, classes: list[str], in_chans: int |
     if theirs is not None and list(theirs) != list(classes):
         diff = [f"{a!r} vs {b!r}" for a, b in zip(theirs, classes) if a != b][:3]
         raise UserError(f"the refinery's classes differ from the dataset's ({', '.join(diff)}); use a refinery trained on the same classes")
+    their_chans = refinery.provenance.get("in_chans")
+    if in_chans is not None and their_chans is not None and their_chans != in_chans:
+        raise UserError(
+            f"the refinery {refinery.provenance.get('path', '')} takes {their_chans}-channel images but the dataset "
+            f"has {in_chans} channels; use a refinery trained on this kind of images"
+        )
 
 
 __all__ = ["GroundTruth", "LabelSource", "LiveRefinery", "check_compatible"]
