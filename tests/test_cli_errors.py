@@ -226,3 +226,20 @@ def test_argparse_errors_exit_2(capsys):
         main(["train", "--schedule", "bogus", "--no-progress"])
     assert exc.value.code == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_help_teaches_with_examples(capsys):
+    for command in ("chain", "train", "evaluate"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert "examples:" in out and f"label-refinery {command}" in out
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "label_refinery", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "chain" in done.stdout and "Label Refinery" in done.stdout

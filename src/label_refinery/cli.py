@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    out = {k: v for k, v in vars(args).items() if "." in k or k in ("model", "pretrained", "refinery", "seed", "device", "channels_last")}
+    keys = {key for _, key, _ in TRAIN_FLAGS + CHAIN_FLAGS}
+    out = {k: v for k, v in vars(args).items() if k in keys}
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:

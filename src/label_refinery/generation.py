@@ -121,6 +121,53 @@ def _metrics_upto(path: Path, last_epoch: int) -> list[dict]:
     return rows
 
 
+def _resume(folder: Path, student, optimizer, refinery_sha: str | None) -> int:
+    """Load the epoch checkpoint if there is one; returns the first epoch still to train."""
+    if not (folder / STATE).is_file():
+        return 0
+    tensors, meta, _ = load_tensors(folder / STATE)
+    if meta.get("refinery_sha256") != refinery_sha:
+        raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
+    student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors, meta["optimizer"])
+    return meta["epoch"] + 1
+
+
+def _save_state(folder: Path, student, optimizer, epoch: int, refinery_sha: str | None) -> None:
+    opt_tensors, opt_info = optimizer_tensors(optimizer)
+    model_tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
+    meta = {"epoch": epoch, "optimizer": opt_info, "refinery_sha256": refinery_sha}
+    save_tensors(folder / STATE, {**model_tensors, **opt_tensors}, meta)
+
+
+def _final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict) -> dict:
+    return {
+        "generation": generation,
+        "model": cfg.model,
+        "parameters": count_parameters(student),
+        "in_chans": ds.in_chans,
+        "classes": ds.classes,
+        "image_size": ds.image_size,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "dataset": ds.name,
+        "dataset_fingerprint": ds.fingerprint(),
+        "config": to_dict(cfg),
+        "labels": labels_info,
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"label_refinery": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def _epoch_line(desc: str, epochs: int, row: dict) -> str:
+    return (
+        f"{desc} epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}  "
+        f"train top-1 (crops) {row['train_top1_crops']:.2f}  test top-1 {row['test_top1']:.2f}  "
+        f"top-5 {row['test_top5']:.2f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+    )
+
+
 def train_generation(
     cfg: Config,
     folder: str | Path,
@@ -140,64 +187,49 @@ def train_generation(
         >>> meta["metrics"]["test_top1"]                                                   # doctest: +SKIP
     """
     folder = Path(folder)
-    if (folder / META).is_file():
-        check_same_config(folder, cfg)
-        log(f"generation {generation}: finished earlier, skipping ({folder})")
-        return json.loads((folder / META).read_text())
     if has_progress(folder):
         check_same_config(folder, cfg)
+    if (folder / META).is_file():
+        log(f"generation {generation}: finished earlier, skipping ({folder})")
+        return json.loads((folder / META).read_text())
     ds = dataset or load_data(cfg)
     device = resolve_device(cfg.device)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained).to(device, memory_format=memory)
     labels = _label_source(cfg, ds, device)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, folder / "config.yaml")
+    labels_info = labels.describe()
     optimizer = make_optimizer(student, cfg.optim)
     crops = CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
-    bs = cfg.optim.batch_size
+    bs, epochs, desc = cfg.optim.batch_size, cfg.optim.epochs, f"gen {generation}"
     steps = ds.train.num_batches(bs, drop_last=True)
     lr_at = lr_schedule(cfg.optim, steps)
-    refinery_info = labels.describe()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "config.yaml")
+    start = _resume(folder, student, optimizer, labels_info.get("sha256"))
+    if start:
+        log(f"generation {generation}: resuming after epoch {start} ({folder})")
+    history = _metrics_upto(folder / "metrics.jsonl", start - 1)
 
-    start_epoch = 0
-    if (folder / STATE).is_file():
-        tensors, meta, _ = load_tensors(folder / STATE)
-        if meta.get("refinery_sha256") != refinery_info.get("sha256"):
-            raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
-        student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        restore_optimizer(optimizer, tensors, meta["optimizer"])
-        start_epoch = meta["epoch"] + 1
-        log(f"generation {generation}: resuming after epoch {start_epoch} ({folder})")
-    history = _metrics_upto(folder / "metrics.jsonl", start_epoch - 1)
+    def evaluate_on(split, name: str) -> dict:
+        batches = split.iter_batches(512, device=device)
+        return evaluate(student, batches, channels_last=cfg.channels_last, total=split.num_batches(512), progress=progress, desc=f"{desc} {name}")
 
-    desc = f"gen {generation}"
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    for epoch in range(start, epochs):
         batches = ds.train.iter_batches(bs, epoch=epoch, crops=crops, order_seed=cfg.seed, device=device, drop_last=True)
         row = train_one_epoch(
             student, labels, batches, optimizer, lr_at, first_step=epoch * steps,
             temperature=cfg.labels.temperature, gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last,
-            total=steps, progress=progress, desc=f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}",
+            total=steps, progress=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}",
         )
-        test = evaluate(student, ds.test.iter_batches(512, device=device), channels_last=cfg.channels_last,
-                        total=ds.test.num_batches(512), progress=progress, desc=f"{desc} test")
+        test = evaluate_on(ds.test, "test")
         row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
-        _append_jsonl(folder / "metrics.jsonl", row)
+        _append_jsonl(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
         history.append(row)
-        opt_tensors, opt_info = optimizer_tensors(optimizer)
-        model_tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
-        save_tensors(folder / STATE, {**model_tensors, **opt_tensors},
-                     {"epoch": epoch, "optimizer": opt_info, "refinery_sha256": refinery_info.get("sha256")})
-        log(
-            f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}: loss {row['train_loss']:.4f}  "
-            f"train top-1 (crops) {row['train_top1_crops']:.2f}  test top-1 {row['test_top1']:.2f}  "
-            f"top-5 {row['test_top5']:.2f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
-        )
+        _save_state(folder, student, optimizer, epoch, labels_info.get("sha256"))
+        log(_epoch_line(desc, epochs, row))
 
-    clean = evaluate(student, ds.train.iter_batches(512, device=device), channels_last=cfg.channels_last,
-                     total=ds.train.num_batches(512), progress=progress, desc=f"{desc} train (clean)")
+    clean = evaluate_on(ds.train, "train (clean)")
     last = history[-1]
     metrics = {
         "train_top1_crops": last["train_top1_crops"],
@@ -207,27 +239,8 @@ def train_generation(
         "gap": clean["top1"] - last["test_top1"],
         "train_seconds": sum(r["seconds"] for r in history),
     }
-    meta = {
-        "generation": generation,
-        "model": cfg.model,
-        "parameters": count_parameters(student),
-        "in_chans": ds.in_chans,
-        "classes": ds.classes,
-        "image_size": ds.image_size,
-        "mean": list(ds.mean),
-        "std": list(ds.std),
-        "dataset": ds.name,
-        "dataset_fingerprint": ds.fingerprint(),
-        "config": to_dict(cfg),
-        "labels": refinery_info,
-        "metrics": metrics,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": {"label_refinery": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-    meta = save_final(folder, student.to(memory_format=torch.contiguous_format), meta)
+    student = student.to(memory_format=torch.contiguous_format)
+    meta = save_final(folder, student, _final_meta(cfg, ds, student, generation, labels_info, metrics))
     (folder / STATE).unlink(missing_ok=True)
-    log(
-        f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  test top-1 {metrics['test_top1']:.2f}  "
-        f"gap {metrics['gap']:.2f}"
-    )
+    log(f"{desc} done: train top-1 (clean) {clean['top1']:.2f}  test top-1 {last['test_top1']:.2f}  gap {metrics['gap']:.2f}")
     return meta
