@@ -41,23 +41,23 @@ EXAMPLES = {
 
 # (flags, dotted config key, argparse options)
 TRAIN_FLAGS = [
-    (["--dataset"], "data.dataset", dict(help="fashion-mnist (default), digits, or imagefolder:PATH")),
+    (["--dataset"], "data.dataset", dict(help="fashion-mnist, digits, or imagefolder:PATH")),
     (["--data-dir"], "data.data_dir", dict(help="folder to look for dataset files first")),
     (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
-    (["--crop-scale"], "data.crop_scale", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area fraction (default 0.25 1)")),
-    (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio (default 0.75 1.333)")),
+    (["--crop-scale"], "data.crop_scale", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's")),
+    (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
     (["--workers"], "data.workers", dict(type=int, help="loader processes for image folders")),
-    (["--model"], "model", dict(help="cnn-small (default), resnet-cifar[:depth=20,width=16], timm:NAME, torchvision:NAME")),
+    (["--model"], "model", dict(help="cnn-small, resnet-cifar[:depth=20,width=16], timm:NAME, torchvision:NAME")),
     (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
     (["--refinery"], "refinery", dict(help="checkpoint (generation folder or model.safetensors) that labels the crops")),
-    (["--seed"], "seed", dict(type=int)),
-    (["--device"], "device", dict(help="auto (default), cpu, cuda, cuda:N")),
+    (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1)")),
+    (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),
     (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
-    (["--epochs"], "optim.epochs", dict(type=int)),
-    (["--batch-size"], "optim.batch_size", dict(type=int)),
-    (["--lr"], "optim.lr", dict(type=float, help="peak learning rate (default 0.05)")),
+    (["--epochs"], "optim.epochs", dict(type=int, help="epochs per generation")),
+    (["--batch-size"], "optim.batch_size", dict(type=int, help="images per step")),
+    (["--lr"], "optim.lr", dict(type=float, help="peak learning rate")),
     (["--momentum"], "optim.momentum", dict(type=float)),
     (["--no-nesterov"], "optim.nesterov", dict(action="store_false")),
     (["--weight-decay"], "optim.weight_decay", dict(type=float)),
@@ -71,14 +71,36 @@ TRAIN_FLAGS = [
     (["--refinery-bn-train"], "labels.refinery_bn_train", dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode")),
 ]
 CHAIN_FLAGS = [
-    (["--generations"], "chain.generations", dict(type=int, help="number of generations (default 3)")),
+    (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
     (["--models"], "chain.models", dict(nargs="+", metavar="MODEL", help="one architecture per generation, e.g. --models resnet-cifar cnn-small cnn-small")),
 ]
 
 
+GROUPS = {"chain": "chain", "data": "data and crops", "optim": "optimisation", "labels": "labels and loss", "": "model and run"}
+
+
+def _default_of(key: str):
+    from .config import Config
+
+    node = Config()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def _add_flags(parser: argparse.ArgumentParser, table) -> None:
+    """Flags grouped by config section; help shows the config key and its default."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for flags, key, opts in table:
-        parser.add_argument(*flags, dest=key, default=argparse.SUPPRESS, **opts)
+        section = key.split(".")[0] if "." in key else ""
+        group = groups.setdefault(section, parser.add_argument_group(GROUPS[section]))
+        opts = dict(opts)
+        if opts.get("action") not in ("store_true", "store_false"):
+            opts.setdefault("metavar", flags[0][2:].upper().replace("-", "_"))
+        default = _default_of(key)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        opts["help"] = (opts.get("help", "") + f" [{key}; default: {shown if shown != '' else 'none'}]").strip()
+        group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, **opts)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
