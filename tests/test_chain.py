@@ -94,11 +94,12 @@ def test_bigger_refinery_then_self_refinement(tmp_path):
 
 
 def test_chain_from_a_named_refinery(tmp_path, digits):
-    first = train_generation(load_config(overrides=FAST), tmp_path / "teacherless", dataset=digits, log=lambda _: None)
-    cfg = load_config(overrides={**FAST, "chain.generations": 1, "refinery": str(tmp_path / "teacherless")})
-    run_chain(cfg, tmp_path / "chain", log=lambda _: None)
+    first = train_generation(load_config(overrides=FAST), tmp_path / "earlier", dataset=digits, log=lambda _: None)
+    cfg = load_config(overrides={**FAST, "chain.generations": 1, "refinery": str(tmp_path / "earlier")})
+    rows = run_chain(cfg, tmp_path / "chain", log=lambda _: None)
     meta = json.loads((tmp_path / "chain/gen1/meta.json").read_text())
     assert meta["labels"]["sha256"] == first["sha256"]
+    assert rows[0]["refinery"] == f"{tmp_path / 'earlier' / 'model.safetensors'} (cnn-small)"
 
 
 def test_refined_generation_learns_from_its_refinery(tmp_path, digits):
@@ -109,3 +110,47 @@ def test_refined_generation_learns_from_its_refinery(tmp_path, digits):
     last = json.loads((tmp_path / "chain/gen2/metrics.jsonl").read_text().splitlines()[-1])
     assert last["refined_agreement"] > 75
     assert rows[1]["test_top1"] > 70
+
+
+def test_retrained_refinery_makes_later_generations_stale(tmp_path, digits):
+    first = tmp_path / "g1"
+    train_generation(load_config(overrides=FAST), first, dataset=digits, log=lambda _: None)
+    refined = load_config(overrides={**FAST, "refinery": str(first)})
+    train_generation(refined, tmp_path / "g2", dataset=digits, log=lambda _: None)
+    # generation 1 is retrained (another seed): generation 2 must not be silently reused
+    import shutil
+
+    shutil.rmtree(first)
+    train_generation(load_config(overrides={**FAST, "seed": 5}), first, dataset=digits, log=lambda _: None)
+    with pytest.raises(UserError, match="another refinery"):
+        train_generation(refined, tmp_path / "g2", dataset=digits, log=lambda _: None)
+
+
+def test_temperature_never_applies_to_ground_truth(tmp_path, digits):
+    a = train_generation(load_config(overrides=FAST), tmp_path / "t1", dataset=digits, log=lambda _: None)
+    b = train_generation(load_config(overrides={**FAST, "labels.temperature": 4.0}), tmp_path / "t4", dataset=digits, log=lambda _: None)
+    assert a["metrics"]["test_top1"] == b["metrics"]["test_top1"]
+    wa, wb = load_checkpoint(tmp_path / "t1").state_dict, load_checkpoint(tmp_path / "t4").state_dict
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_too_few_images_for_one_batch(tmp_path):
+    cfg = load_config(overrides={**FAST, "data.train_subset": 10, "optim.batch_size": 64})
+    with pytest.raises(UserError, match="no batch"):
+        train_generation(cfg, tmp_path / "g", log=lambda _: None)
+
+
+def test_resume_survives_a_cut_metrics_line(tmp_path, digits):
+    cfg = load_config(overrides={**FAST, "optim.epochs": 2})
+
+    def crash(message):
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_generation(cfg, tmp_path / "g", dataset=digits, log=crash)
+    with open(tmp_path / "g/metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "train_lo')  # a crash in the middle of the next line
+    meta = train_generation(cfg, tmp_path / "g", dataset=digits, log=lambda _: None)
+    rows = [json.loads(x) for x in (tmp_path / "g/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and meta["metrics"]["test_top1"] == rows[-1]["test_top1"]

@@ -127,16 +127,25 @@ def test_invalid_values(capsys, tmp_path, flags, phrase):
 
 
 def test_fashion_mnist_not_found_says_how_to_get_it(capsys, tmp_path, monkeypatch):
-    empty = tmp_path / "empty"
-    empty.mkdir()
     downloads = []
     monkeypatch.setattr(fashion_mnist, "_torchvision_download", lambda: downloads.append(1))  # returns None
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "no-debian-dir"))
+    monkeypatch.setattr(fashion_mnist, "CACHE_DIR", tmp_path / "no-cache")
     monkeypatch.delenv("LABEL_REFINERY_DATA", raising=False)
-    code, err = run_cli(capsys, *train_args(tmp_path / "run", "--dataset", "fashion-mnist", "--data-dir", empty, "--epochs", "1"))
-    assert_user_error(code, err, "Fashion-MNIST was not found", "apt-get install dataset-fashion-mnist", "--data-dir", str(empty))
+    code, err = run_cli(capsys, *train_args(tmp_path / "run", "--dataset", "fashion-mnist", "--epochs", "1"))
+    assert_user_error(code, err, "Fashion-MNIST was not found", "apt-get install dataset-fashion-mnist", "--data-dir", "no-debian-dir")
     assert downloads == [1]  # the download was tried last
     assert not (tmp_path / "run").exists()
+
+
+def test_empty_data_dir_is_not_silently_replaced(capsys, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    downloads = []
+    monkeypatch.setattr(fashion_mnist, "_torchvision_download", lambda: downloads.append(1))
+    code, err = run_cli(capsys, *train_args(tmp_path / "run", "--dataset", "fashion-mnist", "--data-dir", empty, "--epochs", "1"))
+    assert_user_error(code, err, f"--data-dir {empty} does not hold the four Fashion-MNIST files", "apt-get install")
+    assert downloads == []  # an explicit --data-dir is the only place looked at
 
 
 def test_data_dir_that_does_not_exist(capsys, tmp_path, monkeypatch):
@@ -243,3 +252,14 @@ def test_python_dash_m_entry_point():
 
     done = subprocess.run([sys.executable, "-m", "label_refinery", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "chain" in done.stdout and "Label Refinery" in done.stdout
+
+
+def test_unknown_device(capsys, tmp_path):
+    code, err = run_cli(capsys, *train_args(tmp_path / "run", "--dataset", "digits", "--epochs", "1", "--device", "tpu9"))
+    assert_user_error(code, err, "unknown device 'tpu9'")
+
+
+def test_set_none_clears_an_optional_key():
+    from label_refinery import load_config
+
+    assert load_config(overrides={"refinery": "none", "data.image_size": "null"}).refinery is None

@@ -15,7 +15,6 @@ Re-running the same command resumes: finished generations are skipped, an unfini
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -44,13 +43,15 @@ def generation_config(cfg: Config, out: Path, g: int) -> Config:
     return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1)
 
 
-def summary_row(meta: dict) -> dict:
+def summary_row(meta: dict, out: Path) -> dict:
+    """One row of the chain's table; the refinery is named by its generation in this chain, else its path."""
     labels = meta["labels"]
     if labels["kind"] == "ground-truth":
         refinery = "ground truth"
     else:
-        gen = labels.get("generation")
-        refinery = f"gen{gen} ({labels['model']})" if gen else labels.get("model", "?")
+        path = Path(labels["path"]).resolve()
+        inside = path.parent.parent == out.resolve() and path.parent.name.startswith("gen")
+        refinery = f"{path.parent.name if inside else labels['path']} ({labels['model']})"
     return {"generation": meta["generation"], "model": meta["model"], "refinery": refinery, **meta["metrics"]}
 
 
@@ -85,12 +86,11 @@ def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Call
     rows = []
     for g in range(1, cfg.chain.generations + 1):
         meta = train_generation(generation_config(cfg, out, g), out / f"gen{g}", generation=g, dataset=ds, progress=progress, log=log)
-        rows.append(summary_row(meta))
+        rows.append(summary_row(meta, out))
         write_json(out / "summary.json", rows)
         atomic_write(out / "summary.md", (format_table(rows) + "\n").encode())
+    extra = sorted(p.name for p in out.glob("gen*") if p.is_dir() and p.name[3:].isdigit() and int(p.name[3:]) > len(rows))
+    if extra:
+        log(f"note: {', '.join(extra)} in {out} are beyond --generations {len(rows)} and not in the table")
     log(format_table(rows))
     return rows
-
-
-def read_summary(out: str | Path) -> list[dict]:
-    return json.loads((Path(out) / "summary.json").read_text())

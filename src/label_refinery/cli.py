@@ -130,9 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["test", "train", "both"], default="test")
     ev.add_argument("--dataset", help="default: the checkpoint's dataset")
     ev.add_argument("--data-dir")
-    ev.add_argument("--batch-size", type=int, default=512)
+    ev.add_argument("--batch-size", type=_positive_int, default=512)
     ev.add_argument("--device", default="auto")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -182,7 +189,11 @@ def cmd_evaluate(args) -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     data_cfg = ckpt.meta["config"]["data"]
-    ds = load_dataset(args.dataset or data_cfg["dataset"], args.data_dir or data_cfg["data_dir"], ckpt.meta["image_size"])
+    same_data = args.dataset in (None, data_cfg["dataset"])
+    ds = load_dataset(
+        args.dataset or data_cfg["dataset"], args.data_dir or data_cfg["data_dir"], ckpt.meta["image_size"],
+        data_cfg["train_subset"] if same_data else None,  # the training images the model saw
+    )
     if list(ds.classes) != list(ckpt.meta["classes"]):
         raise UserError(f"{args.checkpoint} was trained on other classes than {ds.name}'s")
     if ds.in_chans != ckpt.meta["in_chans"]:

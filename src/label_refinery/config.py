@@ -101,7 +101,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
@@ -222,6 +222,12 @@ def validate(cfg: Config) -> None:
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
     _check(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(o.gamma > 0, f"optim.gamma must be > 0, got {o.gamma}")
+    _check(d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1, got {d.image_size}")
+    _check(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
+    _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
     _check(o.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine, step or constant, got {o.schedule!r}")
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")
     _check(all(0 < m < o.epochs for m in o.milestones), f"optim.milestones must lie in 1..epochs-1, got {list(o.milestones)}")

@@ -26,7 +26,18 @@ import torch
 import yaml
 
 from . import __version__
-from .checkpoint import META, STATE, load_tensors, restore_optimizer, optimizer_tensors, save_final, save_tensors
+from .checkpoint import (
+    META,
+    STATE,
+    atomic_write,
+    load_tensors,
+    optimizer_tensors,
+    resolve,
+    restore_optimizer,
+    save_final,
+    save_tensors,
+    sha256_file,
+)
 from .config import Config, save_config, to_dict
 from .data import CropSampler, ImageDataset, load_dataset
 from .engine import evaluate, lr_schedule, make_optimizer, train_one_epoch
@@ -43,7 +54,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def load_data(cfg: Config) -> ImageDataset:
@@ -93,16 +107,16 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _label_source(cfg: Config, ds: ImageDataset, device: torch.device):
+def _label_source(cfg: Config, ds: ImageDataset, device: torch.device, fingerprint: str, log: Callable[[str], None]):
     if cfg.refinery is None:
         return GroundTruth(ds.num_classes, cfg.labels.label_smoothing)
     refinery = LiveRefinery.from_checkpoint(
         cfg.refinery, device, cfg.channels_last, temperature=cfg.labels.temperature, bn_train=cfg.labels.refinery_bn_train
     )
     check_compatible(refinery, ds.classes, ds.in_chans)
-    fp = refinery.provenance.get("dataset_fingerprint")
-    if fp and fp != ds.fingerprint():
-        print(f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)")
+    theirs = refinery.provenance.get("dataset_fingerprint")
+    if theirs and theirs != fingerprint:
+        log(f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)")
     return refinery
 
 
@@ -112,35 +126,60 @@ def _append_jsonl(path: Path, row: dict) -> None:
 
 
 def _metrics_upto(path: Path, last_epoch: int) -> list[dict]:
-    """Keep metrics of epochs <= last_epoch (a crash may have logged an epoch it did not checkpoint)."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["epoch"] <= last_epoch]
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    """Keep metrics of epochs <= last_epoch (a crash may have logged an epoch it did not checkpoint,
+    or cut the last line short)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("epoch", last_epoch + 1) <= last_epoch:
+            rows.append(row)
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
     return rows
 
 
-def _resume(folder: Path, student, optimizer, refinery_sha: str | None) -> int:
+def _check_same_refinery(folder: Path, recorded: str | None, refinery: str | None) -> None:
+    """A generation's refinery must be the same file it was trained (or started) with."""
+    current = sha256_file(resolve(refinery)) if refinery else None
+    if current != recorded:
+        raise UserError(
+            f"{folder} was trained with another refinery (SHA-256 {str(recorded)[:12]} there, {str(current)[:12]} now): "
+            f"the refinery was retrained or replaced. Delete {folder} (and the generations after it) to retrain."
+        )
+
+
+def _resume(folder: Path, student, optimizer, refinery_sha: str | None, data_fingerprint: str) -> int:
     """Load the epoch checkpoint if there is one; returns the first epoch still to train."""
     if not (folder / STATE).is_file():
         return 0
     tensors, meta, _ = load_tensors(folder / STATE)
     if meta.get("refinery_sha256") != refinery_sha:
         raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
+    if meta.get("dataset_fingerprint") != data_fingerprint:
+        raise UserError(f"{folder / STATE} was trained on other data (dataset fingerprints differ); delete {folder} to start over")
     student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors, meta["optimizer"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return meta["epoch"] + 1
 
 
-def _save_state(folder: Path, student, optimizer, epoch: int, refinery_sha: str | None) -> None:
+def _save_state(folder: Path, student, optimizer, epoch: int, refinery_sha: str | None, data_fingerprint: str) -> None:
+    """Model, optimizer and RNG state after ``epoch``, in one atomically replaced file."""
     opt_tensors, opt_info = optimizer_tensors(optimizer)
-    model_tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
-    meta = {"epoch": epoch, "optimizer": opt_info, "refinery_sha256": refinery_sha}
-    save_tensors(folder / STATE, {**model_tensors, **opt_tensors}, meta)
+    tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"epoch": epoch, "optimizer": opt_info, "refinery_sha256": refinery_sha, "dataset_fingerprint": data_fingerprint}
+    save_tensors(folder / STATE, tensors, meta)
 
 
-def _final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict) -> dict:
+def _final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict, fingerprint: str) -> dict:
     return {
         "generation": generation,
         "model": cfg.model,
@@ -151,7 +190,7 @@ def _final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_
         "mean": list(ds.mean),
         "std": list(ds.std),
         "dataset": ds.name,
-        "dataset_fingerprint": ds.fingerprint(),
+        "dataset_fingerprint": fingerprint,
         "config": to_dict(cfg),
         "labels": labels_info,
         "metrics": metrics,
@@ -190,23 +229,28 @@ def train_generation(
     if has_progress(folder):
         check_same_config(folder, cfg)
     if (folder / META).is_file():
+        meta = json.loads((folder / META).read_text())
+        _check_same_refinery(folder, meta["labels"].get("sha256"), cfg.refinery)
+        (folder / STATE).unlink(missing_ok=True)  # left behind if a crash followed the final save
         log(f"generation {generation}: finished earlier, skipping ({folder})")
-        return json.loads((folder / META).read_text())
+        return meta
     ds = dataset or load_data(cfg)
     device = resolve_device(cfg.device)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained).to(device, memory_format=memory)
-    labels = _label_source(cfg, ds, device)
+    fingerprint = ds.fingerprint()
+    labels = _label_source(cfg, ds, device, fingerprint, log)
     labels_info = labels.describe()
     optimizer = make_optimizer(student, cfg.optim)
     crops = CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
     bs, epochs, desc = cfg.optim.batch_size, cfg.optim.epochs, f"gen {generation}"
+    temperature = cfg.labels.temperature if cfg.refinery else 1.0  # ground truth: plain cross-entropy
     steps = ds.train.num_batches(bs, drop_last=True)
     lr_at = lr_schedule(cfg.optim, steps)
     folder.mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder / "config.yaml")
-    start = _resume(folder, student, optimizer, labels_info.get("sha256"))
+    start = _resume(folder, student, optimizer, labels_info.get("sha256"), fingerprint)
     if start:
         log(f"generation {generation}: resuming after epoch {start} ({folder})")
     history = _metrics_upto(folder / "metrics.jsonl", start - 1)
@@ -219,14 +263,14 @@ def train_generation(
         batches = ds.train.iter_batches(bs, epoch=epoch, crops=crops, order_seed=cfg.seed, device=device, drop_last=True)
         row = train_one_epoch(
             student, labels, batches, optimizer, lr_at, first_step=epoch * steps,
-            temperature=cfg.labels.temperature, gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last,
+            temperature=temperature, gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last,
             total=steps, progress=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}",
         )
         test = evaluate_on(ds.test, "test")
         row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
         _append_jsonl(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
         history.append(row)
-        _save_state(folder, student, optimizer, epoch, labels_info.get("sha256"))
+        _save_state(folder, student, optimizer, epoch, labels_info.get("sha256"), fingerprint)
         log(_epoch_line(desc, epochs, row))
 
     clean = evaluate_on(ds.train, "train (clean)")
@@ -240,7 +284,7 @@ def train_generation(
         "train_seconds": sum(r["seconds"] for r in history),
     }
     student = student.to(memory_format=torch.contiguous_format)
-    meta = save_final(folder, student, _final_meta(cfg, ds, student, generation, labels_info, metrics))
+    meta = save_final(folder, student, _final_meta(cfg, ds, student, generation, labels_info, metrics, fingerprint))
     (folder / STATE).unlink(missing_ok=True)
     log(f"{desc} done: train top-1 (clean) {clean['top1']:.2f}  test top-1 {last['test_top1']:.2f}  gap {metrics['gap']:.2f}")
     return meta

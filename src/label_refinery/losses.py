@@ -63,7 +63,8 @@ def refinery_loss(
     the refinery's logits; this function applies it to the student's). The ``T^2`` factor keeps the
     gradient scale independent of ``T`` (Hinton et al. 2015). With the paper's settings ``T = 1``,
     ``alpha = 0`` this is exactly :func:`soft_cross_entropy`; generation 1 passes one-hot
-    (optionally smoothed) ``refined`` labels, which makes it the ordinary cross-entropy.
+    (optionally smoothed) ``refined`` labels and ``T = 1`` (the training code never applies a
+    temperature to ground truth), which makes it the ordinary cross-entropy.
     """
     loss = soft_cross_entropy(logits / temperature, refined)
     if temperature != 1.0:

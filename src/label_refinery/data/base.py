@@ -99,7 +99,7 @@ def batch_slices(n: int, batch_size: int, drop_last: bool, shard: tuple[int, int
     """
     rank, world = shard
     step = batch_size * world
-    stop = (n // step) * step if drop_last and n >= step else n
+    stop = (n // step) * step if drop_last else n
     out = []
     for start in range(0, stop, step):
         end = min(start + step, stop)

@@ -43,8 +43,11 @@ HOW_TO_GET = (
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array of its declared shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path} cannot be read ({err}); the file is truncated or corrupt: fetch it again") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
@@ -62,17 +65,21 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+CACHE_DIR = Path.home() / ".cache" / "label-refinery" / "fashion-mnist"
+
+
 def _candidates(data_dir: str | None) -> list[Path]:
+    """Folders to search: only ``data_dir`` when given (an explicit choice), else the usual places."""
+    roots = [data_dir] if data_dir else [os.environ.get("LABEL_REFINERY_DATA"), DEBIAN_DIR, str(CACHE_DIR)]
     out = []
-    for d in (data_dir, os.environ.get("LABEL_REFINERY_DATA"), DEBIAN_DIR):
-        if d:
-            p = Path(d).expanduser()
-            out += [p, p / "fashion-mnist", p / "FashionMNIST" / "raw"]
+    for d in filter(None, roots):
+        p = Path(d).expanduser()
+        out += [p, p / "fashion-mnist", p / "FashionMNIST" / "raw"]
     return out
 
 
 def _torchvision_download() -> Path | None:
-    root = Path.home() / ".cache" / "label-refinery" / "fashion-mnist"
+    root = CACHE_DIR
     try:
         from torchvision.datasets import FashionMNIST
 
@@ -90,8 +97,9 @@ def locate(data_dir: str | None = None, download: bool = True) -> dict[str, Path
         found = {k: _find(folder, stem) for k, stem in FILES.items()}
         if all(found.values()):
             return found  # type: ignore[return-value]
-    if data_dir and not Path(data_dir).expanduser().exists():
-        raise UserError(f"--data-dir {data_dir} does not exist.\n" + HOW_TO_GET)
+    if data_dir:
+        state = "does not exist" if not Path(data_dir).expanduser().exists() else "does not hold the four Fashion-MNIST files"
+        raise UserError(f"--data-dir {data_dir} {state}.\n" + HOW_TO_GET)
     if download:
         folder = _torchvision_download()
         if folder is not None:

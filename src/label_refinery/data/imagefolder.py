@@ -93,8 +93,8 @@ class _Views(torch.utils.data.Dataset):
 class FolderSplit:
     """A split of an image folder, decoded on the fly by ``workers`` loader processes."""
 
-    def __init__(self, root: Path, classes: list[str], samples, size: int, workers: int = 0):
-        self.root, self.classes, self.samples, self.size, self.workers = root, classes, samples, size, workers
+    def __init__(self, root: Path, samples, size: int, workers: int = 0):
+        self.root, self.samples, self.size, self.workers = root, samples, size, workers
         self.targets = torch.tensor([t for _, t in samples], dtype=torch.long)
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
@@ -124,9 +124,13 @@ class FolderSplit:
             persistent_workers=False,
             pin_memory=torch.device(device).type == "cuda",
         )
-        for images, pos, boxes in loader:
-            views = images.to(device, non_blocking=True).float().div_(255.0)
-            yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), pos, boxes if crops else None)
+        try:
+            for images, pos, boxes in loader:
+                views = images.to(device, non_blocking=True).float().div_(255.0)
+                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), pos, boxes if crops else None)
+        except UserError as err:  # from a worker, the message carries the worker's traceback: keep its last line
+            message = str(err).strip().splitlines()[-1]
+            raise UserError(message.split("UserError: ", 1)[-1]) from None
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -151,6 +155,6 @@ def load(root: str, image_size: int | None = None, workers: int = 0) -> ImageDat
             f"(only in train: {only_train or 'none'}; only in val: {only_val or 'none'}); make the class folders match"
         )
     size = image_size or 224
-    train = FolderSplit(base / "train", train_classes, train_samples, size, workers)
-    test = FolderSplit(base / "val", val_classes, val_samples, size, workers)
+    train = FolderSplit(base / "train", train_samples, size, workers)
+    test = FolderSplit(base / "val", val_samples, size, workers)
     return ImageDataset(f"imagefolder:{base}", train_classes, 3, size, IMAGENET_MEAN, IMAGENET_STD, train, test)

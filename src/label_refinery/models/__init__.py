@@ -51,6 +51,10 @@ def _options(text: str, name: str) -> dict[str, str]:
 
 def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     """Weights from a safetensors file or a PyTorch file, never unpickling arbitrary objects."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise UserError(f"pretrained weights file {path} does not exist")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -97,53 +101,46 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
 def _torchvision(arch: str, in_chans: int, num_classes: int, pretrained: str | None) -> nn.Module:
     import torchvision
 
-    if arch not in torchvision.models.list_models():
-        raise UserError(f"unknown torchvision model {arch!r}; see torchvision.models.list_models()")
     if pretrained is None:
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     else:
         model = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained == "hub" else None)
         if pretrained != "hub":
-            model.load_state_dict(load_state_dict_file(pretrained))
+            try:
+                model.load_state_dict(load_state_dict_file(pretrained))
+            except RuntimeError as err:
+                raise UserError(f"{pretrained} does not hold torchvision {arch} weights: {str(err).splitlines()[0]}") from err
         _replace_last_linear(model, num_classes)
     _replace_first_conv(model, in_chans)
     return model
 
 
 def _timm(arch: str, in_chans: int, num_classes: int, pretrained: str | None) -> nn.Module:
-    try:
-        import timm
-    except ImportError as err:
-        raise UserError("timm models need timm: pip install timm") from err
+    import timm
+
     kwargs: dict = dict(in_chans=in_chans, num_classes=num_classes)
     if pretrained is not None:
         kwargs["pretrained"] = True
         if pretrained != "hub":
+            load_state_dict_file(pretrained)  # fails early and clearly on a missing or unsafe file
             kwargs["pretrained_cfg_overlay"] = dict(file=pretrained)
-    try:
-        return timm.create_model(arch, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise UserError(f"unknown timm model {arch!r}; see timm.list_models()") from err
-        raise
+    return timm.create_model(arch, **kwargs)
 
 
 def create_model(name: str, in_chans: int, num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Build a classifier by registry name; see the module docstring for names and options."""
+    check_model_name(name)
     prefix, _, arg = name.partition(":")
-    if prefix in BUILTIN:
-        if pretrained is not None:
-            raise UserError(f"{prefix} has no published weights; train it, or start from one of our checkpoints")
-        opts = _options(arg, name)
-        try:
-            return BUILTIN[prefix](in_chans, num_classes, **opts)
-        except (TypeError, ValueError) as err:
-            raise UserError(f"model {name!r}: {err}") from err
-    if prefix == "torchvision" and arg:
+    if prefix == "torchvision":
         return _torchvision(arg, in_chans, num_classes, pretrained)
-    if prefix == "timm" and arg:
+    if prefix == "timm":
         return _timm(arg, in_chans, num_classes, pretrained)
-    raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+    if pretrained is not None:
+        raise UserError(f"{prefix} has no published weights; train it, or start from one of our checkpoints")
+    try:
+        return BUILTIN[prefix](in_chans, num_classes, **_options(arg, name))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model {name!r}: {err}") from err
 
 
 def check_model_name(name: str) -> None:
@@ -151,22 +148,20 @@ def check_model_name(name: str) -> None:
     prefix, _, arg = name.partition(":")
     if prefix in BUILTIN:
         _options(arg, name)
-        return
-    if prefix == "torchvision" and arg:
+    elif prefix == "torchvision" and arg:
         import torchvision
 
         if arg not in torchvision.models.list_models():
             raise UserError(f"unknown torchvision model {arg!r}; see torchvision.models.list_models()")
-        return
-    if prefix == "timm" and arg:
+    elif prefix == "timm" and arg:
         try:
             import timm
         except ImportError as err:
             raise UserError("timm models need timm: pip install timm") from err
         if not timm.is_model(arg):
             raise UserError(f"unknown timm model {arg!r}; see timm.list_models()")
-        return
-    raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+    else:
+        raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
 
 
 def count_parameters(model: nn.Module) -> int:
