@@ -40,7 +40,12 @@ def generation_config(cfg: Config, out: Path, g: int) -> Config:
     """The config of generation ``g`` (1-based) of the chain ``cfg`` written to ``out``."""
     model = cfg.chain.models[g - 1] if cfg.chain.models else cfg.model
     refinery = cfg.refinery if g == 1 else str(out / f"gen{g - 1}")
-    return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1)
+    labels = cfg.labels
+    if refinery is None and not labels.store:  # generation 1 on ground truth: nothing to store
+        labels = replace(labels, source="live")
+    if g > 1:  # a named store labels generation 1 only
+        labels = replace(labels, store=None)
+    return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels)
 
 
 def summary_row(meta: dict, out: Path) -> dict:

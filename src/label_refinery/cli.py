@@ -3,6 +3,7 @@
     label-refinery chain --dataset fashion-mnist --model cnn-small --generations 3 --epochs 10
     label-refinery train --dataset digits --epochs 5 --out runs/gen1
     label-refinery train --dataset digits --epochs 5 --refinery runs/gen1 --out runs/gen2
+    label-refinery bake --refinery runs/gen1 --seed 1 --epochs 5 --out runs/store
     label-refinery evaluate runs/gen2
     python -m label_refinery --help
 """
@@ -34,6 +35,15 @@ EXAMPLES = {
   label-refinery train --dataset digits --epochs 5 --refinery runs/digits-gen1 --out runs/digits-gen2
   label-refinery train --dataset imagefolder:/data/imagenet --model timm:resnet18 --image-size 224 \\
       --crop-scale 0.08 1 --batch-size 256 --lr 0.1 --schedule step --milestones 140 170 --epochs 200""",
+    "bake": """examples:
+  # bake generation 1's labels for the crops generation 2 will see (same --seed and crop flags as its train command)
+  label-refinery bake --refinery runs/g1 --dataset fashion-mnist --seed 1 --epochs 10 --top-k 5 --out runs/g1-store
+  label-refinery train --dataset fashion-mnist --seed 1 --epochs 10 --labels runs/g1-store --refinery runs/g1 --out runs/g2
+
+  label-refinery bake --refinery runs/g1 --epochs 10 --estimate --out runs/g1-store   # size only
+  label-refinery bake --refinery runs/g1 --static --out runs/g1-static                # one label per image
+
+  An interrupted bake resumes when re-run; manifest.json is written last.""",
     "evaluate": """examples:
   label-refinery evaluate runs/chain/gen2                  # test split of the checkpoint's dataset
   label-refinery evaluate runs/chain/gen2 --split train    # un-augmented training images""",
@@ -69,7 +79,12 @@ TRAIN_FLAGS = [
     (["--gt-weight"], "labels.gt_weight", dict(type=float, help="weight of ground-truth CE mixed in (the paper: 0)")),
     (["--label-smoothing"], "labels.label_smoothing", dict(type=float, help="for ground-truth generations")),
     (["--refinery-bn-train"], "labels.refinery_bn_train", dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode")),
+    (["--labels"], "labels.store", dict(metavar="STORE|static", help="train from a baked label store, or 'static': one refined label per image")),
+    (["--label-source"], "labels.source", dict(choices=["live", "store", "static"], help="refined labels from a refinery forward per step (live), a store baked first (store), or one label per image (static)")),
+    (["--top-k"], "labels.top_k", dict(type=int, help="classes kept per crop in a label store")),
+    (["--store-dtype"], "labels.store_dtype", dict(choices=["fp16", "uint8"], help="probabilities in a label store")),
 ]
+BAKE_KEYS = {"refinery", "seed", "device", "channels_last", "optim.epochs", "labels.temperature", "labels.top_k", "labels.store_dtype"}
 CHAIN_FLAGS = [
     (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
     (["--models"], "chain.models", dict(nargs="+", metavar="MODEL", help="one architecture per generation, e.g. --models resnet-cifar cnn-small cnn-small")),
@@ -125,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one generation (ground truth, or --refinery CKPT)", epilog=EXAMPLES["train"], formatter_class=fmt)
     _add_common(train)
     _add_flags(train, TRAIN_FLAGS)
+    bake = sub.add_parser("bake", help="label every training crop with a refinery into a label store", epilog=EXAMPLES["bake"], formatter_class=fmt)
+    bake.add_argument("--config", help="YAML config; flags override it")
+    bake.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    bake.add_argument("--out", required=True, help="store folder")
+    bake.add_argument("--static", action="store_true", help="one label per image (its evaluation view) instead of per crop")
+    bake.add_argument("--estimate", action="store_true", help="print the store's size and stop")
+    bake.add_argument("--batch-size", type=_positive_int, default=512, dest="bake_batch_size", help="images per refinery forward [default: 512]")
+    bake.add_argument("--bf16", action="store_true", help="refinery in bfloat16 autocast (faster on GPUs; top-k may change slightly)")
+    bake.add_argument("--no-progress", action="store_true")
+    _add_flags(bake, [f for f in TRAIN_FLAGS if f[1] in BAKE_KEYS or f[1].startswith("data.")])
     ev = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint", epilog=EXAMPLES["evaluate"], formatter_class=fmt)
     ev.add_argument("checkpoint", help="generation folder or model.safetensors")
     ev.add_argument("--split", choices=["test", "train", "both"], default="test")
@@ -145,6 +170,11 @@ def _positive_int(text: str) -> int:
 def _overrides(args: argparse.Namespace) -> dict:
     keys = {key for _, key, _ in TRAIN_FLAGS + CHAIN_FLAGS}
     out = {k: v for k, v in vars(args).items() if k in keys}
+    if out.get("labels.store") == "static":  # --labels static
+        out["labels.source"] = "static"
+        del out["labels.store"]
+    elif out.get("labels.store"):
+        out.setdefault("labels.source", "store")
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
@@ -181,6 +211,36 @@ def cmd_train(args) -> None:
     train_generation(cfg, out, progress=_progress(args))
 
 
+def cmd_bake(args) -> None:
+    from .config import load_config
+    from .generation import crop_sampler, load_data, resolve_device
+    from .labels.build import load_refinery, store_provenance
+    from .labels.store import bake, bytes_per_crop, estimate_bytes
+
+    cfg = load_config(args.config, _overrides(args))
+    if cfg.refinery is None:
+        raise UserError("bake needs --refinery CKPT: the model whose labels are stored")
+    ds = load_data(cfg)
+    epochs = 1 if args.static else cfg.optim.epochs
+    top_k = min(cfg.labels.top_k, ds.num_classes)
+    size = estimate_bytes(epochs, len(ds.train), ds.num_classes, top_k, cfg.labels.store_dtype)
+    per_crop = bytes_per_crop(ds.num_classes, top_k, cfg.labels.store_dtype)
+    print(f"label store: {epochs} epoch(s) x {len(ds.train)} images x top-{top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)")
+    if args.estimate:
+        return
+    device = resolve_device(cfg.device)
+    fingerprint = ds.fingerprint()
+    refinery = load_refinery(cfg, ds, device, fingerprint, print)
+    manifest = bake(
+        refinery.model, ds.train, args.out, num_classes=ds.num_classes, sampler=None if args.static else crop_sampler(cfg),
+        epochs=epochs, top_k=top_k, prob_dtype=cfg.labels.store_dtype, batch_size=args.bake_batch_size, device=device,
+        channels_last=cfg.channels_last, bf16=args.bf16, temperature=cfg.labels.temperature,
+        provenance=store_provenance(refinery, fingerprint, ds.image_size), progress=_progress(args),
+    )
+    if manifest.get("bake_images_per_s"):
+        print(f"baked at {manifest['bake_images_per_s']:.0f} img/s")
+
+
 def cmd_evaluate(args) -> None:
     from .checkpoint import load_checkpoint
     from .data import load_dataset
@@ -207,7 +267,7 @@ def cmd_evaluate(args) -> None:
         print(f"{name}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  ({m['images']} images)")
 
 
-COMMANDS = {"chain": cmd_chain, "train": cmd_train, "evaluate": cmd_evaluate}
+COMMANDS = {"chain": cmd_chain, "train": cmd_train, "bake": cmd_bake, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,10 @@ class LabelConfig:
     gt_weight: float = 0.0  # alpha: weight of the ground-truth cross-entropy; the paper: 0
     label_smoothing: float = 0.0  # generation 1 (ground truth) only
     refinery_bn_train: bool = False  # the 2018 release's behaviour: refinery BatchNorm in train mode
+    source: str = "live"  # live: refinery forward per step | store: bake, then train from the store | static: one label per image
+    store: str | None = None  # an existing label store to train from (see `label-refinery bake`)
+    top_k: int = 5  # classes kept per crop in a label store
+    store_dtype: str = "fp16"  # probabilities in a label store: fp16 | uint8
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,14 @@ def validate(cfg: Config) -> None:
     _check(lab.temperature > 0, f"labels.temperature must be > 0, got {lab.temperature}")
     _check(0 <= lab.gt_weight <= 1, f"labels.gt_weight must be in [0, 1], got {lab.gt_weight}")
     _check(0 <= lab.label_smoothing < 1, f"labels.label_smoothing must be in [0, 1), got {lab.label_smoothing}")
+    _check(lab.source in ("live", "store", "static"), f"labels.source must be live, store or static, got {lab.source!r}")
+    _check(lab.top_k >= 1, f"labels.top_k must be >= 1, got {lab.top_k}")
+    _check(lab.store_dtype in ("fp16", "uint8"), f"labels.store_dtype must be fp16 or uint8, got {lab.store_dtype!r}")
+    _check(not (lab.store and lab.source == "static"), "labels.store and labels.source=static exclude each other")
+    _check(
+        not (lab.refinery_bn_train and (lab.source != "live" or lab.store)),
+        "labels.refinery_bn_train needs a live refinery (labels.source=live, no labels.store)",
+    )
     _check(ch.generations >= 1, f"chain.generations must be >= 1, got {ch.generations}")
     _check(
         not ch.models or len(ch.models) == ch.generations,

@@ -42,7 +42,8 @@ from .config import Config, save_config, to_dict
 from .data import CropSampler, ImageDataset, load_dataset
 from .engine import evaluate, lr_schedule, make_optimizer, train_one_epoch
 from .errors import UserError
-from .labels import GroundTruth, LiveRefinery, check_compatible
+from .labels import GroundTruth
+from .labels.build import build_label_source
 from .models import count_parameters, create_model
 
 # Keys that may change between a run and its resumption without changing its results.
@@ -58,6 +59,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def crop_sampler(cfg: Config) -> CropSampler:
+    """The training crops of a run: keyed by its seed, shaped by its data settings."""
+    return CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
 
 
 def load_data(cfg: Config) -> ImageDataset:
@@ -105,19 +111,6 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
     return out
-
-
-def _label_source(cfg: Config, ds: ImageDataset, device: torch.device, fingerprint: str, log: Callable[[str], None]):
-    if cfg.refinery is None:
-        return GroundTruth(ds.num_classes, cfg.labels.label_smoothing)
-    refinery = LiveRefinery.from_checkpoint(
-        cfg.refinery, device, cfg.channels_last, temperature=cfg.labels.temperature, bn_train=cfg.labels.refinery_bn_train
-    )
-    check_compatible(refinery, ds.classes, ds.in_chans)
-    theirs = refinery.provenance.get("dataset_fingerprint")
-    if theirs and theirs != fingerprint:
-        log(f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)")
-    return refinery
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -240,12 +233,12 @@ def train_generation(
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained).to(device, memory_format=memory)
     fingerprint = ds.fingerprint()
-    labels = _label_source(cfg, ds, device, fingerprint, log)
+    crops = crop_sampler(cfg)
+    labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
     labels_info = labels.describe()
     optimizer = make_optimizer(student, cfg.optim)
-    crops = CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
     bs, epochs, desc = cfg.optim.batch_size, cfg.optim.epochs, f"gen {generation}"
-    temperature = cfg.labels.temperature if cfg.refinery else 1.0  # ground truth: plain cross-entropy
+    temperature = 1.0 if isinstance(labels, GroundTruth) else cfg.labels.temperature  # ground truth: plain cross-entropy
     steps = ds.train.num_batches(bs, drop_last=True)
     lr_at = lr_schedule(cfg.optim, steps)
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,22 +22,26 @@ class Batch:
         indices: dataset indices of the images ``[B]`` (int64): the key of crops and refined labels.
         crops: ``[B, 5]`` rows ``(y, x, h, w, flip)`` in pixels of the source image; ``None`` for
             evaluation views.
+        epoch: the epoch the crops were sampled for (with ``indices``, the key of a crop).
     """
 
     images: torch.Tensor
     targets: torch.Tensor
     indices: torch.Tensor
     crops: torch.Tensor | None = None
+    epoch: int = 0
 
 
 class Split(Protocol):
     """One split of a dataset (train or test) that can be iterated in batches.
 
     ``iter_batches`` yields training views (one :class:`CropSampler` crop per image, in the
-    epoch's seeded order) when ``crops`` is given, else evaluation views in index order.
+    epoch's seeded order) when ``crops`` is given, else evaluation views in index order;
+    ``start_batch`` skips the epoch's first batches without loading them (resumed bakes).
     """
 
     targets: torch.Tensor  # [N] int64
+    ids: torch.Tensor  # [N] int64: each image's index, the key of its crops and refined labels
 
     def __len__(self) -> int: ...
 
@@ -51,6 +55,7 @@ class Split(Protocol):
         device: torch.device | str = "cpu",
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        start_batch: int = 0,
     ) -> Iterator[Batch]: ...
 
     def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int: ...

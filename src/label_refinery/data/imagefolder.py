@@ -96,6 +96,7 @@ class FolderSplit:
     def __init__(self, root: Path, samples, size: int, workers: int = 0):
         self.root, self.samples, self.size, self.workers = root, samples, size, workers
         self.targets = torch.tensor([t for _, t in samples], dtype=torch.long)
+        self.ids = torch.arange(len(samples))  # an image's index is its position in the sorted file list
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     def __len__(self) -> int:
@@ -114,9 +115,11 @@ class FolderSplit:
         device="cpu",
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        start_batch: int = 0,
     ) -> Iterator[Batch]:
         order = epoch_order(len(self), order_seed, epoch)
-        keys = [[(int(p), epoch) for p in order[sl]] for sl in batch_slices(len(self), batch_size, drop_last, shard)]
+        slices = batch_slices(len(self), batch_size, drop_last, shard)[start_batch:]
+        keys = [[(int(p), epoch) for p in order[sl]] for sl in slices]
         loader = torch.utils.data.DataLoader(
             _Views(self.samples, self.size, crops),
             batch_sampler=keys,
@@ -127,7 +130,7 @@ class FolderSplit:
         try:
             for images, pos, boxes in loader:
                 views = images.to(device, non_blocking=True).float().div_(255.0)
-                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), pos, boxes if crops else None)
+                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), pos, boxes if crops else None, epoch)
         except UserError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             message = str(err).strip().splitlines()[-1]
             raise UserError(message.split("UserError: ", 1)[-1]) from None

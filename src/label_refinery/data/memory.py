@@ -47,10 +47,11 @@ class TensorSplit:
         device="cpu",
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        start_batch: int = 0,
     ) -> Iterator[Batch]:
         order = torch.from_numpy(epoch_order(len(self), order_seed, epoch))
         H, W = self.images.shape[-2:]
-        for sl in batch_slices(len(self), batch_size, drop_last, shard):
+        for sl in batch_slices(len(self), batch_size, drop_last, shard)[start_batch:]:
             pos = order[sl]
             raw = self.images[pos].to(device, non_blocking=True).float().div_(255.0)  # [B, C, H, W]
             ids = self.ids[pos]
@@ -59,7 +60,7 @@ class TensorSplit:
             else:
                 boxes = torch.from_numpy(crops.sample_batch(ids.numpy(), epoch, H, W))  # [B, 5]
                 views = apply_crops(raw, boxes, self.size)
-            yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), ids, boxes)
+            yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), ids, boxes, epoch)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

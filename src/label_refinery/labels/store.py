@@ -1,0 +1,334 @@
+"""The label store: refined labels baked to disk per (epoch, image), replayed without a refinery.
+
+Layout of a store folder (a few memory-mapped arrays, never one file per image)::
+
+    indices.npy     [E, N, K] top-k class indices: uint16 while classes fit (C <= 65,535), else int32
+    probs.npy       [E, N, K] top-k probabilities: float16, or uint8 (round(p * 255))
+    ids.npy         [N] int64 the images' dataset indices (row r holds image ids[r])
+    bake.json       what is being baked (written first; a resumed bake must match it)
+    progress.json   how far the bake got: (epoch, batches done), written after each flush
+    manifest.json   written last, the commit marker: spec, shapes, dtypes, format version
+
+E is the number of epochs (1 for static labels), N the training images, K the top-k. The crops are
+not stored: the manifest holds the :class:`CropSampler` settings that replay them exactly, plus a
+SHA-256 of every epoch's crops, which training re-checks, so labels can never silently belong to
+other crops. At top-5 a crop costs 20 bytes (uint16 indices + float16 probabilities).
+
+Expansion rule (one rule, tested): the stored top-k probabilities are kept; the leftover mass
+``1 - sum(top-k)`` is spread uniformly over the other ``C - K`` classes; the row is then renormalised
+to sum to 1 (which matters only where rounding pushed the top-k sum past 1, or K = C).
+
+Quantisation bound: a stored probability is within ``delta`` of the refinery's (``delta = 2**-12``
+for float16 on values <= 1, ``1/510`` for uint8), so after expansion each top-k entry is within
+``(K + 1) * delta`` of the live label (tested).
+
+Static labels (the paper's "dynamic vs static" ablation) are a store with E = 1 baked on the
+evaluation view of each whole image; every crop of that image then gets the same label.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..checkpoint import write_json
+from ..data.base import Batch, Split
+from ..data.crops import CropSampler
+from ..errors import UserError
+
+FORMAT = "label-refinery-store/1"
+ARRAYS = ("indices", "probs", "ids")
+PROB_DTYPES = {"fp16": np.float16, "uint8": np.uint8}
+FLUSH_SECONDS = 30.0  # an interrupted bake loses at most this much work
+
+
+def index_dtype(num_classes: int) -> np.dtype:
+    """Narrowest exact dtype for class indices."""
+    return np.dtype(np.uint16) if num_classes <= np.iinfo(np.uint16).max else np.dtype(np.int32)
+
+
+def bytes_per_crop(num_classes: int, top_k: int, prob_dtype: str) -> int:
+    return top_k * (index_dtype(num_classes).itemsize + np.dtype(PROB_DTYPES[prob_dtype]).itemsize)
+
+
+def estimate_bytes(epochs: int, images: int, num_classes: int, top_k: int, prob_dtype: str) -> int:
+    """Size of a store's arrays, in bytes."""
+    return epochs * images * bytes_per_crop(num_classes, top_k, prob_dtype) + 8 * images
+
+
+def sampler_spec(sampler: CropSampler | None) -> dict | None:
+    if sampler is None:
+        return None
+    return {"seed": sampler.seed, "scale": list(sampler.scale), "ratio": list(sampler.ratio), "flip_p": sampler.flip_p}
+
+
+def crop_digest(sampler: CropSampler, split: Split, epoch: int) -> str:
+    """SHA-256 of the crops of every image of ``split`` in ``epoch`` (replay check)."""
+    import hashlib
+
+    heights, widths = _image_sizes(split)
+    crops = sampler.sample_batch(split.ids.numpy(), epoch, heights, widths)
+    return hashlib.sha256(np.ascontiguousarray(crops).tobytes()).hexdigest()
+
+
+def _image_sizes(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(split, "images"):  # in memory: one size
+        H, W = split.images.shape[-2:]
+        return np.array(H), np.array(W)
+    from PIL import Image
+
+    sizes = []
+    for path, _ in split.samples:
+        with Image.open(path) as img:
+            sizes.append(img.size)
+    wh = np.array(sizes, dtype=np.int64)
+    return wh[:, 1], wh[:, 0]
+
+
+def quantize(p: torch.Tensor, prob_dtype: str) -> np.ndarray:
+    if prob_dtype == "uint8":
+        return (p * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return p.to(torch.float16).cpu().numpy()
+
+
+def dequantize(a: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.float() / 255.0 if a.dtype == np.uint8 else t.float()
+
+
+def expand_topk(indices: torch.Tensor, probs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Top-k ``[B, K]`` back to a distribution ``[B, C]`` by the module's expansion rule."""
+    B, K = probs.shape
+    rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(0.0)  # [B, 1]
+    fill = rest / (num_classes - K) if num_classes > K else torch.zeros_like(rest)
+    out = fill.expand(B, num_classes).clone()
+    out.scatter_(1, indices.long(), probs)
+    return out / out.sum(1, keepdim=True)
+
+
+def row_lookup(ids: np.ndarray) -> np.ndarray:
+    """Dense map image id -> row of the store (-1 for ids not in it)."""
+    lookup = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+    lookup[ids] = np.arange(len(ids))
+    return lookup
+
+
+def _open(path: Path, mode: str):
+    try:
+        return np.load(path, mmap_mode=mode)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"label store array {path} is truncated or corrupt ({err}); bake the store again") from err
+
+
+class _Bake:
+    """State of one bake: the arrays opened for writing and the progress marker."""
+
+    def __init__(self, out: Path, spec: dict, ids: np.ndarray):
+        self.out = out
+        shape = (spec["epochs"], len(ids), spec["top_k"])
+        resuming = (out / "bake.json").is_file() and all((out / f"{a}.npy").is_file() for a in ARRAYS)
+        if resuming:
+            if json.loads((out / "bake.json").read_text()) != spec:
+                raise UserError(f"{out} holds an unfinished bake with other settings; delete it or bake to another --out")
+            self.indices, self.probs = _open(out / "indices.npy", "r+"), _open(out / "probs.npy", "r+")
+            if self.indices.shape != shape or self.probs.shape != shape:
+                raise UserError(f"{out} has arrays of the wrong shape for this bake; delete it and bake again")
+            progress = json.loads((out / "progress.json").read_text()) if (out / "progress.json").is_file() else {}
+            self.epoch, self.batch = progress.get("epoch", 0), progress.get("batch", 0)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "bake.json", spec)
+            np.save(out / "ids.npy", ids)
+            fmt = np.lib.format
+            self.indices = fmt.open_memmap(out / "indices.npy", "w+", np.dtype(spec["index_dtype"]), shape)
+            self.probs = fmt.open_memmap(out / "probs.npy", "w+", np.dtype(spec["prob_dtype_numpy"]), shape)
+            self.epoch, self.batch = 0, 0
+
+    def flush(self, epoch: int, batch: int) -> None:
+        self.indices.flush()
+        self.probs.flush()
+        write_json(self.out / "progress.json", {"epoch": epoch, "batch": batch})
+
+
+def bake(
+    model: torch.nn.Module,
+    split: Split,
+    out: str | Path,
+    *,
+    num_classes: int,
+    sampler: CropSampler | None,
+    epochs: int,
+    top_k: int = 5,
+    prob_dtype: str = "fp16",
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+    bf16: bool = False,
+    temperature: float = 1.0,
+    provenance: dict | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Label every (epoch, image) crop of ``split`` with ``model`` and write a store; returns the manifest.
+
+    ``sampler=None`` bakes static labels (one evaluation view per image, ``epochs`` must be 1).
+    Re-running an interrupted bake with the same arguments resumes at the last flushed batch; a
+    finished store (manifest present) with the same settings is returned as is.
+
+    Example:
+        >>> ref = load_checkpoint("runs/demo/gen1")                                       # doctest: +SKIP
+        >>> bake(ref.build_model(), ds.train, "runs/store", num_classes=10,               # doctest: +SKIP
+        ...      sampler=CropSampler(1, (0.25, 1)), epochs=10)
+    """
+    out = Path(out)
+    if sampler is None and epochs != 1:
+        raise ValueError("static labels have one epoch")
+    if not 1 <= top_k <= num_classes:
+        raise UserError(f"top_k must be in 1..{num_classes}, got {top_k}")
+    if prob_dtype not in PROB_DTYPES:
+        raise UserError(f"prob_dtype must be one of {', '.join(PROB_DTYPES)}, got {prob_dtype!r}")
+    spec = {
+        "format": FORMAT,
+        "views": "crops" if sampler is not None else "static",
+        "sampler": sampler_spec(sampler),
+        "epochs": epochs,
+        "top_k": top_k,
+        "num_classes": num_classes,
+        "images": len(split),
+        "index_dtype": index_dtype(num_classes).name,
+        "prob_dtype": prob_dtype,
+        "prob_dtype_numpy": np.dtype(PROB_DTYPES[prob_dtype]).name,
+        "bf16": bf16,
+        "temperature": temperature,
+        **(provenance or {}),
+    }
+    if (out / "manifest.json").is_file():
+        manifest = json.loads((out / "manifest.json").read_text())
+        if {k: manifest.get(k) for k in spec} != spec:
+            raise UserError(f"{out} holds a finished store with other settings; bake to another --out")
+        log(f"label store {out}: finished earlier, reusing it")
+        return manifest
+    state = _Bake(out, spec, split.ids.numpy())
+    if state.epoch or state.batch:
+        log(f"label store {out}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
+    model = model.requires_grad_(False).eval().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    rows_of = row_lookup(split.ids.numpy())
+    bar = tqdm(total=epochs * len(split), initial=state.epoch * len(split) + min(state.batch * batch_size, len(split)),
+               desc="bake", unit="img", disable=not progress, dynamic_ncols=True)
+    start, done, last_flush = time.perf_counter(), 0, time.perf_counter()
+    for epoch in range(state.epoch, epochs):
+        first = state.batch if epoch == state.epoch else 0
+        batches = split.iter_batches(batch_size, epoch=epoch, crops=sampler, device=device, start_batch=first)
+        for b, batch in enumerate(batches, start=first):
+            probs = _refine(model, batch, channels_last, bf16, temperature)  # [B, C]
+            top = probs.topk(top_k, dim=1)
+            rows = rows_of[batch.indices.numpy()]  # [B]
+            state.indices[epoch, rows] = top.indices.cpu().numpy().astype(state.indices.dtype)
+            state.probs[epoch, rows] = quantize(top.values, prob_dtype)
+            done += len(rows)
+            bar.update(len(rows))
+            if time.perf_counter() - last_flush >= FLUSH_SECONDS:
+                state.flush(epoch, b + 1)
+                last_flush = time.perf_counter()
+        state.flush(epoch + 1, 0)
+    bar.close()
+    seconds = time.perf_counter() - start
+    digests = [crop_digest(sampler, split, e) for e in range(epochs)] if sampler is not None else None
+    manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "bake_images_per_s": done / seconds if done else None}
+    write_json(out / "manifest.json", manifest)
+    log(f"label store {out}: {epochs} x {len(split)} crops, top-{top_k}, "
+        f"{estimate_bytes(epochs, len(split), num_classes, top_k, prob_dtype) / 2**20:.1f} MiB")
+    return manifest
+
+
+def _refine(model: torch.nn.Module, batch: Batch, channels_last: bool, bf16: bool, temperature: float) -> torch.Tensor:
+    images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+    with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return F.softmax(model(images).float() / temperature, dim=1)
+
+
+class StoredLabels:
+    """Label source reading a baked store: the refined labels of ``(batch.epoch, batch.indices)``.
+
+    Open it with :meth:`open`, which refuses a store that does not match the run.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
+        self.path = Path(path)
+        if not (self.path / "manifest.json").is_file():
+            hint = "the bake did not finish: re-run the same bake command to complete it" if (self.path / "bake.json").is_file() else "is this a label store folder?"
+            raise UserError(f"{self.path} has no manifest.json ({hint})")
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise UserError(f"{self.path} is not a label store of format {FORMAT!r}")
+        self.indices, self.probs = _open(self.path / "indices.npy", "r"), _open(self.path / "probs.npy", "r")
+        ids = _open(self.path / "ids.npy", "r")
+        shape = tuple(self.manifest["shape"])
+        if self.indices.shape != shape or self.probs.shape != shape or ids.shape != (shape[1],):
+            raise UserError(f"{self.path}: arrays do not have the manifest's shape {shape}; bake the store again")
+        self.ids = np.asarray(ids)
+        self.lookup = row_lookup(self.ids)
+        self.num_classes = self.manifest["num_classes"]
+        self.static = self.manifest["views"] == "static"
+        self.device = torch.device(device)
+
+    @classmethod
+    def open(cls, path, *, split: Split, num_classes: int, dataset_fingerprint: str, image_size: int, sampler: CropSampler,
+             epochs: int, temperature: float = 1.0, device="cpu", refinery_sha256: str | None = None) -> "StoredLabels":
+        """A store checked against the run: same data, classes, crops, enough epochs, same refinery."""
+        store = cls(path, device)
+        m, where = store.manifest, store.path
+        problems = []
+        if m.get("dataset_fingerprint") != dataset_fingerprint:
+            problems.append("it was baked for other data (dataset fingerprints differ)")
+        if m.get("image_size") != image_size:
+            problems.append(f"it was baked at image size {m.get('image_size')}, the run uses {image_size}")
+        if m.get("temperature", 1.0) != temperature:
+            problems.append(f"it was baked at temperature {m.get('temperature', 1.0)}, the run uses {temperature}")
+        if m["num_classes"] != num_classes:
+            problems.append(f"it has {m['num_classes']} classes, the dataset {num_classes}")
+        if not np.array_equal(store.ids, split.ids.numpy()):
+            problems.append("its images are not this run's training images")
+        if refinery_sha256 and m.get("refinery_sha256") != refinery_sha256:
+            problems.append("it was baked by another refinery than --refinery")
+        if not store.static:
+            if m["sampler"] != sampler_spec(sampler):
+                problems.append(f"its crops come from another sampler ({m['sampler']} there, {sampler_spec(sampler)} here: seed and crop settings must match)")
+            elif m["epochs"] < epochs:
+                problems.append(f"it holds {m['epochs']} epochs, the run needs {epochs}")
+            elif m["crop_digests"][0] != crop_digest(sampler, split, 0):
+                problems.append("replaying its crops gives other crops (a different label-refinery version?)")
+        if problems:
+            raise UserError(f"label store {where} does not match this run: " + "; ".join(problems))
+        return store
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        rows = self.lookup[batch.indices.numpy()]  # [B]
+        epoch = 0 if self.static else batch.epoch
+        idx = torch.from_numpy(self.indices[epoch, rows].astype(np.int64))  # [B, K]
+        p = dequantize(self.probs[epoch, rows])  # [B, K]
+        return expand_topk(idx, p, self.num_classes).to(self.device)  # [B, C]
+
+    def describe(self) -> dict:
+        m = self.manifest
+        return {
+            "kind": "static" if self.static else "stored",
+            "store": str(self.path),
+            "path": m.get("refinery_path"),
+            "sha256": m.get("refinery_sha256"),
+            "model": m.get("refinery_model"),
+            "generation": m.get("refinery_generation"),
+            "temperature": m.get("temperature", 1.0),
+            "top_k": m["top_k"],
+            "prob_dtype": m["prob_dtype"],
+        }

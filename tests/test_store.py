@@ -1,0 +1,213 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from label_refinery import UserError, load_config, run_chain
+from label_refinery.config import OptimConfig
+from label_refinery.data import CropSampler, load_dataset
+from label_refinery.engine import lr_schedule, make_optimizer, train_one_epoch
+from label_refinery.labels import LiveRefinery
+from label_refinery.labels import store as store_mod
+from label_refinery.labels.store import StoredLabels, bake, expand_topk, index_dtype
+from label_refinery.models import create_model
+
+SAMPLER = CropSampler(seed=3, scale=(0.25, 1.0))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def refinery(digits):
+    """A briefly trained refinery: peaked, realistic probabilities."""
+    from label_refinery.labels import GroundTruth
+
+    torch.manual_seed(0)
+    model = create_model("cnn-small", 1, 10)
+    cfg = OptimConfig(lr=0.05, epochs=3)
+    opt = make_optimizer(model, cfg)
+    lr_at = lr_schedule(cfg, digits.train.num_batches(64, drop_last=True))
+    for epoch in range(3):
+        batches = digits.train.iter_batches(64, epoch=epoch, crops=SAMPLER, order_seed=0, drop_last=True)
+        train_one_epoch(model, GroundTruth(10), batches, opt, lr_at, first_step=epoch * 22)
+    return model.eval()
+
+
+def _bake(model, ds, out, **kw):
+    args = dict(num_classes=10, sampler=SAMPLER, epochs=2, top_k=10, log=lambda _: None, provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": 8})
+    args.update(kw)
+    return bake(model, ds.train, out, **args)
+
+
+def _open(path, ds, **kw):
+    args = dict(split=ds.train, num_classes=10, dataset_fingerprint=ds.fingerprint(), image_size=8, sampler=SAMPLER, epochs=2)
+    args.update(kw)
+    return StoredLabels.open(path, **args)
+
+
+def test_expansion_rule():
+    idx = torch.tensor([[3, 1], [0, 2]])
+    p = torch.tensor([[0.5, 0.3], [0.9, 0.2]])  # second row: rounding pushed the sum past 1
+    q = expand_topk(idx, p, 5)
+    assert torch.allclose(q.sum(1), torch.ones(2))
+    assert torch.allclose(q[0], torch.tensor([0.2 / 3, 0.3, 0.2 / 3, 0.5, 0.2 / 3]))  # leftover 0.2 spread over 3
+    assert torch.allclose(q[1], torch.tensor([0.9, 0.0, 0.2, 0.0, 0.0]) / 1.1)
+    full = expand_topk(torch.tensor([[1, 0]]), torch.tensor([[0.6, 0.4]]), 2)
+    assert torch.allclose(full, torch.tensor([[0.4, 0.6]]))
+
+
+@pytest.mark.parametrize("dtype, delta", [("fp16", 2**-12), ("uint8", 1 / 510)])
+def test_round_trip_within_quantization(tmp_path, digits, refinery, dtype, delta):
+    manifest = _bake(refinery, digits, tmp_path / "s", prob_dtype=dtype)
+    assert manifest["shape"] == [2, len(digits.train), 10] and (tmp_path / "s/manifest.json").is_file()
+    stored = _open(tmp_path / "s", digits)
+    live = LiveRefinery(refinery)
+    for epoch in (0, 1):
+        for batch in digits.train.iter_batches(200, epoch=epoch, crops=SAMPLER, order_seed=5):
+            q_live, q_store = live(batch), stored(batch)
+            # the documented bound: (K + 1) * delta, here K = C = 10
+            assert (q_live - q_store).abs().max() <= 11 * delta
+
+
+def test_top5_keeps_the_top_and_spreads_the_rest(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "s", top_k=5)
+    stored = _open(tmp_path / "s", digits)
+    batch = next(digits.train.iter_batches(64, epoch=1, crops=SAMPLER, order_seed=0))
+    q_live, q_store = LiveRefinery(refinery)(batch), stored(batch)
+    assert torch.equal(q_live.argmax(1), q_store.argmax(1))
+    top = q_live.topk(5, 1)
+    assert torch.allclose(q_store.gather(1, top.indices), top.values, atol=2e-3)
+    assert torch.allclose(q_store.sum(1), torch.ones(64), atol=1e-5)
+    assert store_mod.bytes_per_crop(10, 5, "fp16") == 20
+
+
+def test_training_step_from_store_equals_live_step(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "s")
+    sources = {"live": LiveRefinery(refinery), "store": _open(tmp_path / "s", digits)}
+    params = {}
+    cfg = OptimConfig(lr=0.1, epochs=1)
+    for name, labels in sources.items():
+        torch.manual_seed(1)
+        student = create_model("cnn-small", 1, 10)
+        opt = make_optimizer(student, cfg)
+        batches = digits.train.iter_batches(64, epoch=1, crops=SAMPLER, order_seed=1, drop_last=True)
+        train_one_epoch(student, labels, [next(batches)], opt, lr_schedule(cfg, 1))
+        params[name] = torch.cat([p.detach().flatten() for p in student.parameters()])
+    assert torch.allclose(params["live"], params["store"], atol=1e-4)
+
+
+def test_mismatched_stores_are_refused(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "s")
+    cases = [
+        (dict(sampler=CropSampler(seed=4)), "another sampler"),
+        (dict(sampler=CropSampler(seed=3, scale=(0.5, 1.0))), "another sampler"),
+        (dict(epochs=3), "holds 2 epochs"),
+        (dict(num_classes=5), "5"),
+        (dict(dataset_fingerprint="0" * 64), "other data"),
+        (dict(image_size=16), "image size"),
+        (dict(refinery_sha256="f" * 64), "another refinery"),
+        (dict(temperature=2.0), "temperature"),
+    ]
+    for kw, phrase in cases:
+        with pytest.raises(UserError, match=phrase):
+            _open(tmp_path / "s", digits, **kw)
+    subset = load_dataset("digits", train_subset=100)
+    with pytest.raises(UserError, match="not this run's training images"):
+        _open(tmp_path / "s", subset, dataset_fingerprint=subset.fingerprint(), split=subset.train)
+
+
+def test_incomplete_or_truncated_stores_are_refused(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "s")
+    data = (tmp_path / "s/probs.npy").read_bytes()
+    (tmp_path / "s/probs.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        _open(tmp_path / "s", digits)
+    (tmp_path / "s/manifest.json").unlink()
+    with pytest.raises(UserError, match="did not finish"):
+        _open(tmp_path / "s", digits)
+    with pytest.raises(UserError, match="no manifest"):
+        _open(tmp_path / "nothing", digits)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_bake_resumes_to_identical_arrays(tmp_path, digits, refinery, monkeypatch):
+    _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
+    monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
+    calls = {"n": 0}
+
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = refinery
+
+        def forward(self, x):
+            calls["n"] += 1
+            if calls["n"] == 20:  # in the middle of epoch 2 (15 batches per epoch)
+                raise _Crash
+            return self.inner(x)
+
+    with pytest.raises(_Crash):
+        _bake(Flaky(), digits, tmp_path / "resumed", top_k=3, batch_size=100)
+    assert not (tmp_path / "resumed/manifest.json").exists()
+    assert json.loads((tmp_path / "resumed/progress.json").read_text()) == {"epoch": 1, "batch": 4}
+    messages = []
+    _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=100, log=messages.append)
+    assert any("resuming at epoch 2, batch 4" in m for m in messages)
+    for name in ("indices", "probs", "ids"):
+        assert np.array_equal(np.load(tmp_path / f"whole/{name}.npy"), np.load(tmp_path / f"resumed/{name}.npy"))
+    # a finished store is reused, and other settings are refused
+    assert _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)["top_k"] == 3
+    with pytest.raises(UserError, match="other settings"):
+        _bake(refinery, digits, tmp_path / "whole", top_k=4)
+
+
+def test_more_than_65535_classes_keep_exact_indices(tmp_path):
+    assert index_dtype(65535) == np.uint16 and index_dtype(65536) == np.int32
+    ds = load_dataset("digits", train_subset=24)
+    C = 70_000
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    with torch.no_grad():
+        model[1].bias[65_536:] += 5.0  # the top classes all lie beyond uint16
+    manifest = bake(model, ds.train, tmp_path / "big", num_classes=C, sampler=SAMPLER, epochs=1, top_k=3, channels_last=False,
+                    log=lambda _: None, provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": 8})
+    assert manifest["index_dtype"] == "int32"
+    stored = np.load(tmp_path / "big/indices.npy")[0]
+    batch = next(ds.train.iter_batches(24, epoch=0, crops=SAMPLER))
+    with torch.no_grad():
+        expected = model(batch.images).topk(3, 1).indices.numpy()
+    assert stored.min() > 65_535 and np.array_equal(stored, expected)
+
+
+def test_static_labels_are_identical_across_crops(tmp_path, digits, refinery):
+    bake(refinery, digits.train, tmp_path / "static", num_classes=10, sampler=None, epochs=1, top_k=10,
+         log=lambda _: None, provenance={"dataset_fingerprint": digits.fingerprint(), "image_size": 8})
+    stored = _open(tmp_path / "static", digits, sampler=CropSampler(seed=99), epochs=7)  # any crops, any epochs
+    a = next(digits.train.iter_batches(32, epoch=0, crops=CropSampler(seed=99)))
+    b = next(digits.train.iter_batches(32, epoch=5, crops=CropSampler(seed=99)))
+    assert not torch.equal(a.crops, b.crops) and torch.equal(a.indices, b.indices)
+    assert torch.equal(stored(a), stored(b))
+    # and it is the refinery's label of the whole image
+    whole = next(digits.train.iter_batches(32))
+    with torch.no_grad():
+        expected = torch.softmax(refinery(whole.images), 1)
+    assert torch.allclose(stored(a), expected, atol=1e-3)
+
+
+def test_chain_from_store_records_provenance(tmp_path):
+    cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "chain.generations": 2, "labels.source": "store"})
+    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
+    m1 = json.loads((tmp_path / "c/gen1/meta.json").read_text())
+    m2 = json.loads((tmp_path / "c/gen2/meta.json").read_text())
+    assert m1["labels"]["kind"] == "ground-truth" and m2["labels"]["kind"] == "stored"
+    assert m2["labels"]["sha256"] == m1["sha256"] and rows[1]["refinery"] == "gen1 (cnn-small)"
+    manifest = json.loads((tmp_path / "c/gen2/labels/manifest.json").read_text())
+    assert manifest["sampler"]["seed"] == 1 and manifest["epochs"] == 1 and manifest["top_k"] == 5
