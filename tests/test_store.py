@@ -157,7 +157,7 @@ def test_interrupted_bake_resumes_to_identical_arrays(tmp_path, digits, refinery
     with pytest.raises(_Crash):
         _bake(Flaky(), digits, tmp_path / "resumed", top_k=3, batch_size=100)
     assert not (tmp_path / "resumed/manifest.json").exists()
-    assert json.loads((tmp_path / "resumed/progress.json").read_text()) == {"epoch": 1, "batch": 4}
+    assert json.loads((tmp_path / "resumed/progress.json").read_text()) == {"epoch": 1, "batch": 4, "batch_size": 100}
     messages = []
     _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=100, log=messages.append)
     assert any("resuming at epoch 2, batch 4" in m for m in messages)

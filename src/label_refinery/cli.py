@@ -192,13 +192,22 @@ def _progress(args) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+def _log(args):
+    """Lines that do not break the progress bars when they are shown."""
+    if _progress(args):
+        from tqdm.auto import tqdm
+
+        return tqdm.write
+    return print
+
+
 def cmd_chain(args) -> None:
     from .chain import run_chain
     from .config import load_config
 
     cfg = load_config(args.config, _overrides(args))
     out = args.out or _default_out("chain", cfg)
-    run_chain(cfg, out, progress=_progress(args))
+    run_chain(cfg, out, progress=_progress(args), log=_log(args))
     print(f"table saved to {out}/summary.md")
 
 
@@ -208,7 +217,7 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, _overrides(args))
     out = args.out or _default_out("train", cfg)
-    train_generation(cfg, out, progress=_progress(args))
+    train_generation(cfg, out, progress=_progress(args), log=_log(args))
 
 
 def cmd_bake(args) -> None:

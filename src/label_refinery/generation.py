@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import (
@@ -192,6 +193,27 @@ def _final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_
     }
 
 
+def _finished(folder: Path, cfg: Config) -> dict:
+    """The metadata of a finished generation, if its refinery is still the same file."""
+    meta = json.loads((folder / META).read_text())
+    _check_same_refinery(folder, meta["labels"].get("sha256"), cfg.refinery)
+    (folder / STATE).unlink(missing_ok=True)  # left behind if a crash followed the final save
+    return meta
+
+
+def _final_metrics(history: list[dict], clean: dict) -> dict:
+    """The generation's summary: the last epoch's metrics, clean train top-1 and the gap."""
+    last = history[-1]
+    return {
+        "train_top1_crops": last["train_top1_crops"],
+        "train_top1_clean": clean["top1"],
+        "test_top1": last["test_top1"],
+        "test_top5": last["test_top5"],
+        "gap": clean["top1"] - last["test_top1"],
+        "train_seconds": sum(r["seconds"] for r in history),
+    }
+
+
 def _epoch_line(desc: str, epochs: int, row: dict) -> str:
     return (
         f"{desc} epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}  "
@@ -222,11 +244,8 @@ def train_generation(
     if has_progress(folder):
         check_same_config(folder, cfg)
     if (folder / META).is_file():
-        meta = json.loads((folder / META).read_text())
-        _check_same_refinery(folder, meta["labels"].get("sha256"), cfg.refinery)
-        (folder / STATE).unlink(missing_ok=True)  # left behind if a crash followed the final save
         log(f"generation {generation}: finished earlier, skipping ({folder})")
-        return meta
+        return _finished(folder, cfg)
     ds = dataset or load_data(cfg)
     device = resolve_device(cfg.device)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -252,7 +271,7 @@ def train_generation(
         batches = split.iter_batches(512, device=device)
         return evaluate(student, batches, channels_last=cfg.channels_last, total=split.num_batches(512), progress=progress, desc=f"{desc} {name}")
 
-    for epoch in range(start, epochs):
+    for epoch in tqdm(range(start, epochs), initial=start, total=epochs, desc=desc, unit="epoch", disable=not progress):
         batches = ds.train.iter_batches(bs, epoch=epoch, crops=crops, order_seed=cfg.seed, device=device, drop_last=True)
         row = train_one_epoch(
             student, labels, batches, optimizer, lr_at, first_step=epoch * steps,
@@ -266,18 +285,9 @@ def train_generation(
         _save_state(folder, student, optimizer, epoch, labels_info.get("sha256"), fingerprint)
         log(_epoch_line(desc, epochs, row))
 
-    clean = evaluate_on(ds.train, "train (clean)")
-    last = history[-1]
-    metrics = {
-        "train_top1_crops": last["train_top1_crops"],
-        "train_top1_clean": clean["top1"],
-        "test_top1": last["test_top1"],
-        "test_top5": last["test_top5"],
-        "gap": clean["top1"] - last["test_top1"],
-        "train_seconds": sum(r["seconds"] for r in history),
-    }
+    metrics = _final_metrics(history, evaluate_on(ds.train, "train (clean)"))
     student = student.to(memory_format=torch.contiguous_format)
     meta = save_final(folder, student, _final_meta(cfg, ds, student, generation, labels_info, metrics, fingerprint))
     (folder / STATE).unlink(missing_ok=True)
-    log(f"{desc} done: train top-1 (clean) {clean['top1']:.2f}  test top-1 {last['test_top1']:.2f}  gap {metrics['gap']:.2f}")
+    log(f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}")
     return meta

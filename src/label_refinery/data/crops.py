@@ -141,10 +141,14 @@ def apply_crops(images: torch.Tensor, crops: torch.Tensor, size: int | tuple[int
     sy = h / H
     tx = (2.0 * x + w) / W - 1.0
     ty = (2.0 * y + h) / H - 1.0
-    zero = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)  # [B, 2, 3]
-    grid = F.affine_grid(theta, [B, C, out_h, out_w], align_corners=False)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    # The map is separable (no rotation): build the sampling grid from two 1-D ramps, which is what
+    # affine_grid would compute, without its [B, H*W, 3] x [3, 2] matmul.
+    ramp_x = (torch.arange(out_w, device=images.device, dtype=torch.float32) * 2 + 1) / out_w - 1  # pixel centres
+    ramp_y = (torch.arange(out_h, device=images.device, dtype=torch.float32) * 2 + 1) / out_h - 1
+    gx = (sx[:, None] * ramp_x + tx[:, None])[:, None, :].expand(B, out_h, out_w)  # [B, h, w]
+    gy = (sy[:, None] * ramp_y + ty[:, None])[:, :, None].expand(B, out_h, out_w)
+    grid = torch.stack([gx, gy], dim=-1).to(images.dtype)  # [B, h, w, 2]
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -131,7 +131,7 @@ class _Bake:
     """State of one bake: the arrays opened for writing and the progress marker."""
 
     def __init__(self, out: Path, spec: dict, ids: np.ndarray):
-        self.out = out
+        self.out, self.spec = out, spec
         shape = (spec["epochs"], len(ids), spec["top_k"])
         resuming = (out / "bake.json").is_file() and all((out / f"{a}.npy").is_file() for a in ARRAYS)
         if resuming:
@@ -142,6 +142,7 @@ class _Bake:
                 raise UserError(f"{out} has arrays of the wrong shape for this bake; delete it and bake again")
             progress = json.loads((out / "progress.json").read_text()) if (out / "progress.json").is_file() else {}
             self.epoch, self.batch = progress.get("epoch", 0), progress.get("batch", 0)
+            self.batch_size = progress.get("batch_size")
         else:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "bake.json", spec)
@@ -149,12 +150,39 @@ class _Bake:
             fmt = np.lib.format
             self.indices = fmt.open_memmap(out / "indices.npy", "w+", np.dtype(spec["index_dtype"]), shape)
             self.probs = fmt.open_memmap(out / "probs.npy", "w+", np.dtype(spec["prob_dtype_numpy"]), shape)
-            self.epoch, self.batch = 0, 0
+            self.epoch, self.batch, self.batch_size = 0, 0, None
+
+    def fill(self, model, split: Split, sampler: CropSampler | None, batch_size: int, device, channels_last: bool, progress: bool) -> int:
+        """Label the remaining (epoch, batch) crops into the arrays; returns how many images."""
+        spec, rows_of = self.spec, row_lookup(split.ids.numpy())
+        if self.batch_size not in (None, batch_size):  # batches were counted in another size: redo the epoch
+            self.batch = 0
+        self.batch_size = batch_size
+        initial = self.epoch * len(split) + min(self.batch * batch_size, len(split))
+        bar = tqdm(total=spec["epochs"] * len(split), initial=initial, desc="bake", unit="img", disable=not progress, dynamic_ncols=True)
+        done, last_flush = 0, time.perf_counter()
+        for epoch in range(self.epoch, spec["epochs"]):
+            first = self.batch if epoch == self.epoch else 0
+            batches = split.iter_batches(batch_size, epoch=epoch, crops=sampler, device=device, start_batch=first)
+            for b, batch in enumerate(batches, start=first):
+                probs = _refine(model, batch, channels_last, spec["bf16"], spec["temperature"])  # [B, C]
+                top = probs.topk(spec["top_k"], dim=1)
+                rows = rows_of[batch.indices.numpy()]  # [B]
+                self.indices[epoch, rows] = top.indices.cpu().numpy().astype(self.indices.dtype)
+                self.probs[epoch, rows] = quantize(top.values, spec["prob_dtype"])
+                done += len(rows)
+                bar.update(len(rows))
+                if time.perf_counter() - last_flush >= FLUSH_SECONDS:
+                    self.flush(epoch, b + 1)
+                    last_flush = time.perf_counter()
+            self.flush(epoch + 1, 0)
+        bar.close()
+        return done
 
     def flush(self, epoch: int, batch: int) -> None:
         self.indices.flush()
         self.probs.flush()
-        write_json(self.out / "progress.json", {"epoch": epoch, "batch": batch})
+        write_json(self.out / "progress.json", {"epoch": epoch, "batch": batch, "batch_size": self.batch_size})
 
 
 def bake(
@@ -221,26 +249,8 @@ def bake(
     model = model.requires_grad_(False).eval().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    rows_of = row_lookup(split.ids.numpy())
-    bar = tqdm(total=epochs * len(split), initial=state.epoch * len(split) + min(state.batch * batch_size, len(split)),
-               desc="bake", unit="img", disable=not progress, dynamic_ncols=True)
-    start, done, last_flush = time.perf_counter(), 0, time.perf_counter()
-    for epoch in range(state.epoch, epochs):
-        first = state.batch if epoch == state.epoch else 0
-        batches = split.iter_batches(batch_size, epoch=epoch, crops=sampler, device=device, start_batch=first)
-        for b, batch in enumerate(batches, start=first):
-            probs = _refine(model, batch, channels_last, bf16, temperature)  # [B, C]
-            top = probs.topk(top_k, dim=1)
-            rows = rows_of[batch.indices.numpy()]  # [B]
-            state.indices[epoch, rows] = top.indices.cpu().numpy().astype(state.indices.dtype)
-            state.probs[epoch, rows] = quantize(top.values, prob_dtype)
-            done += len(rows)
-            bar.update(len(rows))
-            if time.perf_counter() - last_flush >= FLUSH_SECONDS:
-                state.flush(epoch, b + 1)
-                last_flush = time.perf_counter()
-        state.flush(epoch + 1, 0)
-    bar.close()
+    start = time.perf_counter()
+    done = state.fill(model, split, sampler, batch_size, device, channels_last, progress)
     seconds = time.perf_counter() - start
     digests = [crop_digest(sampler, split, e) for e in range(epochs)] if sampler is not None else None
     manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests,
