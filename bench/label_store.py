@@ -9,7 +9,9 @@ times one training epoch of the student with:
 - our live refinery (frozen, eval mode, inference_mode, channels_last);
 - the 2018 release's way (the refinery inside the student's module, so `.train()` puts its BatchNorm
   in train mode, and no inference_mode);
-- labels read from a label store (top-5, fp16).
+- labels read from a label store (top-5, fp16);
+- the live refinery with adversarial jittering (half of each batch, eps 2/255, one step), the cost
+  of jittering.
 It also times the bake against the refinery's pure inference on the same batches (forward only, on
 ready tensors) and reports the store's bytes per crop. Timings are medians over --repeats epochs,
 reported as ratios to the ground-truth epoch (the machine is noisy). Weights are random: speed does
@@ -28,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from label_refinery.config import OptimConfig
+from label_refinery.config import JitterConfig, OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.engine import lr_schedule, make_optimizer, train_one_epoch
+from label_refinery.jitter import Jitter
 from label_refinery.labels import GroundTruth, LiveRefinery
 from label_refinery.labels.store import StoredLabels, bake
 from label_refinery.models import create_model
@@ -57,10 +60,10 @@ class ReleaseLabels:
         return F.softmax(self.wrapper.refinery(batch.images), dim=1).detach()
 
 
-def epoch_seconds(student, labels, ds, sampler, epoch, optimizer, lr_at) -> float:
+def epoch_seconds(student, labels, ds, sampler, epoch, optimizer, lr_at, jitter=None) -> float:
     batches = ds.train.iter_batches(128, epoch=epoch, crops=sampler, order_seed=0, drop_last=True)
     start = time.perf_counter()
-    train_one_epoch(student, labels, batches, optimizer, lr_at, channels_last=True)
+    train_one_epoch(student, labels, batches, optimizer, lr_at, channels_last=True, jitter=jitter)
     return time.perf_counter() - start
 
 
@@ -98,7 +101,7 @@ def run(refinery_name: str, ds, args) -> list[str]:
             infer_rates.append(pure_inference_rate(refinery, ds, sampler, args.bake_batch))
         bake_rate, infer_rate = statistics.median(bake_rates), statistics.median(infer_rates)
         # interleave the modes over epochs so drift in machine load hits them alike
-        modes = ["ground truth", "live refinery", "2018 release way", "label store"]
+        modes = ["ground truth", "live refinery", "2018 release way", "label store", "live refinery + jitter"]
         times = {m: [] for m in modes}
         students = {}
         for m in modes:
@@ -109,13 +112,14 @@ def run(refinery_name: str, ds, args) -> list[str]:
                 wrapper.train()
                 labels = ReleaseLabels(wrapper)
             else:
-                labels = {"ground truth": GroundTruth(10), "live refinery": LiveRefinery(refinery), "label store": stored}[m]
-            students[m] = (student, labels, make_optimizer(student, cfg))
+                labels = {"ground truth": GroundTruth(10), "label store": stored}.get(m) or LiveRefinery(refinery)
+            jitter = Jitter(JitterConfig(enabled=True), labels, ds.mean, ds.std) if m.endswith("jitter") else None
+            students[m] = (student, labels, make_optimizer(student, cfg), jitter)
         lr_at = lr_schedule(cfg, steps)
         for epoch in range(args.repeats + 1):
             for m in modes:
-                student, labels, opt = students[m]
-                seconds = epoch_seconds(student, labels, ds, sampler, epoch, opt, lr_at)
+                student, labels, opt, jitter = students[m]
+                seconds = epoch_seconds(student, labels, ds, sampler, epoch, opt, lr_at, jitter)
                 if epoch > 0:  # the first epoch warms up
                     times[m].append(seconds)
         gt = statistics.median(times["ground truth"])

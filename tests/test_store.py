@@ -211,3 +211,22 @@ def test_chain_from_store_records_provenance(tmp_path):
     assert m2["labels"]["sha256"] == m1["sha256"] and rows[1]["refinery"] == "gen1 (cnn-small)"
     manifest = json.loads((tmp_path / "c/gen2/labels/manifest.json").read_text())
     assert manifest["sampler"]["seed"] == 1 and manifest["epochs"] == 1 and manifest["top_k"] == 5
+
+
+def test_train_from_a_named_store_reruns_as_a_skip(tmp_path, digits):
+    from label_refinery import train_generation
+
+    fast = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
+    train_generation(load_config(overrides=fast), tmp_path / "g1", dataset=digits, log=lambda _: None)
+    from label_refinery.checkpoint import load_checkpoint
+    from label_refinery.labels.build import store_provenance
+
+    live = LiveRefinery.from_checkpoint(tmp_path / "g1")
+    bake(live.model, digits.train, tmp_path / "store", num_classes=10, sampler=CropSampler(1, (0.25, 1.0)), epochs=1,
+         log=lambda _: None, provenance=store_provenance(live, digits.fingerprint(), 8))
+    cfg = load_config(overrides={**fast, "seed": 1, "labels.store": str(tmp_path / "store"), "labels.source": "store"})
+    first = train_generation(cfg, tmp_path / "g2", dataset=digits, log=lambda _: None)
+    assert first["labels"]["sha256"] == load_checkpoint(tmp_path / "g1").sha256
+    messages = []
+    again = train_generation(cfg, tmp_path / "g2", dataset=digits, log=messages.append)
+    assert again == first and any("skipping" in m for m in messages)

@@ -41,11 +41,13 @@ def generation_config(cfg: Config, out: Path, g: int) -> Config:
     model = cfg.chain.models[g - 1] if cfg.chain.models else cfg.model
     refinery = cfg.refinery if g == 1 else str(out / f"gen{g - 1}")
     labels = cfg.labels
-    if refinery is None and not labels.store:  # generation 1 on ground truth: nothing to store
+    jitter = cfg.jitter
+    if refinery is None and not labels.store:  # generation 1 on ground truth: nothing to store or jitter
         labels = replace(labels, source="live")
+        jitter = replace(jitter, enabled=False)
     if g > 1:  # a named store labels generation 1 only
         labels = replace(labels, store=None)
-    return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels)
+    return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels, jitter=jitter)
 
 
 def summary_row(meta: dict, out: Path) -> dict:

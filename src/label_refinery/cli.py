@@ -29,6 +29,9 @@ EXAMPLES = {
   # start the chain from a refinery trained earlier, with settings from a YAML file
   label-refinery chain --config my.yaml --refinery runs/resnet/gen1 --generations 2
 
+  # adversarial jittering in every refined generation: half of each batch moved by 2/255 against the refinery
+  label-refinery chain --generations 3 --jitter --jitter-eps 2/255
+
   Re-running the same command resumes: finished generations are skipped.""",
     "train": """examples:
   label-refinery train --dataset digits --epochs 5 --out runs/digits-gen1            # ground truth
@@ -83,6 +86,13 @@ TRAIN_FLAGS = [
     (["--label-source"], "labels.source", dict(choices=["live", "store", "static"], help="refined labels from a refinery forward per step (live), a store baked first (store), or one label per image (static)")),
     (["--top-k"], "labels.top_k", dict(type=int, help="classes kept per crop in a label store")),
     (["--store-dtype"], "labels.store_dtype", dict(choices=["fp16", "uint8"], help="probabilities in a label store")),
+    (["--jitter"], "jitter.enabled", dict(action="store_true", help="adversarial jittering of part of each batch (needs a live refinery)")),
+    (["--jitter-eps"], "jitter.eps", dict(type=lambda t: _pixels(t), help="L-inf radius in pixel units, e.g. 2/255")),
+    (["--jitter-fraction"], "jitter.fraction", dict(type=float, help="share of each batch jittered")),
+    (["--jitter-steps"], "jitter.steps", dict(type=int, help="1: one sign step; more: projected steps")),
+    (["--jitter-step-size"], "jitter.step_size", dict(type=lambda t: _pixels(t), help="per step, pixel units (default: eps, or 2.5 eps / steps)")),
+    (["--jitter-grad"], "jitter.grad", dict(choices=["student", "refinery"], help="whose input gradient makes the step")),
+    (["--no-jitter-relabel"], "jitter.relabel", dict(action="store_false", help="keep the clean crop's refined label for the jittered crop")),
 ]
 BAKE_KEYS = {"refinery", "seed", "device", "channels_last", "optim.epochs", "labels.temperature", "labels.top_k", "labels.store_dtype"}
 CHAIN_FLAGS = [
@@ -91,7 +101,19 @@ CHAIN_FLAGS = [
 ]
 
 
-GROUPS = {"chain": "chain", "data": "data and crops", "optim": "optimisation", "labels": "labels and loss", "": "model and run"}
+GROUPS = {
+    "chain": "chain", "data": "data and crops", "optim": "optimisation", "labels": "labels and loss",
+    "jitter": "adversarial jittering", "": "model and run",
+}
+
+
+def _pixels(text: str) -> float:
+    """A pixel amount as a float or a fraction such as 2/255."""
+    num, slash, den = text.partition("/")
+    try:
+        return float(num) / float(den) if slash else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.008 or 2/255, got {text!r}") from None
 
 
 def _default_of(key: str):
@@ -113,7 +135,7 @@ def _add_flags(parser: argparse.ArgumentParser, table) -> None:
         if opts.get("action") not in ("store_true", "store_false"):
             opts.setdefault("metavar", flags[0][2:].upper().replace("-", "_"))
         default = _default_of(key)
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else f"{default:.4g}" if isinstance(default, float) else default
         opts["help"] = (opts.get("help", "") + f" [{key}; default: {shown if shown != '' else 'none'}]").strip()
         group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, **opts)
 

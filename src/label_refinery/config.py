@@ -68,6 +68,19 @@ class LabelConfig:
 
 
 @dataclass(frozen=True)
+class JitterConfig:
+    """Adversarial jittering (our reading of the paper; its recipe is not public): see jitter.py."""
+
+    enabled: bool = False
+    eps: float = 2 / 255  # L-inf radius in pixel units of the original image (1/255 ... 8/255)
+    fraction: float = 0.5  # share of each batch that is jittered
+    steps: int = 1  # 1: FGSM-like sign step; more: projected steps inside the eps-ball
+    step_size: float | None = None  # per step, pixel units; None: eps if steps == 1, else 2.5 * eps / steps
+    grad: str = "student"  # whose input gradient makes the step: student | refinery
+    relabel: bool = True  # label the jittered crop with the refinery (R(x')); false: keep R(x)
+
+
+@dataclass(frozen=True)
 class ChainConfig:
     generations: int = 3
     models: tuple[str, ...] = ()  # one architecture per generation; empty: `model` for all
@@ -84,6 +97,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    jitter: JitterConfig = field(default_factory=JitterConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 
 
@@ -248,6 +262,17 @@ def validate(cfg: Config) -> None:
         not (lab.refinery_bn_train and (lab.source != "live" or lab.store)),
         "labels.refinery_bn_train needs a live refinery (labels.source=live, no labels.store)",
     )
+    j = cfg.jitter
+    _check(0 <= j.eps <= 1, f"jitter.eps is in pixel units of [0, 1] images (e.g. 2/255 = 0.0078), got {j.eps}")
+    _check(0 < j.fraction <= 1, f"jitter.fraction must be in (0, 1], got {j.fraction}")
+    _check(j.steps >= 1, f"jitter.steps must be >= 1, got {j.steps}")
+    _check(j.step_size is None or j.step_size >= 0, f"jitter.step_size must be >= 0, got {j.step_size}")
+    _check(j.grad in ("student", "refinery"), f"jitter.grad must be student or refinery, got {j.grad!r}")
+    _check(
+        not (j.enabled and (lab.store or lab.source != "live")),
+        "jitter needs a live refinery (labels.source=live): a label store only holds labels of the un-jittered crops",
+    )
+    _check(not (j.enabled and lab.refinery_bn_train), "jitter cannot run with labels.refinery_bn_train: the attack would move the refinery's BatchNorm statistics")
     _check(ch.generations >= 1, f"chain.generations must be >= 1, got {ch.generations}")
     _check(
         not ch.models or len(ch.models) == ch.generations,

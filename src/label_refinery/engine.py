@@ -71,8 +71,12 @@ def train_one_epoch(
     total: int | None = None,
     progress: bool = False,
     desc: str = "train",
+    jitter=None,
 ) -> dict[str, float]:
     """Train ``student`` for one pass over ``batches``.
+
+    ``jitter`` (a :class:`label_refinery.jitter.Jitter`) perturbs part of each batch and labels it
+    with its refinery; ``labels`` is then not called.
 
     Returns ``train_loss`` (mean loss), ``train_top1_crops`` (top-1 of the training crops against
     ground truth, as the paper measures), ``refined_agreement`` (student top-1 = refined top-1),
@@ -88,7 +92,10 @@ def train_one_epoch(
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        refined = labels(batch)  # [B, C] probabilities, no grad
+        if jitter is None:
+            refined = labels(batch)  # [B, C] probabilities, no grad
+        else:
+            batch, refined = jitter(student, batch)  # part of the crops made adversarial, and their labels
         logits = student(batch.images)  # [B, C]
         loss = refinery_loss(logits, refined, batch.targets, temperature, gt_weight)
         if not torch.isfinite(loss):

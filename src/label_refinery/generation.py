@@ -43,7 +43,8 @@ from .config import Config, save_config, to_dict
 from .data import CropSampler, ImageDataset, load_dataset
 from .engine import evaluate, lr_schedule, make_optimizer, train_one_epoch
 from .errors import UserError
-from .labels import GroundTruth
+from .jitter import Jitter
+from .labels import GroundTruth, LiveRefinery
 from .labels.build import build_label_source
 from .models import count_parameters, create_model
 
@@ -134,9 +135,19 @@ def _metrics_upto(path: Path, last_epoch: int) -> list[dict]:
     return rows
 
 
-def _check_same_refinery(folder: Path, recorded: str | None, refinery: str | None) -> None:
+def _current_refinery_sha(cfg: Config) -> str | None:
+    """SHA-256 of the refinery this config names: its checkpoint, or the one a named store was baked by."""
+    if cfg.refinery:
+        return sha256_file(resolve(cfg.refinery))
+    if cfg.labels.store:
+        manifest = Path(cfg.labels.store) / "manifest.json"
+        return json.loads(manifest.read_text()).get("refinery_sha256") if manifest.is_file() else None
+    return None
+
+
+def _check_same_refinery(folder: Path, recorded: str | None, cfg: Config) -> None:
     """A generation's refinery must be the same file it was trained (or started) with."""
-    current = sha256_file(resolve(refinery)) if refinery else None
+    current = _current_refinery_sha(cfg)
     if current != recorded:
         raise UserError(
             f"{folder} was trained with another refinery (SHA-256 {str(recorded)[:12]} there, {str(current)[:12]} now): "
@@ -193,10 +204,18 @@ def _final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_
     }
 
 
+def _jitter(cfg: Config, ds: ImageDataset, labels) -> Jitter | None:
+    if not cfg.jitter.enabled:
+        return None
+    if not isinstance(labels, LiveRefinery):
+        raise UserError("jitter needs a live refinery (--refinery CKPT, labels.source=live): it labels the jittered crops")
+    return Jitter(cfg.jitter, labels, ds.mean, ds.std)
+
+
 def _finished(folder: Path, cfg: Config) -> dict:
     """The metadata of a finished generation, if its refinery is still the same file."""
     meta = json.loads((folder / META).read_text())
-    _check_same_refinery(folder, meta["labels"].get("sha256"), cfg.refinery)
+    _check_same_refinery(folder, meta["labels"].get("sha256"), cfg)
     (folder / STATE).unlink(missing_ok=True)  # left behind if a crash followed the final save
     return meta
 
@@ -255,6 +274,7 @@ def train_generation(
     crops = crop_sampler(cfg)
     labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
     labels_info = labels.describe()
+    jitter = _jitter(cfg, ds, labels)
     optimizer = make_optimizer(student, cfg.optim)
     bs, epochs, desc = cfg.optim.batch_size, cfg.optim.epochs, f"gen {generation}"
     temperature = 1.0 if isinstance(labels, GroundTruth) else cfg.labels.temperature  # ground truth: plain cross-entropy
@@ -276,7 +296,7 @@ def train_generation(
         row = train_one_epoch(
             student, labels, batches, optimizer, lr_at, first_step=epoch * steps,
             temperature=temperature, gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last,
-            total=steps, progress=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}",
+            total=steps, progress=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", jitter=jitter,
         )
         test = evaluate_on(ds.test, "test")
         row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
