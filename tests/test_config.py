@@ -51,3 +51,9 @@ def test_bad_yaml(tmp_path):
         load_config(p)
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_fractions_for_pixel_amounts():
+    assert load_config(overrides={"jitter.eps": "2/255"}).jitter.eps == pytest.approx(2 / 255)
+    with pytest.raises(UserError, match="2/255"):
+        load_config(overrides={"jitter.eps": "2/0"})

@@ -230,3 +230,45 @@ def test_train_from_a_named_store_reruns_as_a_skip(tmp_path, digits):
     messages = []
     again = train_generation(cfg, tmp_path / "g2", dataset=digits, log=messages.append)
     assert again == first and any("skipping" in m for m in messages)
+
+
+def test_expansion_never_ranks_a_top_k_class_below_the_rest():
+    # uint8 rounded the 5th class to 0 while 0.1 of mass is left for 995 others
+    idx = torch.tensor([[0, 1, 2, 3, 4]])
+    p = torch.tensor([[0.5, 0.2, 0.1, 0.1, 0.0]])
+    q = expand_topk(idx, p, 1000)
+    assert q[0, 4] >= q[0, 5:].max() and torch.allclose(q.sum(1), torch.ones(1))
+    zero = expand_topk(torch.tensor([[0, 1]]), torch.zeros(1, 2), 2)  # nothing survived rounding
+    assert torch.allclose(zero, torch.full((1, 2), 0.5))
+
+
+def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits, refinery, monkeypatch):
+    _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
+    monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)
+    calls = {"n": 0}
+
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = refinery
+
+        def forward(self, x):
+            calls["n"] += 1
+            if calls["n"] == 20:
+                raise _Crash
+            return self.inner(x)
+
+    with pytest.raises(_Crash):
+        _bake(Flaky(), digits, tmp_path / "resumed", top_k=3, batch_size=100, provenance={
+            "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"})
+    _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=64, provenance={
+        "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"})
+    for name in ("indices", "probs"):
+        assert np.array_equal(np.load(tmp_path / f"whole/{name}.npy"), np.load(tmp_path / f"resumed/{name}.npy"))
+
+
+def test_contradicting_label_flags(capsys, tmp_path):
+    from label_refinery.cli import main
+
+    code = main(["train", "--dataset", "digits", "--labels", "static", "--label-source", "store", "--out", str(tmp_path / "x")])
+    assert code == 2 and "contradicts" in capsys.readouterr().err

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--config", help="YAML config; flags override it")
     bake.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     bake.add_argument("--out", required=True, help="store folder")
-    bake.add_argument("--static", action="store_true", help="one label per image (its evaluation view) instead of per crop")
+    bake.add_argument("--static", action="store_true", help="one label per image (its evaluation view) instead of per crop; --epochs is then ignored")
     bake.add_argument("--estimate", action="store_true", help="print the store's size and stop")
     bake.add_argument("--batch-size", type=_positive_int, default=512, dest="bake_batch_size", help="images per refinery forward [default: 512]")
     bake.add_argument("--bf16", action="store_true", help="refinery in bfloat16 autocast (faster on GPUs; top-k may change slightly)")
@@ -193,6 +193,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     keys = {key for _, key, _ in TRAIN_FLAGS + CHAIN_FLAGS}
     out = {k: v for k, v in vars(args).items() if k in keys}
     if out.get("labels.store") == "static":  # --labels static
+        if out.get("labels.source", "static") != "static":
+            raise UserError(f"--labels static contradicts --label-source {out['labels.source']}")
         out["labels.source"] = "static"
         del out["labels.store"]
     elif out.get("labels.store"):

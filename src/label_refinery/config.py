@@ -139,6 +139,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise UserError(f"config key {key}: expected true/false, got {value!r}")
+    if tp is float and isinstance(value, str) and "/" in value:  # e.g. jitter.eps=2/255
+        num, _, den = value.partition("/")
+        try:
+            return float(num) / float(den)
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"config key {key}: expected a number such as 0.008 or 2/255, got {value!r}") from None
     if tp in (int, float):
         try:
             out = tp(value)

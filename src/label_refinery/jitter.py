@@ -73,14 +73,15 @@ class Jitter:
             for _ in range(self.cfg.steps):
                 adv.requires_grad_(True)
                 with torch.enable_grad():
+                    T = self.refinery.temperature  # the disagreement of the training loss, at its temperature
                     if self.cfg.grad == "student":
                         with torch.no_grad():
-                            q = F.softmax(refinery(adv).float() / self.refinery.temperature, 1)  # [k, C]
-                        log_p = F.log_softmax(student(adv).float(), 1)
+                            q = F.softmax(refinery(adv).float() / T, 1)  # [k, C]
+                        log_p = F.log_softmax(student(adv).float() / T, 1)
                     else:
                         with torch.no_grad():
-                            log_p = F.log_softmax(student(adv).float(), 1)
-                        q = F.softmax(refinery(adv).float() / self.refinery.temperature, 1)
+                            log_p = F.log_softmax(student(adv).float() / T, 1)
+                        q = F.softmax(refinery(adv).float() / T, 1)
                     disagreement = -(q * log_p).sum(1).mean()
                     (grad,) = torch.autograd.grad(disagreement, adv)  # input gradient only: no parameter gets .grad
                 adv = adv.detach() + step * grad.sign()

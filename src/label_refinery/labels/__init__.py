@@ -3,6 +3,10 @@
 - :class:`GroundTruth`: one-hot targets, optionally smoothed (generation 1).
 - :class:`LiveRefinery`: ``softmax(refinery(images) / T)`` on exactly the student's crop tensor; the
   refinery is frozen (``requires_grad_(False)``), in eval mode and run under ``inference_mode``.
+- :class:`~label_refinery.labels.store.StoredLabels`: the same labels read from a baked label store
+  (``store.py``), per crop or static (one per image).
+
+``build.py`` picks the source a generation's config asks for.
 
 The training loop calls ``labels(batch)`` and never asks which source it has.
 

@@ -11,12 +11,13 @@ Layout of a store folder (a few memory-mapped arrays, never one file per image):
 
 E is the number of epochs (1 for static labels), N the training images, K the top-k. The crops are
 not stored: the manifest holds the :class:`CropSampler` settings that replay them exactly, plus a
-SHA-256 of every epoch's crops, which training re-checks, so labels can never silently belong to
-other crops. At top-5 a crop costs 20 bytes (uint16 indices + float16 probabilities).
+SHA-256 of every epoch's crops; training re-checks the first and the last epoch it uses, so labels
+cannot silently belong to other crops (a changed sampler changes every epoch). At top-5 a crop costs 20 bytes (uint16 indices + float16 probabilities).
 
 Expansion rule (one rule, tested): the stored top-k probabilities are kept; the leftover mass
-``1 - sum(top-k)`` is spread uniformly over the other ``C - K`` classes; the row is then renormalised
-to sum to 1 (which matters only where rounding pushed the top-k sum past 1, or K = C).
+``1 - sum(top-k)`` is spread uniformly over the other ``C - K`` classes (a top-k entry that rounding
+pushed below that share is raised to it, so the top-k never ranks below the rest); the row is then
+renormalised to sum to 1 (which matters only where rounding moved the top-k sum, or K = C).
 
 Quantisation bound: a stored probability is within ``delta`` of the refinery's (``delta = 2**-12``
 for float16 on values <= 1, ``1/510`` for uint8), so after expansion each top-k entry is within
@@ -69,16 +70,19 @@ def sampler_spec(sampler: CropSampler | None) -> dict | None:
     return {"seed": sampler.seed, "scale": list(sampler.scale), "ratio": list(sampler.ratio), "flip_p": sampler.flip_p}
 
 
-def crop_digest(sampler: CropSampler, split: Split, epoch: int) -> str:
-    """SHA-256 of the crops of every image of ``split`` in ``epoch`` (replay check)."""
+def crop_digest(sampler: CropSampler, split: Split, epoch: int, sizes=None) -> str:
+    """SHA-256 of the crops of every image of ``split`` in ``epoch`` (replay check).
+
+    ``sizes``: ``image_sizes(split)``, to read image folders' headers once for many epochs.
+    """
     import hashlib
 
-    heights, widths = _image_sizes(split)
+    heights, widths = sizes if sizes is not None else image_sizes(split)
     crops = sampler.sample_batch(split.ids.numpy(), epoch, heights, widths)
     return hashlib.sha256(np.ascontiguousarray(crops).tobytes()).hexdigest()
 
 
-def _image_sizes(split: Split) -> tuple[np.ndarray, np.ndarray]:
+def image_sizes(split: Split) -> tuple[np.ndarray, np.ndarray]:
     if hasattr(split, "images"):  # in memory: one size
         H, W = split.images.shape[-2:]
         return np.array(H), np.array(W)
@@ -109,8 +113,16 @@ def expand_topk(indices: torch.Tensor, probs: torch.Tensor, num_classes: int) ->
     rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(0.0)  # [B, 1]
     fill = rest / (num_classes - K) if num_classes > K else torch.zeros_like(rest)
     out = fill.expand(B, num_classes).clone()
-    out.scatter_(1, indices.long(), probs)
-    return out / out.sum(1, keepdim=True)
+    # a top-k entry rounded below the leftover share (uint8) must not rank under the other classes
+    out.scatter_(1, indices.long(), torch.maximum(probs, fill))
+    total = out.sum(1, keepdim=True)
+    return torch.where(total > 0, out / total.clamp_min(1e-30), torch.full_like(out, 1.0 / num_classes))
+
+
+def _comparable(spec: dict) -> dict:
+    """The settings that define a store's content (a refinery's path may be spelled many ways; its SHA-256 counts)."""
+    keys = set(spec) - {"refinery_path", "shape", "crop_digests", "created", "bake_images_per_s"}
+    return {k: spec.get(k) for k in keys}
 
 
 def row_lookup(ids: np.ndarray) -> np.ndarray:
@@ -135,8 +147,10 @@ class _Bake:
         shape = (spec["epochs"], len(ids), spec["top_k"])
         resuming = (out / "bake.json").is_file() and all((out / f"{a}.npy").is_file() for a in ARRAYS)
         if resuming:
-            if json.loads((out / "bake.json").read_text()) != spec:
-                raise UserError(f"{out} holds an unfinished bake with other settings; delete it or bake to another --out")
+            if _comparable(json.loads((out / "bake.json").read_text())) != _comparable(spec):
+                raise UserError(f"{out} holds an unfinished bake with other settings; delete it or bake into another folder")
+            if not np.array_equal(np.load(out / "ids.npy"), ids):
+                raise UserError(f"{out} holds an unfinished bake of other images; delete it or bake into another folder")
             self.indices, self.probs = _open(out / "indices.npy", "r+"), _open(out / "probs.npy", "r+")
             if self.indices.shape != shape or self.probs.shape != shape:
                 raise UserError(f"{out} has arrays of the wrong shape for this bake; delete it and bake again")
@@ -145,6 +159,7 @@ class _Bake:
             self.batch_size = progress.get("batch_size")
         else:
             out.mkdir(parents=True, exist_ok=True)
+            (out / "progress.json").unlink(missing_ok=True)  # progress of arrays we are about to replace
             write_json(out / "bake.json", spec)
             np.save(out / "ids.npy", ids)
             fmt = np.lib.format
@@ -239,8 +254,8 @@ def bake(
     }
     if (out / "manifest.json").is_file():
         manifest = json.loads((out / "manifest.json").read_text())
-        if {k: manifest.get(k) for k in spec} != spec:
-            raise UserError(f"{out} holds a finished store with other settings; bake to another --out")
+        if _comparable(manifest) != _comparable(spec):
+            raise UserError(f"{out} holds a finished label store with other settings; delete it or bake into another folder")
         log(f"label store {out}: finished earlier, reusing it")
         return manifest
     state = _Bake(out, spec, split.ids.numpy())
@@ -252,7 +267,8 @@ def bake(
     start = time.perf_counter()
     done = state.fill(model, split, sampler, batch_size, device, channels_last, progress)
     seconds = time.perf_counter() - start
-    digests = [crop_digest(sampler, split, e) for e in range(epochs)] if sampler is not None else None
+    sizes = image_sizes(split) if sampler is not None else None
+    digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
     manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "bake_images_per_s": done / seconds if done else None}
     write_json(out / "manifest.json", manifest)
@@ -298,6 +314,7 @@ class StoredLabels:
         """A store checked against the run: same data, classes, crops, enough epochs, same refinery."""
         store = cls(path, device)
         m, where = store.manifest, store.path
+        sizes = image_sizes(split) if not store.static else None
         problems = []
         if m.get("dataset_fingerprint") != dataset_fingerprint:
             problems.append("it was baked for other data (dataset fingerprints differ)")
@@ -316,7 +333,7 @@ class StoredLabels:
                 problems.append(f"its crops come from another sampler ({m['sampler']} there, {sampler_spec(sampler)} here: seed and crop settings must match)")
             elif m["epochs"] < epochs:
                 problems.append(f"it holds {m['epochs']} epochs, the run needs {epochs}")
-            elif m["crop_digests"][0] != crop_digest(sampler, split, 0):
+            elif any(m["crop_digests"][e] != crop_digest(sampler, split, e, sizes) for e in {0, epochs - 1}):
                 problems.append("replaying its crops gives other crops (a different label-refinery version?)")
         if problems:
             raise UserError(f"label store {where} does not match this run: " + "; ".join(problems))
