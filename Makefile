@@ -30,7 +30,7 @@ data:
 		sudo -n apt-get install -y -q dataset-fashion-mnist; \
 	else echo "Fashion-MNIST is not installed system-wide; label-refinery will download it through torchvision"; fi
 
-# A short self-refinement chain on the embedded default (about 5 minutes on 2 CPU cores).
+# A short self-refinement chain on the embedded default (about 6 minutes on 2 CPU cores, plus the install).
 demo: setup data
 	$(VENV)/bin/label-refinery chain --dataset fashion-mnist --model cnn-small --generations 3 --epochs 3 --out $(DEMO_OUT)
 

@@ -138,24 +138,25 @@ class _Crash(Exception):
     pass
 
 
+class _Flaky(nn.Module):
+    """The refinery, failing on its ``crash_at``-th forward pass (an interrupted bake)."""
+
+    def __init__(self, inner, crash_at: int):
+        super().__init__()
+        self.inner, self.crash_at, self.calls = inner, crash_at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise _Crash
+        return self.inner(x)
+
+
 def test_interrupted_bake_resumes_to_identical_arrays(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
     monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
-    calls = {"n": 0}
-
-    class Flaky(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = refinery
-
-        def forward(self, x):
-            calls["n"] += 1
-            if calls["n"] == 20:  # in the middle of epoch 2 (15 batches per epoch)
-                raise _Crash
-            return self.inner(x)
-
-    with pytest.raises(_Crash):
-        _bake(Flaky(), digits, tmp_path / "resumed", top_k=3, batch_size=100)
+    with pytest.raises(_Crash):  # the 20th batch is in the middle of epoch 2 (15 batches per epoch)
+        _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100)
     assert not (tmp_path / "resumed/manifest.json").exists()
     assert json.loads((tmp_path / "resumed/progress.json").read_text()) == {"epoch": 1, "batch": 4, "batch_size": 100}
     messages = []
@@ -245,21 +246,8 @@ def test_expansion_never_ranks_a_top_k_class_below_the_rest():
 def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
     monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)
-    calls = {"n": 0}
-
-    class Flaky(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = refinery
-
-        def forward(self, x):
-            calls["n"] += 1
-            if calls["n"] == 20:
-                raise _Crash
-            return self.inner(x)
-
     with pytest.raises(_Crash):
-        _bake(Flaky(), digits, tmp_path / "resumed", top_k=3, batch_size=100, provenance={
+        _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100, provenance={
             "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"})
     _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=64, provenance={
         "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"})

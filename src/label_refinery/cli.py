@@ -19,7 +19,7 @@ from .errors import UserError
 
 EXAMPLES = {
     "chain": """examples:
-  # the embedded default: a 3-generation self-refinement chain on Fashion-MNIST (CPU, ~20 min)
+  # the embedded default: a 3-generation self-refinement chain on Fashion-MNIST (2 CPU cores: ~16 min)
   label-refinery chain --dataset fashion-mnist --model cnn-small --generations 3 --epochs 10
 
   # a bigger refinery for a small student: generation 1 is a ResNet on ground truth,
