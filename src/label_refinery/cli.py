@@ -87,10 +87,10 @@ TRAIN_FLAGS = [
     (["--top-k"], "labels.top_k", dict(type=int, help="classes kept per crop in a label store")),
     (["--store-dtype"], "labels.store_dtype", dict(choices=["fp16", "uint8"], help="probabilities in a label store")),
     (["--jitter"], "jitter.enabled", dict(action="store_true", help="adversarial jittering of part of each batch (needs a live refinery)")),
-    (["--jitter-eps"], "jitter.eps", dict(type=lambda t: _pixels(t), help="L-inf radius in pixel units, e.g. 2/255")),
+    (["--jitter-eps"], "jitter.eps", dict(help="L-inf radius in pixel units, e.g. 2/255")),
     (["--jitter-fraction"], "jitter.fraction", dict(type=float, help="share of each batch jittered")),
     (["--jitter-steps"], "jitter.steps", dict(type=int, help="1: one sign step; more: projected steps")),
-    (["--jitter-step-size"], "jitter.step_size", dict(type=lambda t: _pixels(t), help="per step, pixel units (default: eps, or 2.5 eps / steps)")),
+    (["--jitter-step-size"], "jitter.step_size", dict(help="per step, pixel units (default: eps, or 2.5 eps / steps)")),
     (["--jitter-grad"], "jitter.grad", dict(choices=["student", "refinery"], help="whose input gradient makes the step")),
     (["--no-jitter-relabel"], "jitter.relabel", dict(action="store_false", help="keep the clean crop's refined label for the jittered crop")),
 ]
@@ -106,14 +106,6 @@ GROUPS = {
     "jitter": "adversarial jittering", "": "model and run",
 }
 
-
-def _pixels(text: str) -> float:
-    """A pixel amount as a float or a fraction such as 2/255."""
-    num, slash, den = text.partition("/")
-    try:
-        return float(num) / float(den) if slash else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.008 or 2/255, got {text!r}") from None
 
 
 def _default_of(key: str):

@@ -57,6 +57,14 @@ def _memory_format(batch: Batch, channels_last: bool) -> Batch:
     return dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
 
 
+def _check_finite(loss: torch.Tensor, step: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise UserError(
+            f"the training loss became {loss.item()} at step {step} (lr {lr:g}); the last epoch checkpoint "
+            "is kept. Lower optim.lr or add optim.warmup_epochs, then re-run the same command to resume."
+        )
+
+
 def train_one_epoch(
     student: nn.Module,
     labels: LabelSource,
@@ -98,11 +106,7 @@ def train_one_epoch(
             batch, refined = jitter(student, batch)  # part of the crops made adversarial, and their labels
         logits = student(batch.images)  # [B, C]
         loss = refinery_loss(logits, refined, batch.targets, temperature, gt_weight)
-        if not torch.isfinite(loss):
-            raise UserError(
-                f"the training loss became {loss.item()} at step {step} (lr {lr:g}); the last epoch checkpoint "
-                "is kept. Lower optim.lr or add optim.warmup_epochs, then re-run the same command to resume."
-            )
+        _check_finite(loss, step, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -54,13 +54,11 @@ class Jitter:
 
     def __call__(self, student: nn.Module, batch: Batch) -> tuple[Batch, torch.Tensor]:
         k = round(self.cfg.fraction * len(batch.targets))
-        clean_labels = None if self.cfg.relabel else self.refinery(batch)  # [B, C]
-        if k == 0:
-            return batch, clean_labels if clean_labels is not None else self.refinery(batch)
-        x = batch.images[:k]  # [k, C, H, W]
-        jittered = self.perturb(student, x)
-        batch = dataclasses.replace(batch, images=torch.cat([jittered, batch.images[k:]]))
-        return batch, clean_labels if clean_labels is not None else self.refinery(batch)
+        clean = batch
+        if k:
+            jittered = self.perturb(student, batch.images[:k])  # [k, C, H, W]
+            batch = dataclasses.replace(batch, images=torch.cat([jittered, batch.images[k:]]))
+        return batch, self.refinery(batch if self.cfg.relabel else clean)  # [B, C]
 
     def perturb(self, student: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``x'`` inside the eps-ball around ``x`` and the valid pixel range (normalised units)."""
