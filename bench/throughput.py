@@ -2,6 +2,8 @@
 
     python bench/throughput.py                       # cnn-small and resnet-cifar at 28x28, 1 channel
     python bench/throughput.py --models cnn-small --size 28 --batch 128 --repeats 5 --threads 2
+    python bench/throughput.py --formats channels_last --steps 5 --repeats 3 \
+        --models alexnet:small=true mobilenet:small=true resnet18:small=true     # the paper's models, small inputs
 
 Prints the median img/s over ``--repeats`` timed runs of ``--steps`` steps each (after warm-up), for
 NCHW and channels_last. Training = forward + soft cross-entropy + backward + SGD step.
@@ -65,13 +67,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--formats", nargs="+", choices=["nchw", "channels_last"], default=["nchw", "channels_last"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}, {a.chans}x{a.size}x{a.size}")
     print("| model | params | memory format | train img/s | inference img/s |")
     print("|---|---:|---|---:|---:|")
     for name in a.models:
-        for cl in (False, True):
+        for cl in [f == "channels_last" for f in a.formats]:
             r = measure(name, a.size, a.chans, a.batch, a.steps, a.repeats, cl)
             fmt = "channels_last" if cl else "NCHW"
             print(f"| {name} | {r['params']:,} | {fmt} | {r['train']:,.0f} | {r['infer']:,.0f} |", flush=True)

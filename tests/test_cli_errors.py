@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -39,18 +38,6 @@ def digits_gen(tmp_path_factory) -> Path:
     assert main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
     assert (out / "meta.json").is_file()
     return out
-
-
-@pytest.fixture
-def three_class_folder(tmp_path) -> Path:
-    root = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("a", "b", "c"):
-            for i in range(2):
-                (root / split / cls).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
-    return root
 
 
 # ---- registries ----

@@ -49,5 +49,5 @@ def test_bad_names(name):
 def test_check_model_name():
     check_model_name("cnn-small")
     check_model_name("torchvision:resnet18")
-    with pytest.raises(UserError, match="valid names: cnn-small"):
+    with pytest.raises(UserError, match="valid names: alexnet, cnn-small, darknet19"):
         check_model_name("alexnet-bn")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Sequence
@@ -62,7 +63,9 @@ TRAIN_FLAGS = [
     (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
     (["--workers"], "data.workers", dict(type=int, help="loader processes for image folders")),
-    (["--model"], "model", dict(help="cnn-small, resnet-cifar[:depth=20,width=16], timm:NAME, torchvision:NAME")),
+    (["--model"], "model", dict(help="cnn-small, resnet-cifar[:depth=20,width=16]; the paper's alexnet, mobilenet[-0.75|-0.5|-0.25], "
+                                          "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
+                                          "inputs); timm:NAME, torchvision:NAME")),
     (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
     (["--refinery"], "refinery", dict(help="checkpoint (generation folder or model.safetensors) that labels the crops")),
     (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1)")),
@@ -298,6 +301,11 @@ COMMANDS = {"chain": cmd_chain, "train": cmd_train, "bake": cmd_bake, "evaluate"
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun with several processes
+            raise UserError(
+                "several processes (torchrun --nproc_per_node > 1) are not supported yet: distributed training is "
+                "issue 7. Run one process, e.g. `label-refinery chain ...`"
+            )
         COMMANDS[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -3,6 +3,9 @@
 Names:
 - ``cnn-small`` (about 227k parameters), ``cnn-small:width=2``;
 - ``resnet-cifar`` (ResNet-20, width 16), ``resnet-cifar:depth=32,width=32``;
+- the paper's architectures (see :mod:`.paper`): ``alexnet``, ``mobilenet`` (``mobilenet-0.75``,
+  ``-0.5``, ``-0.25``), ``resnet18``, ``resnet34``, ``resnet50``, ``xnor-resnet50``, ``vgg16``,
+  ``vgg19``, ``darknet19``; add ``:small=true`` for 28-64 pixel inputs, e.g. ``resnet18:small=true``;
 - ``timm:NAME`` (``pip install timm``), e.g. ``timm:resnet18``;
 - ``torchvision:NAME``, e.g. ``torchvision:resnet18``.
 
@@ -20,17 +23,43 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from .paper import AlexNetBN, Darknet19, MobileNetV1, flag, torchvision_paper_model
 from .small import CNNSmall, ResNetCifar
+from .xnor import XnorResNet50
+
+
+def _paper(cls, width: float | None = None):
+    """Builder for one of our paper models; ``width`` fixed (an alias such as mobilenet-0.5) or an option."""
+    if width is not None:
+        return lambda in_chans, num_classes, small=False: cls(in_chans, num_classes, width, flag(small))
+    return lambda in_chans, num_classes, width=1.0, small=False: cls(in_chans, num_classes, float(width), flag(small))
+
+
+def _tv(arch: str):
+    """Builder for a paper model that torchvision defines (random init)."""
+    return lambda in_chans, num_classes, small=False: torchvision_paper_model(arch, in_chans, num_classes, flag(small))
+
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "cnn-small": lambda in_chans, num_classes, width=1.0: CNNSmall(in_chans, num_classes, float(width)),
     "resnet-cifar": lambda in_chans, num_classes, depth=20, width=16: ResNetCifar(in_chans, num_classes, int(depth), int(width)),
+    "alexnet": _paper(AlexNetBN),
+    "mobilenet": _paper(MobileNetV1),
+    **{f"mobilenet-{w}": _paper(MobileNetV1, float(w)) for w in ("0.75", "0.5", "0.25")},
+    "resnet18": _tv("resnet18"),
+    "resnet34": _tv("resnet34"),
+    "resnet50": _tv("resnet50"),
+    "xnor-resnet50": _paper(XnorResNet50),
+    "vgg16": _tv("vgg16_bn"),
+    "vgg19": _tv("vgg19_bn"),
+    "darknet19": _paper(Darknet19),
 }
 LIBRARIES = ("timm", "torchvision")
 
@@ -136,7 +165,10 @@ def create_model(name: str, in_chans: int, num_classes: int, pretrained: str | N
     if prefix == "timm":
         return _timm(arg, in_chans, num_classes, pretrained)
     if pretrained is not None:
-        raise UserError(f"{prefix} has no published weights; train it, or start from one of our checkpoints")
+        raise UserError(
+            f"{prefix} has no published weights; train it, start from one of our checkpoints, or use "
+            "torchvision:NAME / timm:NAME with --pretrained"
+        )
     try:
         return BUILTIN[prefix](in_chans, num_classes, **_options(arg, name))
     except (TypeError, ValueError) as err:
@@ -147,7 +179,13 @@ def check_model_name(name: str) -> None:
     """Fail early, without building anything, if ``name`` is not a model this registry can build."""
     prefix, _, arg = name.partition(":")
     if prefix in BUILTIN:
-        _options(arg, name)
+        try:
+            inspect.signature(BUILTIN[prefix]).bind(1, 1, **_options(arg, name))
+        except TypeError:
+            allowed = [p for p in inspect.signature(BUILTIN[prefix]).parameters if p not in ("in_chans", "num_classes")]
+            raise UserError(
+                f"model {name!r}: unknown option; {prefix} takes {', '.join(allowed) or 'no options'}"
+            ) from None
     elif prefix == "torchvision" and arg:
         import torchvision
 
@@ -168,4 +206,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["CNNSmall", "ResNetCifar", "check_model_name", "count_parameters", "create_model", "model_names", "load_state_dict_file"]
+__all__ = ["AlexNetBN", "CNNSmall", "Darknet19", "MobileNetV1", "ResNetCifar", "XnorResNet50", "check_model_name", "count_parameters", "create_model", "load_state_dict_file", "model_names"]
