@@ -250,10 +250,3 @@ def test_set_none_clears_an_optional_key():
     from label_refinery import load_config
 
     assert load_config(overrides={"refinery": "none", "data.image_size": "null"}).refinery is None
-
-
-def test_several_torchrun_processes_refused_until_ddp(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    code, err = run_cli(capsys, *train_args(tmp_path / "out", "--dataset", "digits", "--epochs", "1"))
-    assert_user_error(code, err, "not supported yet", "one process")
-    assert not (tmp_path / "out").exists()

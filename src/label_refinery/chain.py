@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from . import distributed
 from .checkpoint import atomic_write, write_json
 from .config import Config, save_config
 from .generation import check_same_config, has_progress, load_data, train_generation
@@ -87,15 +88,19 @@ def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Call
     for name in cfg.chain.models or (cfg.model,):
         check_model_name(name)
     ds = load_data(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes and logs
+    log = log if main else (lambda _: None)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     log(f"chain: {cfg.chain.generations} generations of {cfg.optim.epochs} epochs on {ds.name} -> {out}")
     rows = []
     for g in range(1, cfg.chain.generations + 1):
         meta = train_generation(generation_config(cfg, out, g), out / f"gen{g}", generation=g, dataset=ds, progress=progress, log=log)
         rows.append(summary_row(meta, out))
-        write_json(out / "summary.json", rows)
-        atomic_write(out / "summary.md", (format_table(rows) + "\n").encode())
+        if main:
+            write_json(out / "summary.json", rows)
+            atomic_write(out / "summary.md", (format_table(rows) + "\n").encode())
     extra = sorted(p.name for p in out.glob("gen*") if p.is_dir() and p.name[3:].isdigit() and int(p.name[3:]) > len(rows))
     if extra:
         log(f"note: {', '.join(extra)} in {out} are beyond --generations {len(rows)} and not in the table")

@@ -71,6 +71,9 @@ TRAIN_FLAGS = [
     (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1)")),
     (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),
     (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
+    (["--amp"], "amp", dict(choices=["off", "bf16", "fp16"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler)")),
+    (["--compile"], "compile", dict(action="store_true", help="torch.compile the student's training forward")),
+    (["--save-every"], "save_every", dict(type=int, metavar="STEPS", help="also checkpoint every STEPS steps inside an epoch (0: epoch ends)")),
     (["--epochs"], "optim.epochs", dict(type=int, help="epochs per generation")),
     (["--batch-size"], "optim.batch_size", dict(type=int, help="images per step")),
     (["--lr"], "optim.lr", dict(type=float, help="peak learning rate")),
@@ -208,7 +211,7 @@ def _default_out(command: str, cfg) -> str:
 
 
 def _progress(args) -> bool:
-    return not args.no_progress and sys.stderr.isatty()
+    return not args.no_progress and sys.stderr.isatty()  # under torchrun only rank 0 shows bars (train_generation)
 
 
 def _log(args):
@@ -221,13 +224,15 @@ def _log(args):
 
 
 def cmd_chain(args) -> None:
+    from . import distributed
     from .chain import run_chain
     from .config import load_config
 
     cfg = load_config(args.config, _overrides(args))
     out = args.out or _default_out("chain", cfg)
     run_chain(cfg, out, progress=_progress(args), log=_log(args))
-    print(f"table saved to {out}/summary.md")
+    if distributed.is_main():
+        print(f"table saved to {out}/summary.md")
 
 
 def cmd_train(args) -> None:
@@ -300,20 +305,28 @@ COMMANDS = {"chain": cmd_chain, "train": cmd_train, "bake": cmd_bake, "evaluate"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import distributed
+
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun with several processes
-            raise UserError(
-                "several processes (torchrun --nproc_per_node > 1) are not supported yet: distributed training is "
-                "issue 7. Run one process, e.g. `label-refinery chain ...`"
-            )
+        if distributed.launched():  # torchrun with several processes
+            if args.command not in ("train", "chain"):
+                raise UserError(f"`{args.command}` runs in one process: start it without torchrun")
+            distributed.setup()
         COMMANDS[args.command](args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error{_rank_tag()}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: re-run the same command to resume from the last finished epoch", file=sys.stderr)
+        print("\ninterrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0
+
+
+def _rank_tag() -> str:
+    rank = os.environ.get("RANK")
+    return f" (rank {rank})" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@ The training step reads top to bottom: batch, refined labels, forward, loss, bac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import OptimConfig
 from .data.base import Batch
 from .errors import UserError
@@ -60,9 +63,37 @@ def _memory_format(batch: Batch, channels_last: bool) -> Batch:
 def _check_finite(loss: torch.Tensor, step: int, lr: float) -> None:
     if not torch.isfinite(loss):
         raise UserError(
-            f"the training loss became {loss.item()} at step {step} (lr {lr:g}); the last epoch checkpoint "
-            "is kept. Lower optim.lr or add optim.warmup_epochs, then re-run the same command to resume."
+            f"the training loss became {loss.item()} at step {step} (lr {lr:g}); the last checkpoint is kept. "
+            "Lower optim.lr or add optim.warmup_epochs (or use --amp bf16 instead of fp16), then re-run the same "
+            "command to resume from it."
         )
+
+
+def autocast(device: torch.device, amp: str):
+    """The forward passes' precision context: ``off`` (float32), ``bf16`` or ``fp16``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device (its grad scaler); on CPU use --amp bf16 or off")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@dataclass
+class Meters:
+    """Running sums of one epoch; saved in mid-epoch checkpoints so a resumed epoch reports the same numbers."""
+
+    images: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0  # student top-1 == ground truth
+    agree: int = 0  # student top-1 == refined top-1
+    seconds: float = 0.0
+
+    def as_list(self) -> list[float]:
+        return [self.images, self.loss_sum, self.correct, self.agree, self.seconds]
+
+    @classmethod
+    def from_list(cls, v: list[float]) -> "Meters":
+        return cls(int(v[0]), float(v[1]), int(v[2]), int(v[3]), float(v[4]))
 
 
 def train_one_epoch(
@@ -80,46 +111,63 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     jitter=None,
+    amp: str = "off",
+    scaler: torch.amp.GradScaler | None = None,
+    meters: Meters | None = None,
+    after_step: Callable[[int, Meters], None] | None = None,
 ) -> dict[str, float]:
-    """Train ``student`` for one pass over ``batches``.
+    """Train ``student`` (a module, or its DDP / compiled wrapper) for one pass over ``batches``.
 
     ``jitter`` (a :class:`label_refinery.jitter.Jitter`) perturbs part of each batch and labels it
-    with its refinery; ``labels`` is then not called.
+    with its refinery; ``labels`` is then not called. ``meters`` continues a resumed epoch;
+    ``after_step(step, meters)`` runs after every step (``step`` is global and counts the step
+    just taken), e.g. to checkpoint. With several processes the returned metrics cover all of them.
 
     Returns ``train_loss`` (mean loss), ``train_top1_crops`` (top-1 of the training crops against
     ground truth, as the paper measures), ``refined_agreement`` (student top-1 = refined top-1),
     ``lr`` (last), ``images``, ``seconds`` and ``images_per_s``.
     """
     student.train()
-    n, loss_sum, correct, agree = 0, 0.0, 0, 0
-    step, lr = first_step, 0.0
-    start = time.perf_counter()
+    plain = distributed.unwrap(student)  # jitter's attack must not trigger DDP's gradient hooks
+    device = next(plain.parameters()).device
+    m = meters or Meters()
+    step, lr = first_step, lr_at(first_step)
+    start = time.perf_counter() - m.seconds
     bar = tqdm(batches, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
     for batch in bar:
         batch = _memory_format(batch, channels_last)
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if jitter is None:
-            refined = labels(batch)  # [B, C] probabilities, no grad
-        else:
-            batch, refined = jitter(student, batch)  # part of the crops made adversarial, and their labels
-        logits = student(batch.images)  # [B, C]
+        with autocast(device, amp):
+            if jitter is None:
+                refined = labels(batch).float()  # [B, C] probabilities, no grad
+            else:
+                batch, refined = jitter(plain, batch)  # part of the crops made adversarial, and their labels
+            logits = student(batch.images).float()  # [B, C]
         loss = refinery_loss(logits, refined, batch.targets, temperature, gt_weight)
         _check_finite(loss, step, lr)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        b = len(batch.targets)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         with torch.no_grad():
             top1 = logits.argmax(1)
-            correct += int((top1 == batch.targets).sum())
-            agree += int((top1 == refined.argmax(1)).sum())
-        loss_sum += float(loss.detach()) * b
-        n += b
+            m.correct += int((top1 == batch.targets).sum())
+            m.agree += int((top1 == refined.argmax(1)).sum())
+        m.loss_sum += float(loss.detach()) * len(batch.targets)
+        m.images += len(batch.targets)
+        m.seconds = time.perf_counter() - start
         step += 1
+        if after_step is not None:
+            after_step(step, m)
         if progress and step % 20 == 0:
-            bar.set_postfix(loss=f"{loss_sum / n:.3f}", top1=f"{100 * correct / n:.1f}", lr=f"{lr:.3g}")
+            bar.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
+    n, loss_sum, correct, agree = distributed.sum_over_processes([m.images, m.loss_sum, m.correct, m.agree])
     seconds = time.perf_counter() - start
     if n == 0:
         raise UserError("the training set yields no batch: lower optim.batch_size below the number of training images")
@@ -128,7 +176,7 @@ def train_one_epoch(
         "train_top1_crops": 100.0 * correct / n,
         "refined_agreement": 100.0 * agree / n,
         "lr": lr,
-        "images": n,
+        "images": int(n),
         "seconds": seconds,
         "images_per_s": n / seconds,
     }
@@ -144,7 +192,8 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
 ) -> dict[str, float]:
-    """Top-1, top-5 (%) and mean cross-entropy of ``model`` in eval mode over ``batches``."""
+    """Top-1, top-5 (%) and mean cross-entropy of ``model`` in eval mode over ``batches`` (with
+    several processes, over every process's batches)."""
     was_training = model.training
     model.eval()
     n, loss_sum, top1, top5 = 0, 0.0, 0, 0
@@ -159,4 +208,6 @@ def evaluate(
         top5 += int((topk == y[:, None]).any(1).sum())
         n += len(y)
     model.train(was_training)
-    return {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "loss": loss_sum / max(n, 1), "images": n}
+    n, loss_sum, top1, top5 = distributed.sum_over_processes([n, loss_sum, top1, top5])  # every process's part
+    d = max(n, 1)
+    return {"top1": 100.0 * top1 / d, "top5": 100.0 * top5 / d, "loss": loss_sum / d, "images": int(n)}

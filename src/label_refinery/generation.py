@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import (
     META,
     STATE,
@@ -41,7 +42,7 @@ from .checkpoint import (
 )
 from .config import Config, save_config, to_dict
 from .data import CropSampler, ImageDataset, load_dataset
-from .engine import evaluate, lr_schedule, make_optimizer, train_one_epoch
+from .engine import Meters, evaluate, lr_schedule, make_optimizer, train_one_epoch
 from .errors import UserError
 from .jitter import Jitter
 from .labels import GroundTruth, LiveRefinery
@@ -49,10 +50,14 @@ from .labels.build import build_label_source
 from .models import count_parameters, create_model
 
 # Keys that may change between a run and its resumption without changing its results.
-_NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers")
+_NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every")
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available; under torchrun, each process's own GPU."""
+    local = distributed.local_device(name)
+    if local is not None:
+        return local
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -155,32 +160,62 @@ def _check_same_refinery(folder: Path, recorded: str | None, cfg: Config) -> Non
         )
 
 
-def _resume(folder: Path, student, optimizer, refinery_sha: str | None, data_fingerprint: str) -> int:
-    """Load the epoch checkpoint if there is one; returns the first epoch still to train."""
+@dataclass
+class Position:
+    """Where training resumes: the next epoch and the batch inside it, with the epoch's meters so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    meters: Meters | None = None
+
+
+def _resume(folder: Path, student, optimizer, scaler, refinery_sha: str | None, data_fingerprint: str) -> Position:
+    """Load the training state if there is one (model, optimizer, grad scaler, RNG, position)."""
     if not (folder / STATE).is_file():
-        return 0
-    tensors, meta, _ = load_tensors(folder / STATE)
+        return Position()
+    try:
+        tensors, meta, _ = load_tensors(folder / STATE)
+    except UserError as err:
+        raise UserError(f"{err}. The training state {folder / STATE} is damaged: delete it to restart this generation") from None
     if meta.get("refinery_sha256") != refinery_sha:
         raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
     if meta.get("dataset_fingerprint") != data_fingerprint:
         raise UserError(f"{folder / STATE} was trained on other data (dataset fingerprints differ); delete {folder} to start over")
     student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors, meta["optimizer"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return meta["epoch"] + 1
+    if "next" not in meta:  # an epoch-end state of version 0.1: "epoch" is the last finished epoch
+        return Position(meta["epoch"] + 1)
+    meters = Meters.from_list(meta["meters"]) if meta.get("meters") and distributed.is_main() else None
+    return Position(meta["next"]["epoch"], meta["next"]["batch"], meters)
 
 
-def _save_state(folder: Path, student, optimizer, epoch: int, refinery_sha: str | None, data_fingerprint: str) -> None:
-    """Model, optimizer and RNG state after ``epoch``, in one atomically replaced file."""
+def _save_state(folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str) -> None:
+    """Model, optimizer, grad scaler, RNG and position in one atomically replaced file (rank 0 writes).
+
+    ``pos.meters`` must already be summed over processes. The learning rate needs no state: it is a
+    function of the step, which the position gives.
+    """
+    if not distributed.is_main():
+        return
     opt_tensors, opt_info = optimizer_tensors(optimizer)
     tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
     tensors.update(opt_tensors)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"epoch": epoch, "optimizer": opt_info, "refinery_sha256": refinery_sha, "dataset_fingerprint": data_fingerprint}
+    meta = {
+        "next": {"epoch": pos.epoch, "batch": pos.batch},
+        "meters": pos.meters.as_list() if pos.meters else None,
+        "optimizer": opt_info,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "refinery_sha256": refinery_sha,
+        "dataset_fingerprint": data_fingerprint,
+    }
     save_tensors(folder / STATE, tensors, meta)
 
 
@@ -253,13 +288,15 @@ def train_generation(
     """Train (or resume, or skip if finished) one generation; returns its ``meta.json`` content.
 
     ``cfg.refinery`` names the checkpoint that labels the crops; ``None`` trains on ground truth.
+    Under torchrun every process calls this; only rank 0 writes, logs and shows progress.
 
     Example:
         >>> cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 2})  # doctest: +SKIP
         >>> meta = train_generation(cfg, "runs/digits-gen1")                             # doctest: +SKIP
         >>> meta["metrics"]["test_top1"]                                                   # doctest: +SKIP
     """
-    folder = Path(folder)
+    folder, main = Path(folder), distributed.is_main()
+    log, progress = (log, progress) if main else ((lambda _: None), False)
     if has_progress(folder):
         check_same_config(folder, cfg)
     if (folder / META).is_file():
@@ -267,47 +304,69 @@ def train_generation(
         return _finished(folder, cfg)
     ds = dataset or load_data(cfg)
     device = resolve_device(cfg.device)
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
-    student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained).to(device, memory_format=memory)
-    fingerprint = ds.fingerprint()
-    crops = crop_sampler(cfg)
+    student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)
+    student = student.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    fingerprint, crops = ds.fingerprint(), crop_sampler(cfg)
     labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
-    labels_info = labels.describe()
-    jitter = _jitter(cfg, ds, labels)
+    labels_info, jitter = labels.describe(), _jitter(cfg, ds, labels)
     optimizer = make_optimizer(student, cfg.optim)
-    bs, epochs, desc = cfg.optim.batch_size, cfg.optim.epochs, f"gen {generation}"
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    bs, epochs, desc = distributed.per_process_batch(cfg.optim.batch_size), cfg.optim.epochs, f"gen {generation}"
     temperature = 1.0 if isinstance(labels, GroundTruth) else cfg.labels.temperature  # ground truth: plain cross-entropy
-    steps = ds.train.num_batches(bs, drop_last=True)
+    steps = ds.train.num_batches(bs, drop_last=True, shard=distributed.shard())
     lr_at = lr_schedule(cfg.optim, steps)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, folder / "config.yaml")
-    start = _resume(folder, student, optimizer, labels_info.get("sha256"), fingerprint)
-    if start:
-        log(f"generation {generation}: resuming after epoch {start} ({folder})")
-    history = _metrics_upto(folder / "metrics.jsonl", start - 1)
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, folder / "config.yaml")
+    pos = _resume(folder, student, optimizer, scaler, labels_info.get("sha256"), fingerprint)
+    if pos.batch:
+        log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {steps} ({folder})")
+    elif pos.epoch:
+        log(f"generation {generation}: resuming after epoch {pos.epoch} ({folder})")
+    history = _metrics_upto(folder / "metrics.jsonl", pos.epoch - 1) if main else []
+    model = distributed.wrap(student, device)
+    model = torch.compile(model) if cfg.compile else model
 
     def evaluate_on(split, name: str) -> dict:
-        batches = split.iter_batches(512, device=device)
-        return evaluate(student, batches, channels_last=cfg.channels_last, total=split.num_batches(512), progress=progress, desc=f"{desc} {name}")
+        distributed.sync_buffers(student)  # every process evaluates rank 0's BatchNorm statistics
+        batches = split.iter_batches(512, device=device, shard=distributed.shard())
+        return evaluate(student, batches, channels_last=cfg.channels_last, total=split.num_batches(512, shard=distributed.shard()),
+                        progress=progress, desc=f"{desc} {name}")
 
-    for epoch in tqdm(range(start, epochs), initial=start, total=epochs, desc=desc, unit="epoch", disable=not progress):
-        batches = ds.train.iter_batches(bs, epoch=epoch, crops=crops, order_seed=cfg.seed, device=device, drop_last=True)
+    def save(epoch: int, batch: int, meters: Meters | None) -> None:
+        if meters is not None:
+            meters = Meters.from_list(distributed.sum_over_processes(meters.as_list()))
+        distributed.sync_buffers(student)
+        _save_state(folder, student, optimizer, scaler, Position(epoch, batch, meters), labels_info.get("sha256"), fingerprint)
+
+    def after_step(step: int, meters: Meters) -> None:
+        if cfg.save_every and step % cfg.save_every == 0 and step % steps:
+            save(step // steps, step % steps, meters)
+
+    for epoch in tqdm(range(pos.epoch, epochs), initial=pos.epoch, total=epochs, desc=desc, unit="epoch", disable=not progress):
+        first = pos.batch if epoch == pos.epoch else 0
+        batches = ds.train.iter_batches(bs, epoch=epoch, crops=crops, order_seed=cfg.seed, device=device, drop_last=True,
+                                        shard=distributed.shard(), start_batch=first)
         row = train_one_epoch(
-            student, labels, batches, optimizer, lr_at, first_step=epoch * steps,
+            model, labels, batches, optimizer, lr_at, first_step=epoch * steps + first,
             temperature=temperature, gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last,
-            total=steps, progress=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", jitter=jitter,
+            total=steps - first, progress=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", jitter=jitter,
+            amp=cfg.amp, scaler=scaler, meters=pos.meters if epoch == pos.epoch else None, after_step=after_step,
         )
         test = evaluate_on(ds.test, "test")
         row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
-        _append_jsonl(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
+        if main:
+            _append_jsonl(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
         history.append(row)
-        _save_state(folder, student, optimizer, epoch, labels_info.get("sha256"), fingerprint)
+        save(epoch + 1, 0, None)
         log(_epoch_line(desc, epochs, row))
 
-    metrics = _final_metrics(history, evaluate_on(ds.train, "train (clean)"))
-    student = student.to(memory_format=torch.contiguous_format)
-    meta = save_final(folder, student, _final_meta(cfg, ds, student, generation, labels_info, metrics, fingerprint))
-    (folder / STATE).unlink(missing_ok=True)
-    log(f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}")
-    return meta
+    clean, meta = evaluate_on(ds.train, "train (clean)"), None
+    if main:
+        metrics = _final_metrics(history, clean)
+        student = student.to(memory_format=torch.contiguous_format)
+        meta = save_final(folder, student, _final_meta(cfg, ds, student, generation, labels_info, metrics, fingerprint))
+        (folder / STATE).unlink(missing_ok=True)
+        log(f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}")
+    return distributed.broadcast(meta)  # after rank 0 wrote the checkpoint the next generation reads

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from .. import distributed
 from ..checkpoint import resolve, sha256_file
 from ..config import Config
 from ..data import CropSampler, ImageDataset
@@ -80,10 +81,12 @@ def build_label_source(
         return refinery
     static = lab.source == "static"
     store_dir = Path(folder) / STORE_DIRS[lab.source]
-    bake(
-        refinery.model, ds.train, store_dir, num_classes=ds.num_classes, sampler=None if static else sampler,
-        epochs=1 if static else cfg.optim.epochs, top_k=min(lab.top_k, ds.num_classes), prob_dtype=lab.store_dtype,
-        device=device, channels_last=cfg.channels_last, temperature=lab.temperature,
-        provenance=store_provenance(refinery, fingerprint, ds.image_size), progress=progress, log=log,
-    )
+    if distributed.is_main():  # one process bakes; under torchrun the others wait for its manifest
+        bake(
+            refinery.model, ds.train, store_dir, num_classes=ds.num_classes, sampler=None if static else sampler,
+            epochs=1 if static else cfg.optim.epochs, top_k=min(lab.top_k, ds.num_classes), prob_dtype=lab.store_dtype,
+            device=device, channels_last=cfg.channels_last, temperature=lab.temperature,
+            provenance=store_provenance(refinery, fingerprint, ds.image_size), progress=progress, log=log,
+        )
+    distributed.wait_for(store_dir / "manifest.json")
     return open_store(store_dir, refinery.provenance["sha256"])
