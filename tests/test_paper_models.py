@@ -22,15 +22,57 @@ def imagenet_model(name: str) -> nn.Module:
         return create_model(name, 3, 1000).eval()
 
 
-# Published counts (1000 classes) at their published precision, in millions: MobileNet v1 Table 6,
-# torchvision's model documentation (ResNets, VGG-BN), He et al. / Simonyan & Zisserman.
-PUBLISHED_M = {"mobilenet": 4.2, "mobilenet-0.75": 2.6, "mobilenet-0.5": 1.3, "mobilenet-0.25": 0.5,
-               "resnet18": 11.7, "resnet34": 21.8, "resnet50": 25.6, "vgg16": 138.4, "vgg19": 143.7}
+# Published counts at 1000 classes: MobileNet v1 Table 6 (in millions, to 0.1M); torchvision's model
+# documentation (exact) for the ResNets and VGG-BN.
+PUBLISHED_M = {"mobilenet": 4.2, "mobilenet-0.75": 2.6, "mobilenet-0.5": 1.3, "mobilenet-0.25": 0.5}
+TORCHVISION = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "vgg16": 138_365_992, "vgg19": 143_678_248}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
-def test_parameter_counts_published(name):
+def test_mobilenet_parameter_counts_published(name):
     assert round(count_parameters(imagenet_model(name)) / 1e6, 1) == PUBLISHED_M[name]
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_torchvision_parameter_counts_exact(name):
+    assert count_parameters(imagenet_model(name)) == TORCHVISION[name]
+
+
+def multiply_adds(model: nn.Module, size: int = 224) -> int:
+    """Multiply-adds of convolutions and linear layers in one forward pass (shapes from the meta device)."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.shape[1:].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model(torch.zeros(1, 3, size, size, device="meta"))
+    for h in handles:
+        h.remove()
+    return total
+
+
+# Published multiply-adds at 224x224 (strides and paddings, which shapes and parameter counts cannot
+# catch behind a global pool): MobileNet v1 Table 6 (millions), Darknet-19 5.58 BFLOPs = 2.79G
+# multiply-adds (YOLO9000 Table 6), torchvision's ResNet-50 4.09 GFLOPS (its docs count multiply-adds).
+@pytest.mark.parametrize("name, published, rel", [
+    ("mobilenet", 569e6, 0.002), ("mobilenet-0.75", 325e6, 0.002), ("mobilenet-0.5", 149e6, 0.005),
+    ("mobilenet-0.25", 41e6, 0.01), ("darknet19", 2.79e9, 0.005), ("resnet50", 4.09e9, 0.005),
+    ("xnor-resnet50", 4.09e9, 0.005),
+])
+def test_multiply_adds_published(name, published, rel):
+    assert multiply_adds(imagenet_model(name)) == pytest.approx(published, rel=rel)
+
+
+def test_alexnet_multiply_adds_from_the_release_layout():
+    # maps 55 -> 27 (pool) -> 27 -> 13 (pool) -> 13 -> 13 -> 13 -> 6 (pool), at 224x224
+    expected = (55 * 55 * 96 * 3 * 121 + 27 * 27 * 256 * 96 * 25 + 13 * 13 * (384 * 256 + 384 * 384 + 256 * 384) * 9
+                + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)
+    assert multiply_adds(imagenet_model("alexnet")) == expected
 
 
 def conv_bn(cin, cout, k):
@@ -39,6 +81,7 @@ def conv_bn(cin, cout, k):
 
 def test_alexnet_count_from_the_release_layout():
     # PAPER.md: 96 k11 | 256 k5 | 384 k3 | 384 k3 | 256 k3 | fc 9216-4096-4096 with BN | fc 4096-1000 no bias
+    # (no published count for this variant; layers before BatchNorm have no bias: our choice)
     expected = (conv_bn(3, 96, 11) + conv_bn(96, 256, 5) + conv_bn(256, 384, 3) + conv_bn(384, 384, 3)
                 + conv_bn(384, 256, 3) + conv_bn(9216, 4096, 1) + conv_bn(4096, 4096, 1) + 4096 * 1000)
     model = imagenet_model("alexnet")
@@ -111,11 +154,23 @@ def test_width_and_small_change_what_they_say():
     ("resnet18:width=2", "takes small"),
     ("alexnet:small=maybe", "true or false"),
     ("alexnet:depth=3", "takes width, small"),
+    ("alexnet:width=0", "width must be"),
+    ("darknet19:width=inf", "width must be"),
+    ("mobilenet:width=abc", "could not convert"),
 ])
 def test_bad_options(name, phrase):
     with pytest.raises(UserError, match=phrase):
         check_model_name(name)
         create_model(name, 1, 10)
+
+
+@pytest.mark.parametrize("name, size", [("darknet19", 28), ("alexnet", 32), ("vgg16", 28)])
+def test_too_small_images_refused_with_the_fix(name, size):
+    from label_refinery.models import check_input_size
+
+    with pytest.raises(UserError, match=f"{name}:small=true"):
+        check_input_size(name, 1, 10, size)
+    check_input_size(f"{name}:small=true", 1, 10, size)  # the fix works
 
 
 def test_no_published_weights_for_our_models():

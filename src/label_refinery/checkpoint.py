@@ -59,7 +59,10 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -67,6 +70,13 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"{path.name} was not written"
+        raise UserError(
+            f"cannot write {path} ({err.strerror or err}; is the disk full?): {kept}. Free space, then re-run the "
+            "same command to resume from the last checkpoint"
+        ) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -63,9 +63,9 @@ def _memory_format(batch: Batch, channels_last: bool) -> Batch:
 def _check_finite(loss: torch.Tensor, step: int, lr: float) -> None:
     if not torch.isfinite(loss):
         raise UserError(
-            f"the training loss became {loss.item()} at step {step} (lr {lr:g}); the last checkpoint is kept. "
-            "Lower optim.lr or add optim.warmup_epochs (or use --amp bf16 instead of fp16), then re-run the same "
-            "command to resume from it."
+            f"the training loss became {loss.item()} at step {step} (lr {lr:g}); training stops without saving "
+            "this state, and the last checkpoint (epoch end, or every --save-every steps) stays as it was. "
+            "Lower optim.lr or add optim.warmup_epochs, then re-run the same command to resume from that checkpoint."
         )
 
 

@@ -47,7 +47,7 @@ from .errors import UserError
 from .jitter import Jitter
 from .labels import GroundTruth, LiveRefinery
 from .labels.build import build_label_source
-from .models import count_parameters, create_model
+from .models import check_input_size, check_model_name, count_parameters, create_model
 
 # Keys that may change between a run and its resumption without changing its results.
 _NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every")
@@ -302,7 +302,9 @@ def train_generation(
     if (folder / META).is_file():
         log(f"generation {generation}: finished earlier, skipping ({folder})")
         return _finished(folder, cfg)
+    check_model_name(cfg.model)  # before loading data: a typo should not wait for an ImageNet scan
     ds = dataset or load_data(cfg)
+    check_input_size(cfg.model, ds.in_chans, ds.num_classes, ds.image_size)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)

@@ -35,11 +35,18 @@ from .small import CNNSmall, ResNetCifar
 from .xnor import XnorResNet50
 
 
+def _width(value) -> float:
+    w = float(value)
+    if not (0 < w <= 16):
+        raise ValueError(f"width must be a number in (0, 16], got {value!r}")
+    return w
+
+
 def _paper(cls, width: float | None = None):
     """Builder for one of our paper models; ``width`` fixed (an alias such as mobilenet-0.5) or an option."""
     if width is not None:
         return lambda in_chans, num_classes, small=False: cls(in_chans, num_classes, width, flag(small))
-    return lambda in_chans, num_classes, width=1.0, small=False: cls(in_chans, num_classes, float(width), flag(small))
+    return lambda in_chans, num_classes, width=1.0, small=False: cls(in_chans, num_classes, _width(width), flag(small))
 
 
 def _tv(arch: str):
@@ -167,25 +174,32 @@ def create_model(name: str, in_chans: int, num_classes: int, pretrained: str | N
     if pretrained is not None:
         raise UserError(
             f"{prefix} has no published weights; train it, start from one of our checkpoints, or use "
-            "torchvision:NAME / timm:NAME with --pretrained"
+            "torchvision:NAME / timm:NAME with --pretrained (our vgg16/vgg19 are torchvision's vgg16_bn/vgg19_bn)"
         )
     try:
         return BUILTIN[prefix](in_chans, num_classes, **_options(arg, name))
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise UserError(f"model {name!r}: {err}") from err
 
 
 def check_model_name(name: str) -> None:
-    """Fail early, without building anything, if ``name`` is not a model this registry can build."""
+    """Fail early, before any data is loaded, if ``name`` (with its options) is not a model this
+    registry can build. Built-in models are built on the meta device (no memory, no time)."""
     prefix, _, arg = name.partition(":")
     if prefix in BUILTIN:
+        options = _options(arg, name)
         try:
-            inspect.signature(BUILTIN[prefix]).bind(1, 1, **_options(arg, name))
+            inspect.signature(BUILTIN[prefix]).bind(1, 1, **options)
         except TypeError:
             allowed = [p for p in inspect.signature(BUILTIN[prefix]).parameters if p not in ("in_chans", "num_classes")]
             raise UserError(
                 f"model {name!r}: unknown option; {prefix} takes {', '.join(allowed) or 'no options'}"
             ) from None
+        try:
+            with torch.device("meta"):
+                BUILTIN[prefix](3, 10, **options)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise UserError(f"model {name!r}: {err}") from None
     elif prefix == "torchvision" and arg:
         import torchvision
 
@@ -202,8 +216,18 @@ def check_model_name(name: str) -> None:
         raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
 
 
+def check_input_size(name: str, in_chans: int, num_classes: int, size: int) -> None:
+    """Refuse, with the fix, an image size too small for the architecture (built on the meta device)."""
+    try:
+        with torch.device("meta"):
+            create_model(name, in_chans, num_classes).eval()(torch.zeros(2, in_chans, size, size))
+    except RuntimeError as err:
+        hint = f" Use {name.partition(':')[0]}:small=true (built for 28-64 px inputs) or a larger --image-size." if name.partition(":")[0] in BUILTIN else " Use a larger --image-size."
+        raise UserError(f"model {name!r} cannot take {size}x{size} images: {str(err).splitlines()[0]}.{hint}") from None
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["AlexNetBN", "CNNSmall", "Darknet19", "MobileNetV1", "ResNetCifar", "XnorResNet50", "check_model_name", "count_parameters", "create_model", "load_state_dict_file", "model_names"]
+__all__ = ["AlexNetBN", "CNNSmall", "Darknet19", "MobileNetV1", "ResNetCifar", "XnorResNet50", "check_input_size", "check_model_name", "count_parameters", "create_model", "load_state_dict_file", "model_names"]

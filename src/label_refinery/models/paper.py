@@ -1,4 +1,5 @@
-"""The architectures of the Label Refinery paper (Table 3 of arXiv 1805.02641), by registry name.
+"""The architectures of the Label Refinery paper (arXiv 1805.02641; the results table of its 2018
+release's README), by registry name.
 
 =================  ======================================================  ==================
 registry name      architecture                                            source
@@ -15,15 +16,17 @@ registry name      architecture                                            sourc
 =================  ======================================================  ==================
 
 Every one builds for ImageNet (224x224, 1000 classes) and, with the option ``small=true``, for
-inputs of 28 to 64 pixels: the stem keeps full resolution (stride-1 3x3 first convolution and no
-early max-pool) so the network still has spatial maps to work with; everything after the stem is
-unchanged. ``width`` (AlexNet, MobileNet, Darknet-19, XNOR-ResNet-50) scales every channel count,
+inputs of 28 to 64 pixels: a stride-1 first convolution (3x3 for AlexNet and the ResNets) and no
+first max-pool (ResNets, VGG, Darknet-19), so the network still has spatial maps to work with;
+everything after the stem is unchanged. AlexNet keeps its three max-pools: at 28 px its last map is
+3x3, which its adaptive pool spreads to the 6x6 its classifier takes. ``width`` (AlexNet, MobileNet, Darknet-19, XNOR-ResNet-50) scales every channel count,
 for small CPU experiments; ``width=1`` is the paper's network.
 
 Choices where the paper is silent (documented, ours):
 - VGG uses torchvision's BatchNorm variants (``vgg16_bn``): the release's own AlexNet has
   BatchNorm and its step schedule (lr 0.01, no weight decay) trains plain VGG from scratch poorly.
-- Convolutions followed by BatchNorm have no bias (the BatchNorm shift makes it redundant).
+- Convolutions and fully connected layers followed by BatchNorm have no bias (the BatchNorm shift
+  makes it redundant); this includes AlexNet's fc6 and fc7.
 
 Example:
     >>> from label_refinery.models import create_model
@@ -176,8 +179,8 @@ class Darknet19(nn.Module):
 
 def small_stem(model: nn.Module, in_chans: int) -> nn.Module:
     """A torchvision ResNet or VGG for small inputs: a 3x3 stride-1 first conv (ResNet) and no
-    first max-pool, so 32x32 inputs reach the last stage at 4x4 (ResNet) or 1x1 (VGG) instead of
-    1x1 or nothing."""
+    first max-pool, so 32x32 inputs reach the last stage at 4x4 (ResNet) or 2x2 (VGG) instead of
+    1x1."""
     if hasattr(model, "conv1"):  # ResNet: conv 7x7/2 + maxpool -> conv 3x3/1
         model.conv1 = nn.Conv2d(in_chans, model.conv1.out_channels, 3, 1, 1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

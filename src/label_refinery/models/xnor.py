@@ -6,7 +6,8 @@ A binary convolution approximates ``I * W`` by ``(sign(I) * sign(W)) . K . alpha
   binary approximation of W in L2 (XNOR-Net eq. 4);
 - ``K`` [B, 1, H', W']: the mean absolute input over channels, averaged over each convolution
   window (XNOR-Net Fig. 2, "K = A * k");
-- ``sign`` maps 0 to +1, so both operands of the convolution are exactly +-1.
+- ``sign`` maps 0 to +1, so both operands of the convolution are +-1 (the zero padding at borders
+  aside, which K accounts for the same way).
 
 Gradients pass ``sign`` by the straight-through estimator of XNOR-Net Sec. 3.2 (from Hubara et al.
 2016): ``d sign(r) / dr = 1 if |r| <= 1 else 0``; ``alpha`` and ``K`` are differentiated as written.
