@@ -1,0 +1,137 @@
+"""Nothing lost, nothing unsafe: NaN losses, a full disk, damaged training state, malicious pickles.
+
+(Bad data — corrupt images, empty class folders, train/val classes that differ, refineries of other
+classes, truncated label stores — is tested in test_imagefolder.py, test_cli_errors.py and
+test_store.py.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import label_refinery.checkpoint as checkpoint
+import label_refinery.engine as engine
+from label_refinery import UserError, load_config, train_generation
+from label_refinery.checkpoint import load_checkpoint, load_tensors
+from label_refinery.data import load_dataset
+from label_refinery.models import create_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def config(**extra):
+    return load_config(overrides={"data.dataset": "digits", "optim.epochs": 2, "optim.batch_size": 32, "device": "cpu", **extra})
+
+
+def position(folder):
+    return load_tensors(folder / "state.safetensors")[1]["next"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits, monkeypatch):
+    real_loss, calls = engine.refinery_loss, {"n": 0}
+
+    def loss_that_blows_up(*args):
+        calls["n"] += 1
+        out = real_loss(*args)
+        return out * float("nan") if calls["n"] == 53 else out  # step 52: inside epoch 2 (44 steps per epoch)
+
+    monkeypatch.setattr(engine, "refinery_loss", loss_that_blows_up)
+    with pytest.raises(UserError, match="loss became nan at step 52") as err:
+        train_generation(config(save_every=10), tmp_path / "run", dataset=digits, log=lambda _: None)
+    assert "re-run the same command to resume" in str(err.value)
+    assert position(tmp_path / "run") == {"epoch": 1, "batch": 6}  # global step 50, the last checkpoint before the NaN
+    tensors, _, _ = load_tensors(tmp_path / "run/state.safetensors")
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model.") and t.is_floating_point())
+    monkeypatch.undo()
+    meta = train_generation(config(save_every=10), tmp_path / "run", dataset=digits, log=lambda _: None)  # resumes, finishes
+    assert meta["metrics"]["test_top1"] > 50
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, digits, monkeypatch):
+    real_fsync, state_writes = os.fsync, {"n": 0}
+
+    def fsync_full_on_second_state(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".state.safetensors." in name:
+            state_writes["n"] += 1
+            if state_writes["n"] == 2:  # the state after epoch 2
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync_full_on_second_state)
+    with pytest.raises(UserError, match="No space left on device; is the disk full") as err:
+        train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
+    assert "the previous state.safetensors is intact" in str(err.value)
+    assert position(tmp_path / "run") == {"epoch": 1, "batch": 0}  # epoch 1's state, loadable
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # the partial file was removed
+    monkeypatch.undo()
+    train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
+    assert (tmp_path / "run/meta.json").is_file()
+
+
+def test_damaged_training_state_is_named(tmp_path, digits):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/state.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="damaged: delete it to restart"):
+        train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
+
+
+class Payload:
+    """Unpickling this runs code: it creates the folder ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_malicious_pickles_are_refused_and_run_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil_pt = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": Payload(marker)}}, evil_pt)
+    evil_st = tmp_path / "evil.safetensors"
+    evil_st.write_bytes(evil_pt.read_bytes())  # a pickle under a safetensors name
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "model.safetensors").write_bytes(evil_pt.read_bytes())
+
+    with pytest.raises(UserError, match="never loaded"):
+        load_checkpoint(evil_pt)
+    for path in (evil_st, gen):
+        with pytest.raises(UserError):
+            load_checkpoint(path)
+    with pytest.raises(UserError, match="weights_only=True"):
+        create_model("torchvision:resnet18", 3, 10, pretrained=str(evil_pt))
+    with pytest.raises(UserError):
+        train_generation(config(refinery=str(evil_pt)), tmp_path / "run", log=lambda _: None)
+    assert not marker.exists()  # no code ran
+
+    pickle.loads(pickle.dumps(Payload(marker)))  # the payload is real: plain unpickling runs it
+    assert marker.is_dir()
+
+
+def test_grad_scaler_state_round_trips(tmp_path):
+    """fp16 training keeps its loss scale across a resume (the scaler itself runs on CUDA only)."""
+    from label_refinery.generation import Position, _resume, _save_state
+
+    model = create_model("cnn-small", 1, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    scaler._lazy_init_scale_growth_tracker(torch.device("cpu"))
+    scaler.update(512.0)
+    _save_state(tmp_path, model, opt, scaler, Position(2, 5), None, "fp")
+    fresh = torch.amp.GradScaler("cpu")
+    pos = _resume(tmp_path, create_model("cnn-small", 1, 10), torch.optim.SGD(model.parameters(), lr=0.1), fresh, None, "fp")
+    assert (pos.epoch, pos.batch) == (2, 5)
+    assert fresh.state_dict()["scale"] == 512.0 and fresh.state_dict()["growth_interval"] == 7
+    assert load_file(tmp_path / "state.safetensors").keys() >= {"rng.cpu"}
