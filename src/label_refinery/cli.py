@@ -6,6 +6,7 @@
     label-refinery bake --refinery runs/gen1 --seed 1 --epochs 5 --out runs/store
     label-refinery evaluate runs/gen2
     python -m label_refinery --help
+    torchrun --nproc_per_node=2 -m label_refinery chain --device cpu ...   # train and chain, several processes
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ EXAMPLES = {
   # adversarial jittering in every refined generation: half of each batch moved by 2/255 against the refinery
   label-refinery chain --generations 3 --jitter --jitter-eps 2/255
 
-  Re-running the same command resumes: finished generations are skipped.""",
+  # several processes (GPUs, or --device cpu for gloo on CPU); --batch-size stays the global batch
+  torchrun --nproc_per_node=8 -m label_refinery chain --config configs/imagenet/resnet50.yaml --dataset imagefolder:/data/imagenet
+
+  Re-running the same command resumes from the last checkpoint (epoch ends, or every --save-every
+  steps): finished generations are skipped.""",
     "train": """examples:
   label-refinery train --dataset digits --epochs 5 --out runs/digits-gen1            # ground truth
   label-refinery train --dataset digits --epochs 5 --refinery runs/digits-gen1 --out runs/digits-gen2

@@ -4,14 +4,17 @@ Generation folder layout (files are the interface to analysis and reports)::
 
     config.yaml         the resolved config of this generation
     metrics.jsonl       one JSON line per epoch (train loss, train top-1 on crops, test top-1/5, ...)
-    state.safetensors   model + optimizer after the last finished epoch (deleted when done)
+    state.safetensors   model, optimizer, grad scaler, RNG, position (next epoch and step) and the
+                        epoch's running metrics at the last checkpoint (deleted when done)
     model.safetensors   final weights (metadata in the header)
     meta.json           architecture, classes, dataset fingerprint, config, refinery provenance with
                         SHA-256, final metrics; written last: it marks the generation finished
 
 Re-running with the same config skips a finished generation and resumes an unfinished one from its
-last epoch checkpoint. Crops and batch order are pure functions of (seed, epoch, index) and the LR is
-a function of the step, so a resumed run follows the uninterrupted one's crops and schedule.
+last checkpoint: every epoch's end, and every ``save_every`` steps. Crops and batch order are pure
+functions of (seed, epoch, index) and the LR is a function of the step, so a resumed run follows the
+uninterrupted one's crops, schedule and (on CPU) weights bit for bit. Under torchrun every process
+runs this; rank 0 alone writes (see :mod:`label_refinery.distributed`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Callable
 
 import torch
 import yaml
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, distributed
@@ -276,6 +280,79 @@ def _epoch_line(desc: str, epochs: int, row: dict) -> str:
     )
 
 
+@dataclass
+class _Run:
+    """What one generation trains with, built once by :func:`_prepare`."""
+
+    cfg: Config
+    folder: Path
+    ds: ImageDataset
+    device: torch.device
+    student: nn.Module  # the plain model: saved, evaluated, attacked by jitter
+    model: nn.Module  # what trains: the student, wrapped in DDP and/or compiled
+    labels: object
+    jitter: Jitter | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    fingerprint: str
+    refinery_sha: str | None  # of the checkpoint behind the labels (None: ground truth)
+    steps: int  # per epoch, the same in every process
+
+    def evaluate_on(self, split, desc: str, progress: bool) -> dict:
+        distributed.sync_buffers(self.student)  # every process evaluates rank 0's BatchNorm statistics
+        shard = distributed.shard()
+        return evaluate(self.student, split.iter_batches(512, device=self.device, shard=shard), channels_last=self.cfg.channels_last,
+                        total=split.num_batches(512, shard=shard), progress=progress, desc=desc)
+
+    def save(self, epoch: int, batch: int, meters: Meters | None) -> None:
+        """Checkpoint the position ``(epoch, batch)``; ``meters``: the epoch so far, this process's part."""
+        if meters is not None:
+            meters = Meters.from_list(distributed.sum_over_processes(meters.as_list()))
+        distributed.sync_buffers(self.student)
+        pos = Position(epoch, batch, meters)
+        _save_state(self.folder, self.student, self.optimizer, self.scaler, pos, self.refinery_sha, self.fingerprint)
+
+
+def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -> _Run:
+    check_input_size(cfg.model, ds.in_chans, ds.num_classes, ds.image_size)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)
+    student = student.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    fingerprint = ds.fingerprint()
+    labels = build_label_source(cfg, ds, folder=folder, sampler=crop_sampler(cfg), device=device, fingerprint=fingerprint, log=log, progress=progress)
+    model = distributed.wrap(student, device)
+    return _Run(
+        cfg=cfg, folder=folder, ds=ds, device=device, student=student, model=torch.compile(model) if cfg.compile else model,
+        labels=labels, jitter=_jitter(cfg, ds, labels), optimizer=make_optimizer(student, cfg.optim),
+        scaler=torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None, fingerprint=fingerprint,
+        refinery_sha=labels.describe().get("sha256"),
+        steps=ds.train.num_batches(distributed.per_process_batch(cfg.optim.batch_size), drop_last=True, shard=distributed.shard()),
+    )
+
+
+def _train_epoch(run: _Run, epoch: int, pos: Position, desc: str, progress: bool) -> dict:
+    """One epoch (the rest of it when resuming inside it), then the test split; returns the metrics row."""
+    cfg, steps = run.cfg, run.steps
+    first = pos.batch if epoch == pos.epoch else 0
+    batches = run.ds.train.iter_batches(distributed.per_process_batch(cfg.optim.batch_size), epoch=epoch, crops=crop_sampler(cfg),
+                                        order_seed=cfg.seed, device=run.device, drop_last=True, shard=distributed.shard(), start_batch=first)
+
+    def after_step(step: int, meters: Meters) -> None:
+        if cfg.save_every and step % cfg.save_every == 0 and step % steps:
+            run.save(step // steps, step % steps, meters)
+
+    row = train_one_epoch(
+        run.model, run.labels, batches, run.optimizer, lr_schedule(cfg.optim, steps), first_step=epoch * steps + first,
+        temperature=1.0 if isinstance(run.labels, GroundTruth) else cfg.labels.temperature,  # ground truth: plain CE
+        gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last, total=steps - first, progress=progress,
+        desc=f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}", jitter=run.jitter, amp=cfg.amp, scaler=run.scaler,
+        meters=pos.meters if epoch == pos.epoch else None, after_step=after_step,
+    )
+    test = run.evaluate_on(run.ds.test, f"{desc} test", progress)
+    return {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+
+
 def train_generation(
     cfg: Config,
     folder: str | Path,
@@ -295,7 +372,7 @@ def train_generation(
         >>> meta = train_generation(cfg, "runs/digits-gen1")                             # doctest: +SKIP
         >>> meta["metrics"]["test_top1"]                                                   # doctest: +SKIP
     """
-    folder, main = Path(folder), distributed.is_main()
+    folder, main, desc = Path(folder), distributed.is_main(), f"gen {generation}"
     log, progress = (log, progress) if main else ((lambda _: None), False)
     if has_progress(folder):
         check_same_config(folder, cfg)
@@ -303,72 +380,31 @@ def train_generation(
         log(f"generation {generation}: finished earlier, skipping ({folder})")
         return _finished(folder, cfg)
     check_model_name(cfg.model)  # before loading data: a typo should not wait for an ImageNet scan
-    ds = dataset or load_data(cfg)
-    check_input_size(cfg.model, ds.in_chans, ds.num_classes, ds.image_size)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)
-    student = student.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    fingerprint, crops = ds.fingerprint(), crop_sampler(cfg)
-    labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
-    labels_info, jitter = labels.describe(), _jitter(cfg, ds, labels)
-    optimizer = make_optimizer(student, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    bs, epochs, desc = distributed.per_process_batch(cfg.optim.batch_size), cfg.optim.epochs, f"gen {generation}"
-    temperature = 1.0 if isinstance(labels, GroundTruth) else cfg.labels.temperature  # ground truth: plain cross-entropy
-    steps = ds.train.num_batches(bs, drop_last=True, shard=distributed.shard())
-    lr_at = lr_schedule(cfg.optim, steps)
+    run = _prepare(cfg, dataset or load_data(cfg), folder, log, progress)
+    labels_info = run.labels.describe()
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         save_config(cfg, folder / "config.yaml")
-    pos = _resume(folder, student, optimizer, scaler, labels_info.get("sha256"), fingerprint)
+    pos = _resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
     if pos.batch:
-        log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {steps} ({folder})")
+        log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} ({folder})")
     elif pos.epoch:
         log(f"generation {generation}: resuming after epoch {pos.epoch} ({folder})")
     history = _metrics_upto(folder / "metrics.jsonl", pos.epoch - 1) if main else []
-    model = distributed.wrap(student, device)
-    model = torch.compile(model) if cfg.compile else model
-
-    def evaluate_on(split, name: str) -> dict:
-        distributed.sync_buffers(student)  # every process evaluates rank 0's BatchNorm statistics
-        batches = split.iter_batches(512, device=device, shard=distributed.shard())
-        return evaluate(student, batches, channels_last=cfg.channels_last, total=split.num_batches(512, shard=distributed.shard()),
-                        progress=progress, desc=f"{desc} {name}")
-
-    def save(epoch: int, batch: int, meters: Meters | None) -> None:
-        if meters is not None:
-            meters = Meters.from_list(distributed.sum_over_processes(meters.as_list()))
-        distributed.sync_buffers(student)
-        _save_state(folder, student, optimizer, scaler, Position(epoch, batch, meters), labels_info.get("sha256"), fingerprint)
-
-    def after_step(step: int, meters: Meters) -> None:
-        if cfg.save_every and step % cfg.save_every == 0 and step % steps:
-            save(step // steps, step % steps, meters)
-
+    epochs = cfg.optim.epochs
     for epoch in tqdm(range(pos.epoch, epochs), initial=pos.epoch, total=epochs, desc=desc, unit="epoch", disable=not progress):
-        first = pos.batch if epoch == pos.epoch else 0
-        batches = ds.train.iter_batches(bs, epoch=epoch, crops=crops, order_seed=cfg.seed, device=device, drop_last=True,
-                                        shard=distributed.shard(), start_batch=first)
-        row = train_one_epoch(
-            model, labels, batches, optimizer, lr_at, first_step=epoch * steps + first,
-            temperature=temperature, gt_weight=cfg.labels.gt_weight, channels_last=cfg.channels_last,
-            total=steps - first, progress=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", jitter=jitter,
-            amp=cfg.amp, scaler=scaler, meters=pos.meters if epoch == pos.epoch else None, after_step=after_step,
-        )
-        test = evaluate_on(ds.test, "test")
-        row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+        row = _train_epoch(run, epoch, pos, desc, progress)
         if main:
             _append_jsonl(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
         history.append(row)
-        save(epoch + 1, 0, None)
+        run.save(epoch + 1, 0, None)
         log(_epoch_line(desc, epochs, row))
 
-    clean, meta = evaluate_on(ds.train, "train (clean)"), None
+    clean, meta = run.evaluate_on(run.ds.train, f"{desc} train (clean)", progress), None
     if main:
         metrics = _final_metrics(history, clean)
-        student = student.to(memory_format=torch.contiguous_format)
-        meta = save_final(folder, student, _final_meta(cfg, ds, student, generation, labels_info, metrics, fingerprint))
+        student = run.student.to(memory_format=torch.contiguous_format)
+        meta = save_final(folder, student, _final_meta(cfg, run.ds, student, generation, labels_info, metrics, run.fingerprint))
         (folder / STATE).unlink(missing_ok=True)
         log(f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}")
     return distributed.broadcast(meta)  # after rank 0 wrote the checkpoint the next generation reads
