@@ -85,7 +85,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(tmp_path):
 def test_resume_inside_an_epoch_in_process(tmp_path, monkeypatch):
     """The same through the Python API: stop right after the step checkpoint at epoch 2, step 11 (global
     step 55 = 11 x save_every), resume, compare."""
-    import label_refinery.generation as generation
+    import label_refinery.state as state
     from label_refinery import load_config, train_generation
     from label_refinery.data import load_dataset
 
@@ -96,14 +96,14 @@ def test_resume_inside_an_epoch_in_process(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    real_save = generation._save_state
+    real_save = state.save
 
     def save_then_stop(folder, student, optimizer, scaler, pos, *rest):
         real_save(folder, student, optimizer, scaler, pos, *rest)
         if (pos.epoch, pos.batch) == (1, 11):
             raise Stop
 
-    monkeypatch.setattr(generation, "_save_state", save_then_stop)
+    monkeypatch.setattr(state, "save", save_then_stop)
     try:
         train_generation(cfg, tmp_path / "cut", dataset=ds, log=lambda _: None)
     except Stop:

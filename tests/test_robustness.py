@@ -122,16 +122,16 @@ def test_malicious_pickles_are_refused_and_run_nothing(tmp_path):
 
 def test_grad_scaler_state_round_trips(tmp_path):
     """fp16 training keeps its loss scale across a resume (the scaler itself runs on CUDA only)."""
-    from label_refinery.generation import Position, _resume, _save_state
+    from label_refinery.state import Position, resume, save
 
     model = create_model("cnn-small", 1, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
     scaler._lazy_init_scale_growth_tracker(torch.device("cpu"))
     scaler.update(512.0)
-    _save_state(tmp_path, model, opt, scaler, Position(2, 5), None, "fp")
+    save(tmp_path, model, opt, scaler, Position(2, 5), None, "fp")
     fresh = torch.amp.GradScaler("cpu")
-    pos = _resume(tmp_path, create_model("cnn-small", 1, 10), torch.optim.SGD(model.parameters(), lr=0.1), fresh, None, "fp")
+    pos = resume(tmp_path, create_model("cnn-small", 1, 10), torch.optim.SGD(model.parameters(), lr=0.1), fresh, None, "fp")
     assert (pos.epoch, pos.batch) == (2, 5)
     assert fresh.state_dict()["scale"] == 512.0 and fresh.state_dict()["growth_interval"] == 7
     assert load_file(tmp_path / "state.safetensors").keys() >= {"rng.cpu"}

@@ -31,17 +31,13 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, distributed
+from . import __version__, distributed, state
 from .checkpoint import (
     META,
     STATE,
     atomic_write,
-    load_tensors,
-    optimizer_tensors,
     resolve,
-    restore_optimizer,
     save_final,
-    save_tensors,
     sha256_file,
 )
 from .config import Config, save_config, to_dict
@@ -164,65 +160,6 @@ def _check_same_refinery(folder: Path, recorded: str | None, cfg: Config) -> Non
         )
 
 
-@dataclass
-class Position:
-    """Where training resumes: the next epoch and the batch inside it, with the epoch's meters so far."""
-
-    epoch: int = 0
-    batch: int = 0
-    meters: Meters | None = None
-
-
-def _resume(folder: Path, student, optimizer, scaler, refinery_sha: str | None, data_fingerprint: str) -> Position:
-    """Load the training state if there is one (model, optimizer, grad scaler, RNG, position)."""
-    if not (folder / STATE).is_file():
-        return Position()
-    try:
-        tensors, meta, _ = load_tensors(folder / STATE)
-    except UserError as err:
-        raise UserError(f"{err}. The training state {folder / STATE} is damaged: delete it to restart this generation") from None
-    if meta.get("refinery_sha256") != refinery_sha:
-        raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
-    if meta.get("dataset_fingerprint") != data_fingerprint:
-        raise UserError(f"{folder / STATE} was trained on other data (dataset fingerprints differ); delete {folder} to start over")
-    student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    restore_optimizer(optimizer, tensors, meta["optimizer"])
-    if scaler is not None and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    if "next" not in meta:  # an epoch-end state of version 0.1: "epoch" is the last finished epoch
-        return Position(meta["epoch"] + 1)
-    meters = Meters.from_list(meta["meters"]) if meta.get("meters") and distributed.is_main() else None
-    return Position(meta["next"]["epoch"], meta["next"]["batch"], meters)
-
-
-def _save_state(folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str) -> None:
-    """Model, optimizer, grad scaler, RNG and position in one atomically replaced file (rank 0 writes).
-
-    ``pos.meters`` must already be summed over processes. The learning rate needs no state: it is a
-    function of the step, which the position gives.
-    """
-    if not distributed.is_main():
-        return
-    opt_tensors, opt_info = optimizer_tensors(optimizer)
-    tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
-    tensors.update(opt_tensors)
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {
-        "next": {"epoch": pos.epoch, "batch": pos.batch},
-        "meters": pos.meters.as_list() if pos.meters else None,
-        "optimizer": opt_info,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "refinery_sha256": refinery_sha,
-        "dataset_fingerprint": data_fingerprint,
-    }
-    save_tensors(folder / STATE, tensors, meta)
-
-
 def _final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict, fingerprint: str) -> dict:
     return {
         "generation": generation,
@@ -296,6 +233,7 @@ class _Run:
     scaler: torch.amp.GradScaler | None
     fingerprint: str
     refinery_sha: str | None  # of the checkpoint behind the labels (None: ground truth)
+    crops: CropSampler
     steps: int  # per epoch, the same in every process
 
     def evaluate_on(self, split, desc: str, progress: bool) -> dict:
@@ -309,8 +247,8 @@ class _Run:
         if meters is not None:
             meters = Meters.from_list(distributed.sum_over_processes(meters.as_list()))
         distributed.sync_buffers(self.student)
-        pos = Position(epoch, batch, meters)
-        _save_state(self.folder, self.student, self.optimizer, self.scaler, pos, self.refinery_sha, self.fingerprint)
+        pos = state.Position(epoch, batch, meters)
+        state.save(self.folder, self.student, self.optimizer, self.scaler, pos, self.refinery_sha, self.fingerprint)
 
 
 def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -> _Run:
@@ -319,23 +257,23 @@ def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)
     student = student.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    fingerprint = ds.fingerprint()
-    labels = build_label_source(cfg, ds, folder=folder, sampler=crop_sampler(cfg), device=device, fingerprint=fingerprint, log=log, progress=progress)
+    fingerprint, crops = ds.fingerprint(), crop_sampler(cfg)
+    labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
     model = distributed.wrap(student, device)
     return _Run(
         cfg=cfg, folder=folder, ds=ds, device=device, student=student, model=torch.compile(model) if cfg.compile else model,
         labels=labels, jitter=_jitter(cfg, ds, labels), optimizer=make_optimizer(student, cfg.optim),
         scaler=torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None, fingerprint=fingerprint,
-        refinery_sha=labels.describe().get("sha256"),
+        refinery_sha=labels.describe().get("sha256"), crops=crops,
         steps=ds.train.num_batches(distributed.per_process_batch(cfg.optim.batch_size), drop_last=True, shard=distributed.shard()),
     )
 
 
-def _train_epoch(run: _Run, epoch: int, pos: Position, desc: str, progress: bool) -> dict:
+def _train_epoch(run: _Run, epoch: int, pos: state.Position, desc: str, progress: bool) -> dict:
     """One epoch (the rest of it when resuming inside it), then the test split; returns the metrics row."""
     cfg, steps = run.cfg, run.steps
     first = pos.batch if epoch == pos.epoch else 0
-    batches = run.ds.train.iter_batches(distributed.per_process_batch(cfg.optim.batch_size), epoch=epoch, crops=crop_sampler(cfg),
+    batches = run.ds.train.iter_batches(distributed.per_process_batch(cfg.optim.batch_size), epoch=epoch, crops=run.crops,
                                         order_seed=cfg.seed, device=run.device, drop_last=True, shard=distributed.shard(), start_batch=first)
 
     def after_step(step: int, meters: Meters) -> None:
@@ -385,7 +323,7 @@ def train_generation(
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         save_config(cfg, folder / "config.yaml")
-    pos = _resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
+    pos = state.resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
     if pos.batch:
         log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} ({folder})")
     elif pos.epoch:

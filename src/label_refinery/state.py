@@ -1,0 +1,78 @@
+"""The training state of an unfinished generation: ``state.safetensors``, for an exact resume.
+
+It holds the model, the optimizer (momentum buffers), the grad scaler, the RNG states, the position
+(the next epoch and the step inside it) and the epoch's running metrics, so a run killed at any point
+and re-run with the same command continues as if it had never stopped. The learning rate needs no
+state: it is a function of the step. Written atomically by rank 0; read by every process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .checkpoint import STATE, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
+from .engine import Meters
+from .errors import UserError
+
+
+@dataclass
+class Position:
+    """Where training resumes: the next epoch and the batch inside it, with the epoch's meters so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    meters: Meters | None = None
+
+
+def resume(folder: Path, student, optimizer, scaler, refinery_sha: str | None, data_fingerprint: str) -> Position:
+    """Load the training state if there is one (model, optimizer, grad scaler, RNG, position)."""
+    if not (folder / STATE).is_file():
+        return Position()
+    try:
+        tensors, meta, _ = load_tensors(folder / STATE)
+    except UserError as err:
+        raise UserError(f"{err}. The training state {folder / STATE} is damaged: delete it to restart this generation") from None
+    if meta.get("refinery_sha256") != refinery_sha:
+        raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
+    if meta.get("dataset_fingerprint") != data_fingerprint:
+        raise UserError(f"{folder / STATE} was trained on other data (dataset fingerprints differ); delete {folder} to start over")
+    student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors, meta["optimizer"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    if "next" not in meta:  # an epoch-end state of version 0.1: "epoch" is the last finished epoch
+        return Position(meta["epoch"] + 1)
+    meters = Meters.from_list(meta["meters"]) if meta.get("meters") and distributed.is_main() else None
+    return Position(meta["next"]["epoch"], meta["next"]["batch"], meters)
+
+
+def save(folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str) -> None:
+    """Model, optimizer, grad scaler, RNG and position in one atomically replaced file (rank 0 writes).
+
+    ``pos.meters`` must already be summed over processes. The learning rate needs no state: it is a
+    function of the step, which the position gives.
+    """
+    if not distributed.is_main():
+        return
+    opt_tensors, opt_info = optimizer_tensors(optimizer)
+    tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {
+        "next": {"epoch": pos.epoch, "batch": pos.batch},
+        "meters": pos.meters.as_list() if pos.meters else None,
+        "optimizer": opt_info,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "refinery_sha256": refinery_sha,
+        "dataset_fingerprint": data_fingerprint,
+    }
+    save_tensors(folder / STATE, tensors, meta)
