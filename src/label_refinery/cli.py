@@ -53,6 +53,17 @@ EXAMPLES = {
   label-refinery bake --refinery runs/g1 --static --out runs/g1-static                # one label per image
 
   An interrupted bake resumes when re-run; manifest.json is written last.""",
+    "analyze": """examples:
+  label-refinery analyze runs/fmnist                   # writes runs/fmnist/genK/analysis.json and runs/fmnist/analysis/
+  label-refinery analyze runs/fmnist --images 10000 --crops 8""",
+    "audit": """examples:
+  label-refinery audit runs/fmnist                     # runs/fmnist/audit/audit.csv (every image) and audit.html (top 100)
+  label-refinery audit runs/fmnist --html-rows 300 --out audits/fmnist""",
+    "export": """examples:
+  label-refinery export runs/fmnist --format npz       # ids, targets, probs [N, C] (cleanlab's pred_probs), top-k
+  label-refinery export runs/fmnist --format csv --generation 2 --top-k 3""",
+    "report": """examples:
+  label-refinery report runs/fmnist                    # report.md, report.html, figures/ (run `analyze` first for label plots)""",
     "evaluate": """examples:
   label-refinery evaluate runs/chain/gen2                  # test split of the checkpoint's dataset
   label-refinery evaluate runs/chain/gen2 --split train    # un-augmented training images""",
@@ -182,7 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir")
     ev.add_argument("--batch-size", type=_positive_int, default=512)
     ev.add_argument("--device", default="auto")
+    _add_label_tools(sub, fmt)
+    chain.add_argument("--report", action="store_true", help="at the end, run `analyze` and `report` on the chain")
     return parser
+
+
+def _add_label_tools(sub, fmt) -> None:
+    """analyze, audit, export, report: they read a finished run folder."""
+    an = sub.add_parser("analyze", help="label statistics per generation (analysis.json)", epilog=EXAMPLES["analyze"], formatter_class=fmt)
+    an.add_argument("run", help="chain folder (gen1/, gen2/, ...) or one generation's folder")
+    an.add_argument("--images", type=_positive_int, default=2000, help="training images, a fixed seeded choice [default: 2000]")
+    an.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
+    au = sub.add_parser("audit", help="rank training images whose labels look wrong, ambiguous or incomplete", epilog=EXAMPLES["audit"], formatter_class=fmt)
+    au.add_argument("run", help="chain folder or one generation's folder")
+    au.add_argument("--out", help="output folder [default: RUN/audit]")
+    au.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
+    au.add_argument("--html-rows", type=_positive_int, default=100, help="images shown in audit.html [default: 100]")
+    ex = sub.add_parser("export", help="refined labels per training image as csv, npz or parquet", epilog=EXAMPLES["export"], formatter_class=fmt)
+    ex.add_argument("run", help="chain folder or one generation's folder")
+    ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt")
+    ex.add_argument("--generation", type=_positive_int, help="whose labels [default: the last]")
+    ex.add_argument("--top-k", type=_positive_int, default=5)
+    ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
+    rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
+    rep.add_argument("run", help="chain folder or one generation's folder")
+    for p in (an, au, ex):
+        p.add_argument("--device", default="auto")
+        p.add_argument("--no-progress", action="store_true")
 
 
 def _positive_int(text: str) -> int:
@@ -238,6 +275,13 @@ def cmd_chain(args) -> None:
     run_chain(cfg, out, progress=_progress(args), log=_log(args))
     if distributed.is_main():
         print(f"table saved to {out}/summary.md")
+        if args.report:  # label tools run after training, in this process only
+            from .generation import resolve_device
+            from .probe import analyze_run
+            from .reports import report_run
+
+            analyze_run(out, device=str(resolve_device(cfg.device)), log=_log(args))
+            print(f"report saved to {report_run(out)}")
 
 
 def cmd_train(args) -> None:
@@ -305,7 +349,41 @@ def cmd_evaluate(args) -> None:
         print(f"{name}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  ({m['images']} images)")
 
 
-COMMANDS = {"chain": cmd_chain, "train": cmd_train, "bake": cmd_bake, "evaluate": cmd_evaluate}
+def cmd_analyze(args) -> None:
+    from .generation import resolve_device
+    from .probe import analyze_run
+
+    analyze_run(args.run, images=args.images, crops_per_image=args.crops, device=str(resolve_device(args.device)),
+                progress=not args.no_progress and sys.stderr.isatty())
+    print(f"analysis saved: {args.run}/gen*/analysis.json")
+
+
+def cmd_audit(args) -> None:
+    from .audit import audit_run
+    from .generation import resolve_device
+
+    audit_run(args.run, out=args.out, crops_per_image=args.crops, html_rows=args.html_rows,
+              device=str(resolve_device(args.device)), progress=not args.no_progress and sys.stderr.isatty())
+
+
+def cmd_export(args) -> None:
+    from .audit import export_run
+    from .generation import resolve_device
+
+    out = args.out or f"{args.run}/refined-labels.{args.fmt}"
+    export_run(args.run, out, fmt=args.fmt, generation=args.generation, top_k=args.top_k,
+               device=str(resolve_device(args.device)), progress=not args.no_progress and sys.stderr.isatty())
+    print(f"refined labels saved to {out}")
+
+
+def cmd_report(args) -> None:
+    from .reports import report_run
+
+    print(f"report saved to {report_run(args.run)} (and report.md)")
+
+
+COMMANDS = {"chain": cmd_chain, "train": cmd_train, "bake": cmd_bake, "evaluate": cmd_evaluate, "analyze": cmd_analyze,
+            "audit": cmd_audit, "export": cmd_export, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

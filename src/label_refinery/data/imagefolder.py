@@ -64,10 +64,10 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 class _Views(torch.utils.data.Dataset):
-    """Decodes one image per key ``(position, epoch)``; crops it if a sampler is given."""
+    """Decodes one image per key ``(position, epoch)``; crops it (keyed by the image's id) if a sampler is given."""
 
-    def __init__(self, samples, size: int, crops: CropSampler | None):
-        self.samples, self.size, self.crops = samples, size, crops
+    def __init__(self, samples, ids, size: int, crops: CropSampler | None):
+        self.samples, self.ids, self.size, self.crops = samples, ids, size, crops
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -83,7 +83,7 @@ class _Views(torch.utils.data.Dataset):
             img = img.resize((max(S, round(W * scale)), max(S, round(H * scale))), Image.BILINEAR)
             left, top = (img.size[0] - S) // 2, (img.size[1] - S) // 2
             return _to_tensor(img.crop((left, top, left + S, top + S))), pos, torch.zeros(5, dtype=torch.long)
-        y, x, h, w, flip = self.crops.sample(pos, epoch, H, W)
+        y, x, h, w, flip = self.crops.sample(int(self.ids[pos]), epoch, H, W)
         img = img.resize((S, S), Image.BILINEAR, box=(x, y, x + w, y + h))
         if flip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
@@ -93,10 +93,16 @@ class _Views(torch.utils.data.Dataset):
 class FolderSplit:
     """A split of an image folder, decoded on the fly by ``workers`` loader processes."""
 
-    def __init__(self, root: Path, samples, size: int, workers: int = 0):
+    def __init__(self, root: Path, samples, size: int, workers: int = 0, ids=None):
         self.root, self.samples, self.size, self.workers = root, samples, size, workers
         self.targets = torch.tensor([t for _, t in samples], dtype=torch.long)
-        self.ids = torch.arange(len(samples))  # an image's index is its position in the sorted file list
+        # an image's index (the key of its crops and labels) is its position in the sorted file list
+        self.ids = torch.arange(len(samples)) if ids is None else torch.as_tensor(ids).long()
+
+    def subset(self, positions) -> "FolderSplit":
+        """The images at ``positions``, keeping their ids (so their crops and labels stay the same)."""
+        pos = [int(p) for p in positions]
+        return FolderSplit(self.root, [self.samples[p] for p in pos], self.size, self.workers, self.ids[pos])
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     def __len__(self) -> int:
@@ -121,7 +127,7 @@ class FolderSplit:
         slices = batch_slices(len(self), batch_size, drop_last, shard)[start_batch:]
         keys = [[(int(p), epoch) for p in order[sl]] for sl in slices]
         loader = torch.utils.data.DataLoader(
-            _Views(self.samples, self.size, crops),
+            _Views(self.samples, self.ids, self.size, crops),
             batch_sampler=keys,
             num_workers=self.workers,
             persistent_workers=False,
@@ -130,7 +136,7 @@ class FolderSplit:
         try:
             for images, pos, boxes in loader:
                 views = images.to(device, non_blocking=True).float().div_(255.0)
-                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), pos, boxes if crops else None, epoch)
+                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), self.ids[pos], boxes if crops else None, epoch)
         except UserError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             message = str(err).strip().splitlines()[-1]
             raise UserError(message.split("UserError: ", 1)[-1]) from None

@@ -1,0 +1,202 @@
+"""Which training labels look wrong, ambiguous or incomplete (``audit``), and refined labels as a
+dataset artifact (``export``).
+
+Audit score of an image: ``1 - p(given)``, with ``p(given)`` the refined probability of its given
+label averaged over generations and over its views (the whole image and ``crops_per_image`` fixed
+crops, half the weight each). Reasons, from the last generation's labels:
+
+- **wrong**: the whole image's refined top-1 is another class, with probability >= 0.5;
+- **ambiguous**: the given label and another class are within 0.2 of each other at the top;
+- **incomplete**: at least half the crops' top-1 is not the given label while the whole image agrees;
+- **uncertain**: the whole image's refined labels have more than half the maximal entropy.
+
+Everything streams in batches: memory holds a few numbers per image and generation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import analysis
+from .checkpoint import atomic_write
+from .errors import UserError
+from .probe import _sampler, _unnormalize, load_run, refined
+
+
+def _reasons(p_last: torch.Tensor, y: int, crop_wrong: float, classes: list[str]) -> list[str]:
+    """Human-readable reasons for one image from its last-generation whole-image labels ``[C]``."""
+    top = p_last.topk(2)
+    (c1, c2), (p1, p2) = top.indices.tolist(), top.values.tolist()
+    given = float(p_last[y])
+    out = []
+    if c1 != y and p1 >= 0.5:
+        out.append(f"wrong: refined labels say '{classes[c1]}' ({p1:.2f}); given '{classes[y]}' gets {given:.2f}")
+    elif y in (c1, c2) and p1 - p2 < 0.2:
+        other = c2 if c1 == y else c1
+        out.append(f"ambiguous: '{classes[y]}' {given:.2f} vs '{classes[other]}' {float(p_last[other]):.2f}")
+    if crop_wrong >= 0.5 and c1 == y:
+        out.append(f"incomplete: {crop_wrong:.0%} of crops show something else")
+    if float(analysis.entropy(p_last[None])[0]) > 0.5 * math.log(len(classes)):
+        out.append("uncertain: refined labels are spread out")
+    return out
+
+
+def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image: int = 4, html_rows: int = 100,
+              batch_size: int = 256, device: str = "cpu", progress: bool = False, log=print) -> Path:
+    """Score every training image; write ``audit.csv`` (all images, most suspicious first) and
+    ``audit.html`` (the top ``html_rows``); returns the output folder."""
+    gens, models, ds, cfg = load_run(run, device)
+    out = Path(out) if out else Path(run) / "audit"
+    n, g, c = len(ds.train), len(models), ds.num_classes
+    given = torch.zeros(n, dtype=torch.float64)  # sum over generations and views of p(given)
+    crop_wrong = torch.zeros(n)  # crops (last generation) whose top-1 is not the given label
+    top3 = torch.zeros(g, n, 3, dtype=torch.long)
+    top3p = torch.zeros(g, n, 3)
+    last = torch.zeros(n, c, dtype=torch.float16)  # last generation, whole image: reasons
+    targets = ds.train.targets
+    at = {int(i): k for k, i in enumerate(ds.train.ids)}  # dataset id -> position
+    for ids, y, p in refined(models, ds.train, batch_size=batch_size, device=device, progress=progress, desc="audit: images"):
+        pos = torch.tensor([at[int(i)] for i in ids])
+        given[pos] += 0.5 * p.gather(2, y.view(1, -1, 1).expand(g, -1, 1))[..., 0].double().sum(0)
+        t = p.topk(3, -1)
+        top3[:, pos], top3p[:, pos], last[pos] = t.indices, t.values, p[-1].half()
+    sampler = _sampler(cfg)
+    for k in range(crops_per_image):
+        for ids, y, p in refined(models, ds.train, batch_size=batch_size, crops=sampler, epoch=k, device=device,
+                                 progress=progress, desc=f"audit: crops {k + 1}/{crops_per_image}"):
+            pos = torch.tensor([at[int(i)] for i in ids])
+            given[pos] += 0.5 / crops_per_image * p.gather(2, y.view(1, -1, 1).expand(g, -1, 1))[..., 0].double().sum(0)
+            crop_wrong[pos] += (p[-1].argmax(1) != y).float() / crops_per_image
+    p_given = (given / g).float()
+    score = 1 - p_given
+    order = score.argsort(descending=True, stable=True)
+
+    def row(rank: int, i: int) -> dict:
+        y = int(targets[i])
+        p_last = last[i].float()
+        return {
+            "rank": rank, "index": int(ds.train.ids[i]), "path": _path(ds.train, i), "given": ds.classes[y],
+            "score": round(float(score[i]), 4), "p_given": round(float(p_given[i]), 4),
+            "margin": round(float(analysis.margin(p_last[None], targets[i : i + 1])[0]), 4),
+            "entropy": round(float(analysis.entropy(p_last[None])[0]), 4),
+            "crop_disagreement": round(float(crop_wrong[i]), 4),
+            "reasons": "; ".join(_reasons(p_last, y, float(crop_wrong[i]), ds.classes)),
+            **{f"gen{j + 1}_top3": " ".join(f"{ds.classes[int(a)]}:{float(b):.2f}" for a, b in zip(top3[j, i], top3p[j, i]))
+               for j in range(g)},
+        }
+
+    out.mkdir(parents=True, exist_ok=True)
+    wrong = _write_csv(out / "audit.csv", (row(r, i) for r, i in enumerate(order.tolist(), 1)))
+    from .reports import audit_html  # HTML and pictures live with the reports
+
+    top_rows = [row(r, i) for r, i in enumerate(order[:html_rows].tolist(), 1)]
+    pictures = _pictures(ds, order[:html_rows].tolist(), models, sampler, device)
+    atomic_write(out / "audit.html", audit_html(top_rows, pictures, run=str(run), generations=g).encode())
+    log(f"audit: {n} images scored, {wrong} look wrong -> {out}/audit.csv, {out}/audit.html")
+    return out
+
+
+def _path(split, i: int) -> str:
+    samples = getattr(split, "samples", None)
+    return samples[i][0] if samples else ""
+
+
+def _write_csv(path: Path, rows) -> int:
+    """Stream ``rows`` (dicts) into ``path`` through a temporary file; returns how many say "wrong"."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    wrong = 0
+    with open(tmp, "w", newline="") as f:
+        writer = None
+        for r in rows:
+            if writer is None:
+                writer = csv.DictWriter(f, fieldnames=list(r))
+                writer.writeheader()
+            writer.writerow(r)
+            wrong += str(r.get("reasons", "")).startswith("wrong")
+    tmp.replace(path)
+    return wrong
+
+
+@torch.no_grad()
+def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3) -> list[dict]:
+    """For the HTML rows: each image's evaluation view and ``crops`` crops (uint8 ``[H, W, C]``), with
+    the last generation's top-3 on each crop."""
+    if not positions:
+        return []
+    sub = ds.train.subset(positions)
+    out = [{"image": None, "crops": []} for _ in positions]
+    start = 0
+    for batch in sub.iter_batches(64, device=device):
+        for j, img in enumerate(_unnormalize(batch.images, ds)):
+            out[start + j]["image"] = img
+        start += len(batch.indices)
+    for k in range(crops):
+        start = 0
+        for batch in sub.iter_batches(64, epoch=k, crops=sampler, device=device):
+            top = models[-1](batch.images).float().softmax(1).topk(3, 1)
+            for j, img in enumerate(_unnormalize(batch.images, ds)):
+                labels = [(ds.classes[int(a)], float(b)) for a, b in zip(top.indices[j], top.values[j])]
+                out[start + j]["crops"].append((img, labels))
+            start += len(batch.indices)
+    return out
+
+
+@torch.no_grad()
+def export_run(run: str | Path, out: str | Path, *, fmt: str = "csv", generation: int | None = None, top_k: int = 5,
+               batch_size: int = 256, device: str = "cpu", progress: bool = False) -> Path:
+    """Per training image (evaluation view): the top-k refined classes and probabilities of one
+    generation (default: the last); ``npz`` also holds the full ``[N, C]`` matrix (cleanlab's
+    ``pred_probs``). Formats: csv, npz, parquet (needs pyarrow)."""
+    if fmt not in ("csv", "npz", "parquet"):
+        raise UserError(f"export format must be csv, npz or parquet, got {fmt!r}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as err:
+            raise UserError("parquet export needs pyarrow: pip install pyarrow (or use --format csv/npz)") from err
+    gens, models, ds, _ = load_run(run, device)
+    g = len(gens) - 1 if generation is None else generation - 1
+    if not 0 <= g < len(gens):
+        raise UserError(f"{run} has generations 1..{len(gens)}, not {generation}")
+    k = min(top_k, ds.num_classes)
+    ids, ys, probs = [], [], []
+    for i, y, p in refined([models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export"):
+        ids.append(i)
+        ys.append(y)
+        probs.append(p[0] if fmt == "npz" else p[0].topk(k, 1))
+    ids_t, y_t = torch.cat(ids), torch.cat(ys)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npz":
+        full = torch.cat(probs)
+        top = full.topk(k, 1)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, ids=ids_t.numpy(), targets=y_t.numpy(), probs=full.numpy(), top_idx=top.indices.numpy(),
+                            top_prob=top.values.numpy(), classes=np.array(ds.classes))
+        atomic_write(out, buf.getvalue())
+        return out
+    idx = torch.cat([t.indices for t in probs])
+    val = torch.cat([t.values for t in probs])
+    columns = {"index": ids_t.tolist(), "given": [ds.classes[int(t)] for t in y_t]}
+    for j in range(k):
+        columns[f"class_{j + 1}"] = [ds.classes[int(t)] for t in idx[:, j]]
+        columns[f"prob_{j + 1}"] = [round(float(v), 6) for v in val[:, j]]
+    if fmt == "csv":
+        _write_csv(out, (dict(zip(columns, vals)) for vals in zip(*columns.values())))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table(columns), sink)
+        atomic_write(out, sink.getvalue().to_pybytes())
+    return out
+
+
+__all__ = ["audit_run", "export_run"]
