@@ -98,12 +98,12 @@ class FolderSplit:
         self.targets = torch.tensor([t for _, t in samples], dtype=torch.long)
         # an image's index (the key of its crops and labels) is its position in the sorted file list
         self.ids = torch.arange(len(samples)) if ids is None else torch.as_tensor(ids).long()
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     def subset(self, positions) -> "FolderSplit":
         """The images at ``positions``, keeping their ids (so their crops and labels stay the same)."""
         pos = [int(p) for p in positions]
         return FolderSplit(self.root, [self.samples[p] for p in pos], self.size, self.workers, self.ids[pos])
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     def __len__(self) -> int:
         return len(self.samples)
