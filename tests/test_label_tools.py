@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,16 @@ def test_report_files_and_browser(noisy_run):
         title = re.search(r"<title>(.*?)</title>", dom).group(1)
         loaded, total = map(int, re.search(r"\[(\d+)/(\d+) images\]", title).groups())
         assert loaded == total > 0, title  # every picture decoded in a real browser
+
+
+def test_chain_report_flag(tmp_path):
+    out = tmp_path / "chain"
+    assert main(["chain", "--dataset", "digits", "--epochs", "1", "--generations", "2", "--device", "cpu", "--report",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert (out / "gen2/analysis.json").is_file() and (out / "report.html").is_file() and (out / "report.md").is_file()
+
+
+def test_training_code_never_imports_report_code():
+    code = ("import sys, label_refinery.chain, label_refinery.generation, label_refinery.engine; "
+            "bad = [m for m in ('label_refinery.reports', 'matplotlib') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
