@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from label_refinery.cli import main
@@ -104,6 +105,8 @@ def test_report_files_and_browser(noisy_run):
         assert (run / ref).is_file(), ref
     assert {"top1_gap.png", "entropy.png", "confusion.png"} <= {p.name for p in (run / "figures").iterdir()}
     html = (run / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)  # self-contained
     n_images = html.count("<img ")
     assert n_images >= 3 + 4 * 4  # three plots, then 4 example images with 3 crops each
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -130,3 +133,40 @@ def test_training_code_never_imports_report_code():
     code = ("import sys, label_refinery.chain, label_refinery.generation, label_refinery.engine; "
             "bad = [m for m in ('label_refinery.reports', 'matplotlib') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_subset_run_exports_the_right_images_and_one_crop_reports(tmp_path):
+    """A train subset (ids are not positions): export row i is the model's output on image id i; and
+    analyze with a single crop per image still gives a report."""
+    from label_refinery.checkpoint import load_checkpoint
+
+    run = tmp_path / "sub"
+    assert main(["train", "--dataset", "digits", "--train-subset", "300", "--epochs", "1", "--device", "cpu", "--out", str(run),
+                 "--no-progress"]) == 0
+    assert main(["export", str(run), "--format", "npz", "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    z = np.load(tmp_path / "s.npz")
+    ds = load_dataset("digits", train_subset=300)
+    assert (z["ids"] == ds.train.ids.numpy()).all() and not (z["ids"] == np.arange(300)).all()
+    model = load_checkpoint(run).build_model().eval()
+    batch = next(ds.train.iter_batches(300))
+    with torch.no_grad():
+        expected = model(batch.images).softmax(1).numpy()
+    assert np.allclose(z["probs"], expected, atol=1e-5)
+    assert main(["report", str(run)]) == 0  # before any analysis: the training plots and a hint
+    assert "label-refinery analyze" in (run / "report.md").read_text()
+    assert sorted(p.name for p in (run / "figures").iterdir()) == ["top1_gap.png"]
+    assert main(["analyze", str(run), "--crops", "1", "--images", "100", "--no-progress"]) == 0
+    assert main(["report", str(run)]) == 0 and "entropy.png" in (run / "report.md").read_text()
+
+
+def test_label_tools_refuse_other_data_and_missing_runs(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    run = tmp_path / "sub"
+    assert main(["train", "--dataset", "digits", "--train-subset", "200", "--epochs", "1", "--device", "cpu", "--out", str(run),
+                 "--no-progress"]) == 0
+    meta = json.loads((run / "meta.json").read_text())
+    meta["dataset_fingerprint"] = "0" * 64  # as if images had been added to the folder since training
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert main(["audit", str(run), "--no-progress"]) == 2
+    assert "fingerprints differ" in capsys.readouterr().err

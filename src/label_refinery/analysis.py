@@ -88,7 +88,9 @@ def label_summary(p_images: torch.Tensor, p_crops: torch.Tensor, y: torch.Tensor
         "max_prob_crops": float(max_prob(flat).mean()),
         "agreement_images": agreement(p_images, y),
         "agreement_crops": agreement(flat, y_crops),
-        "crops_other_top1": 1.0 - agreement(flat, y_crops),
+        "crops_other_top1": 1.0 - agreement(flat, y_crops),  # crop top-1 is not the given label
+        # crop top-1 is not what the same model says of the whole image: the crop shows something else
+        "crops_other_than_image": 1.0 - agreement(flat, p_images.argmax(1).repeat_interleave(k)),
     }
 
 

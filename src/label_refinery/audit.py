@@ -29,20 +29,21 @@ from .errors import UserError
 from .probe import _sampler, _unnormalize, load_run, refined
 
 
-def _reasons(p_last: torch.Tensor, y: int, crop_wrong: float, classes: list[str]) -> list[str]:
-    """Human-readable reasons for one image from its last-generation whole-image labels ``[C]``."""
-    top = p_last.topk(2)
-    (c1, c2), (p1, p2) = top.indices.tolist(), top.values.tolist()
-    given = float(p_last[y])
+def _reasons(given: float, top_idx: list[int], top_prob: list[float], ent: float, y: int, crop_wrong: float,
+             classes: list[str]) -> list[str]:
+    """Human-readable reasons for one image from its last generation's whole-image labels: p(given),
+    the top-2 classes and probabilities, and the entropy."""
+    c1, c2 = (top_idx + [y])[:2]
+    p1, p2 = (top_prob + [0.0])[:2]
     out = []
     if c1 != y and p1 >= 0.5:
         out.append(f"wrong: refined labels say '{classes[c1]}' ({p1:.2f}); given '{classes[y]}' gets {given:.2f}")
     elif y in (c1, c2) and p1 - p2 < 0.2:
-        other = c2 if c1 == y else c1
-        out.append(f"ambiguous: '{classes[y]}' {given:.2f} vs '{classes[other]}' {float(p_last[other]):.2f}")
+        other, p_other = (c2, p2) if c1 == y else (c1, p1)
+        out.append(f"ambiguous: '{classes[y]}' {given:.2f} vs '{classes[other]}' {p_other:.2f}")
     if crop_wrong >= 0.5 and c1 == y:
         out.append(f"incomplete: {crop_wrong:.0%} of crops show something else")
-    if float(analysis.entropy(p_last[None])[0]) > 0.5 * math.log(len(classes)):
+    if ent > 0.5 * math.log(len(classes)):
         out.append("uncertain: refined labels are spread out")
     return out
 
@@ -50,43 +51,55 @@ def _reasons(p_last: torch.Tensor, y: int, crop_wrong: float, classes: list[str]
 def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image: int = 4, html_rows: int = 100,
               batch_size: int = 256, device: str = "cpu", progress: bool = False, log=print) -> Path:
     """Score every training image; write ``audit.csv`` (all images, most suspicious first) and
-    ``audit.html`` (the top ``html_rows``); returns the output folder."""
+    ``audit.html`` (the top ``html_rows``); returns the output folder.
+
+    Memory: per image a handful of numbers and every generation's top-3 -- no class dimension, so
+    ImageNet-size datasets fit (about 100 bytes per image and generation)."""
     gens, models, ds, cfg = load_run(run, device)
     out = Path(out) if out else Path(run) / "audit"
-    n, g, c = len(ds.train), len(models), ds.num_classes
+    n, g, k = len(ds.train), len(models), min(3, ds.num_classes)
     given = torch.zeros(n, dtype=torch.float64)  # sum over generations and views of p(given)
-    crop_wrong = torch.zeros(n)  # crops (last generation) whose top-1 is not the given label
-    top3 = torch.zeros(g, n, 3, dtype=torch.long)
-    top3p = torch.zeros(g, n, 3)
-    last = torch.zeros(n, c, dtype=torch.float16)  # last generation, whole image: reasons
+    crop_wrong = torch.zeros(n)  # share of crops (last generation) whose top-1 is not the given label
+    top3, top3p = torch.zeros(g, n, k, dtype=torch.long), torch.zeros(g, n, k)
+    last_given, last_entropy = torch.zeros(n), torch.zeros(n)  # last generation, whole image
     targets = ds.train.targets
-    at = {int(i): k for k, i in enumerate(ds.train.ids)}  # dataset id -> position
-    for ids, y, p in refined(models, ds.train, batch_size=batch_size, device=device, progress=progress, desc="audit: images"):
-        pos = torch.tensor([at[int(i)] for i in ids])
-        given[pos] += 0.5 * p.gather(2, y.view(1, -1, 1).expand(g, -1, 1))[..., 0].double().sum(0)
-        t = p.topk(3, -1)
-        top3[:, pos], top3p[:, pos], last[pos] = t.indices, t.values, p[-1].half()
+
+    def p_given(p, y):  # [G, B]: each generation's probability of the given labels
+        return p.gather(2, y.view(1, -1, 1).expand(p.shape[0], -1, 1))[..., 0]
+
+    start = 0  # `refined` yields the split in index order: positions start..start+B
+    for _, y, p in refined(models, ds.train, batch_size=batch_size, device=device, progress=progress, desc="audit: images"):
+        pos = slice(start, start + len(y))
+        start += len(y)
+        pg = p_given(p, y)
+        given[pos] += 0.5 * pg.double().sum(0)
+        t = p.topk(k, -1)
+        top3[:, pos], top3p[:, pos] = t.indices, t.values
+        last_given[pos], last_entropy[pos] = pg[-1], analysis.entropy(p[-1])
     sampler = _sampler(cfg)
-    for k in range(crops_per_image):
-        for ids, y, p in refined(models, ds.train, batch_size=batch_size, crops=sampler, epoch=k, device=device,
-                                 progress=progress, desc=f"audit: crops {k + 1}/{crops_per_image}"):
-            pos = torch.tensor([at[int(i)] for i in ids])
-            given[pos] += 0.5 / crops_per_image * p.gather(2, y.view(1, -1, 1).expand(g, -1, 1))[..., 0].double().sum(0)
+    for c in range(crops_per_image):
+        start = 0
+        for _, y, p in refined(models, ds.train, batch_size=batch_size, crops=sampler, epoch=c, device=device,
+                               progress=progress, desc=f"audit: crops {c + 1}/{crops_per_image}"):
+            pos = slice(start, start + len(y))
+            start += len(y)
+            given[pos] += 0.5 / crops_per_image * p_given(p, y).double().sum(0)
             crop_wrong[pos] += (p[-1].argmax(1) != y).float() / crops_per_image
-    p_given = (given / g).float()
-    score = 1 - p_given
+    p_given_mean = (given / g).float()
+    score = 1 - p_given_mean
     order = score.argsort(descending=True, stable=True)
 
     def row(rank: int, i: int) -> dict:
         y = int(targets[i])
-        p_last = last[i].float()
+        idx, prob = top3[-1, i].tolist(), top3p[-1, i].tolist()
+        best_other = next((q for c_, q in zip(idx, prob) if c_ != y), 0.0)  # within the top-3: enough for a margin
         return {
             "rank": rank, "index": int(ds.train.ids[i]), "path": _path(ds.train, i), "given": ds.classes[y],
-            "score": round(float(score[i]), 4), "p_given": round(float(p_given[i]), 4),
-            "margin": round(float(analysis.margin(p_last[None], targets[i : i + 1])[0]), 4),
-            "entropy": round(float(analysis.entropy(p_last[None])[0]), 4),
+            "score": round(float(score[i]), 4), "p_given": round(float(p_given_mean[i]), 4),
+            "margin": round(float(last_given[i]) - best_other, 4),
+            "entropy": round(float(last_entropy[i]), 4),
             "crop_disagreement": round(float(crop_wrong[i]), 4),
-            "reasons": "; ".join(_reasons(p_last, y, float(crop_wrong[i]), ds.classes)),
+            "reasons": "; ".join(_reasons(float(last_given[i]), idx, prob, float(last_entropy[i]), y, float(crop_wrong[i]), ds.classes)),
             **{f"gen{j + 1}_top3": " ".join(f"{ds.classes[int(a)]}:{float(b):.2f}" for a, b in zip(top3[j, i], top3p[j, i]))
                for j in range(g)},
         }
@@ -139,7 +152,7 @@ def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3)
     for k in range(crops):
         start = 0
         for batch in sub.iter_batches(64, epoch=k, crops=sampler, device=device):
-            top = models[-1](batch.images).float().softmax(1).topk(3, 1)
+            top = models[-1](batch.images).float().softmax(1).topk(min(3, ds.num_classes), 1)
             for j, img in enumerate(_unnormalize(batch.images, ds)):
                 labels = [(ds.classes[int(a)], float(b)) for a, b in zip(top.indices[j], top.values[j])]
                 out[start + j]["crops"].append((img, labels))
@@ -151,8 +164,10 @@ def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3)
 def export_run(run: str | Path, out: str | Path, *, fmt: str = "csv", generation: int | None = None, top_k: int = 5,
                batch_size: int = 256, device: str = "cpu", progress: bool = False) -> Path:
     """Per training image (evaluation view): the top-k refined classes and probabilities of one
-    generation (default: the last); ``npz`` also holds the full ``[N, C]`` matrix (cleanlab's
-    ``pred_probs``). Formats: csv, npz, parquet (needs pyarrow)."""
+    generation (default: the last); ``npz`` also holds the full ``[N, C]`` matrix, the shape
+    cleanlab's ``pred_probs`` takes. These are in-sample probabilities (the models saw these images),
+    which makes label-issue finders more lenient than out-of-sample ones. Formats: csv, npz,
+    parquet (needs pyarrow)."""
     if fmt not in ("csv", "npz", "parquet"):
         raise UserError(f"export format must be csv, npz or parquet, got {fmt!r}")
     if fmt == "parquet":

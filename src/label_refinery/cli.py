@@ -211,15 +211,16 @@ def _add_label_tools(sub, fmt) -> None:
     au.add_argument("--html-rows", type=_positive_int, default=100, help="images shown in audit.html [default: 100]")
     ex = sub.add_parser("export", help="refined labels per training image as csv, npz or parquet", epilog=EXAMPLES["export"], formatter_class=fmt)
     ex.add_argument("run", help="chain folder or one generation's folder")
-    ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt")
+    ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt",
+                    help="csv/parquet: top-k per image; npz: also the full [N, C] matrix [default: csv]")
     ex.add_argument("--generation", type=_positive_int, help="whose labels [default: the last]")
-    ex.add_argument("--top-k", type=_positive_int, default=5)
+    ex.add_argument("--top-k", type=_positive_int, default=5, help="classes per image [default: 5]")
     ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
     rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
     rep.add_argument("run", help="chain folder or one generation's folder")
     for p in (an, au, ex):
-        p.add_argument("--device", default="auto")
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _positive_int(text: str) -> int:

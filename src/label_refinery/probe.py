@@ -5,8 +5,9 @@
     label-refinery export runs/fmnist --format npz     # refined labels as a dataset artifact
 
 Every generation's model labels the same views: whole images (evaluation views) and a fixed, seeded
-set of random crops (the run's crop settings, crop seed ``ANALYSIS_SEED``). Data streams in batches,
-so memory grows with the number of images times a few numbers per generation, never with pixels.
+set of random crops (the run's crop settings, crop seed ``ANALYSIS_SEED``). Data streams in batches.
+``analyze`` keeps its sample's probabilities (images x crops x classes x generations: 2,000 x 4 x C x G
+by default); ``audit`` keeps a few numbers per image and generation, never a class dimension.
 Metrics come from :mod:`label_refinery.analysis` (pure functions).
 """
 
@@ -33,12 +34,17 @@ ANALYSIS_SEED = 20180507  # crops for analysis differ from every training crop s
 def generations(run: str | Path) -> list[Path]:
     """The finished generation folders of a chain (``gen1``, ``gen2``, ...), or ``[run]`` for one generation."""
     run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist")
     if (run / META).is_file():
         return [run]
     gens = sorted((p for p in run.glob("gen*") if p.name[3:].isdigit()), key=lambda p: int(p.name[3:]))
     finished = [g for g in gens if (g / META).is_file()]
     if not finished:
         raise UserError(f"{run} holds no finished generation (a folder with meta.json, or gen1/, gen2/, ... inside)")
+    unfinished = [g.name for g in gens if g not in finished]
+    if unfinished:
+        print(f"note: {', '.join(unfinished)} in {run} not finished: left out (re-run the chain to finish them)")
     return finished
 
 
@@ -56,6 +62,11 @@ def load_run(run: str | Path, device: str = "cpu") -> tuple[list[Path], list[tor
     metas = [json.loads((g / META).read_text()) for g in gens]
     if any(m["classes"] != ds.classes for m in metas):
         raise UserError(f"the generations of {run} were trained on other classes than {ds.name} has now")
+    if any(m.get("dataset_fingerprint") not in (None, ds.fingerprint()) for m in metas[:1]):
+        raise UserError(
+            f"{ds.name} is not the data {run} was trained on (dataset fingerprints differ: files added, removed or "
+            "changed), so image indices would point at other images. Analyse it with the data it was trained on."
+        )
     models = [load_checkpoint(g).build_model(device).eval() for g in gens]
     return gens, models, ds, cfg
 
@@ -136,10 +147,11 @@ def _write_examples(folder: Path, split, ids, y, p_img, p_crops, ds, sampler, co
     disagree = analysis.crop_disagreement(p_crops[-1].argmax(-1), y)
     chosen = disagree.argsort(descending=True, stable=True)[:count].tolist()
     sub = split.subset(chosen)
+    k, n_crops = min(3, p_img.shape[-1]), min(3, p_crops.shape[2])
     whole = _unnormalize(next(sub.iter_batches(len(chosen))).images, ds)
-    crops = np.stack([_unnormalize(next(sub.iter_batches(len(chosen), epoch=k, crops=sampler)).images, ds) for k in range(3)], 1)
-    top = p_img[:, chosen].topk(3, -1)  # [G, E, 3]
-    ctop = p_crops[:, chosen, :3].topk(3, -1)  # [G, E, 3 crops, 3]
+    crops = np.stack([_unnormalize(next(sub.iter_batches(len(chosen), epoch=c, crops=sampler)).images, ds) for c in range(n_crops)], 1)
+    top = p_img[:, chosen].topk(k, -1)  # [G, E, k]
+    ctop = p_crops[:, chosen, :n_crops].topk(k, -1)  # [G, E, crops, k]
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, images=whole, crops=crops, ids=ids[chosen].numpy(), targets=y[chosen].numpy(),

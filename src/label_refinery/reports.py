@@ -3,7 +3,7 @@ audit page. Training code never imports this module.
 
     label-refinery report runs/fmnist     # after `chain` (and `analyze` for label plots and figures)
 
-Plots use matplotlib's Agg backend. The HTML embeds every picture (base64 PNG), so one file opens in
+Plots use matplotlib's object API (``Figure``, rendered by Agg) and leave pyplot's state alone. The HTML embeds every picture (base64 PNG), so one file opens in
 any browser without a server; the PNGs are also written to ``figures/`` for the markdown.
 """
 
@@ -86,14 +86,15 @@ def audit_html(rows: list[dict], pictures: list[dict], *, run: str, generations:
 # ---- run report -------------------------------------------------------------------------------------
 
 def _plots(metas: list[dict], analyses: list[dict | None]) -> dict[str, bytes]:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend switch, no figure registry
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def subplots(*grid, figsize):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*grid)
 
     gens = [m["generation"] for m in metas]
     out = {}
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(gens, [m["metrics"]["test_top1"] for m in metas], "o-", label="test")
     ax[0].plot(gens, [m["metrics"]["train_top1_clean"] for m in metas], "s-", label="train (clean)")
     ax[0].set(xlabel="generation", ylabel="top-1 %", xticks=gens, title="top-1")
@@ -101,22 +102,20 @@ def _plots(metas: list[dict], analyses: list[dict | None]) -> dict[str, bytes]:
     ax[1].bar(gens, [m["metrics"]["gap"] for m in metas])
     ax[1].set(xlabel="generation", ylabel="points", xticks=gens, title="train - test gap")
     out["top1_gap.png"] = png(fig)
-    plt.close(fig)
     done = [a for a in analyses if a]
     if done:
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        fig, ax = subplots(figsize=(4.5, 3.2))
         g = [a["generation"] for a in done]
         ax.plot(g, [a["entropy_crops"] for a in done], "o-", label="crops")
         ax.plot(g, [a["entropy_images"] for a in done], "s-", label="whole images")
         ax.set(xlabel="generation", ylabel="nats", xticks=g, title="refined-label entropy")
         ax.legend()
         out["entropy.png"] = png(fig)
-        plt.close(fig)
         last = done[-1]
         names = sorted({p[k] for p in last["ambiguous_pairs"] for k in ("a", "b")}, key=last["classes"].index)
         idx = [last["classes"].index(n) for n in names]
         m = np.array(last["soft_confusion"])[np.ix_(idx, idx)]
-        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(idx), 0.8 + 0.6 * len(idx)))
+        fig, ax = subplots(figsize=(1.0 + 0.6 * len(idx), 0.8 + 0.6 * len(idx)))
         ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black")
@@ -126,7 +125,6 @@ def _plots(metas: list[dict], analyses: list[dict | None]) -> dict[str, bytes]:
         ax.set_xlabel("refined label mass")
         ax.set_ylabel("given label")
         out["confusion.png"] = png(fig)
-        plt.close(fig)
     return out
 
 
