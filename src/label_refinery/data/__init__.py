@@ -1,6 +1,7 @@
 """Datasets (a small registry), crops as values, batches.
 
-Names: ``fashion-mnist`` (default), ``digits``, ``imagefolder:PATH``.
+Names: ``fashion-mnist`` (default), ``fashion-scenes`` (48x48 scenes with a distractor item: labels
+that crops make incomplete), ``digits``, ``imagefolder:PATH``.
 
 Example:
     >>> from label_refinery.data import load_dataset
@@ -14,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from . import digits, fashion_mnist, imagefolder
+from . import digits, fashion_mnist, imagefolder, scenes
 from .base import Batch, ImageDataset, Split
 from .crops import Crop, CropSampler, apply_crops
 
 DATASETS = {
     "fashion-mnist": fashion_mnist.load,
+    "fashion-scenes": scenes.load,
     "digits": digits.load,
 }
 PREFIXED = {"imagefolder": imagefolder.load}

@@ -32,7 +32,10 @@ class TensorSplit:
 
     def subset(self, positions) -> "TensorSplit":
         pos = torch.as_tensor(positions).long()
-        return TensorSplit(self.images[pos], self.targets[pos], self.mean, self.std, self.size, self.ids[pos])
+        sub = TensorSplit(self.images[pos], self.targets[pos], self.mean, self.std, self.size, self.ids[pos])
+        if hasattr(self, "distractors"):  # fashion-scenes: each scene's distractor class
+            sub.distractors = self.distractors[pos]
+        return sub
 
     def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int:
         return len(batch_slices(len(self), batch_size, drop_last, shard))
