@@ -355,7 +355,7 @@ def cmd_analyze(args) -> None:
     from .probe import analyze_run
 
     analyze_run(args.run, images=args.images, crops_per_image=args.crops, device=str(resolve_device(args.device)),
-                progress=not args.no_progress and sys.stderr.isatty())
+                progress=_progress(args))
     print(f"analysis saved: {args.run}/gen*/analysis.json")
 
 
@@ -364,7 +364,7 @@ def cmd_audit(args) -> None:
     from .generation import resolve_device
 
     audit_run(args.run, out=args.out, crops_per_image=args.crops, html_rows=args.html_rows,
-              device=str(resolve_device(args.device)), progress=not args.no_progress and sys.stderr.isatty())
+              device=str(resolve_device(args.device)), progress=_progress(args))
 
 
 def cmd_export(args) -> None:
@@ -373,7 +373,7 @@ def cmd_export(args) -> None:
 
     out = args.out or f"{args.run}/refined-labels.{args.fmt}"
     export_run(args.run, out, fmt=args.fmt, generation=args.generation, top_k=args.top_k,
-               device=str(resolve_device(args.device)), progress=not args.no_progress and sys.stderr.isatty())
+               device=str(resolve_device(args.device)), progress=_progress(args))
     print(f"refined labels saved to {out}")
 
 
