@@ -73,6 +73,21 @@ def crop_disagreement(crop_top1: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (crop_top1 != y[:, None]).float().mean(1)
 
 
+def distractor_mass(p: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> dict[str, float]:
+    """Label completeness on scenes with a known second object (``fashion-scenes``): ``p`` ``[N, C]``
+    refined labels, ``y`` the given (main) class, ``d`` the distractor class of each row ``[N]``.
+
+    ``distractor_mass`` is the mean probability on the distractor, ``given_mass`` on the given class,
+    ``distractor_top1`` the share of rows whose top-1 is the distractor. A one-hot ground-truth label
+    has distractor mass 0: the mass a refinery moves there is the incompleteness it repairs.
+    """
+    return {
+        "distractor_mass": float(given_prob(p, d).mean()),
+        "given_mass": float(given_prob(p, y).mean()),
+        "distractor_top1": agreement(p, d),
+    }
+
+
 def label_summary(p_images: torch.Tensor, p_crops: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """The per-generation numbers of ``analysis.json`` from whole-image ``[N, C]`` and crop
     ``[N, K, C]`` refined labels of the same N images."""
@@ -94,5 +109,5 @@ def label_summary(p_images: torch.Tensor, p_crops: torch.Tensor, y: torch.Tensor
     }
 
 
-__all__ = ["agreement", "ambiguous_pairs", "crop_disagreement", "entropy", "given_prob", "kl", "label_summary",
+__all__ = ["agreement", "ambiguous_pairs", "crop_disagreement", "distractor_mass", "entropy", "given_prob", "kl", "label_summary",
            "margin", "max_prob", "soft_confusion"]

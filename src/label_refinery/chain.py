@@ -22,6 +22,7 @@ from typing import Callable
 from . import distributed
 from .checkpoint import atomic_write, write_json
 from .config import Config, save_config
+from .data import ImageDataset
 from .generation import check_same_config, has_progress, load_data, train_generation
 from .models import check_model_name
 
@@ -65,17 +66,22 @@ def summary_row(meta: dict, out: Path) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table of the chain's generations."""
-    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if k in ("model", "refinery") else "---:" for k, _ in COLUMNS) + "|"
+    columns = list(COLUMNS)
+    if any("val_top1" in r for r in rows):  # a validation split was held out
+        columns.insert(5, ("val_top1", "val top-1"))
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---" if k in ("model", "refinery") else "---:" for k, _ in columns) + "|"
     body = []
     for r in rows:
-        cells = [f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k, _ in COLUMNS]
+        cells = [f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _ in columns]
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *body])
 
 
-def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Callable[[str], None] = print,
+              dataset: ImageDataset | None = None) -> list[dict]:
     """Run (or resume) generations ``1..cfg.chain.generations`` into ``out``; returns the table rows.
+    ``dataset``: the data ``cfg`` names, already loaded (experiments share it between chains).
 
     Example:
         >>> cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 3})  # doctest: +SKIP
@@ -87,7 +93,7 @@ def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Call
         check_same_config(out, cfg)
     for name in cfg.chain.models or (cfg.model,):
         check_model_name(name)
-    ds = load_data(cfg)
+    ds = dataset or load_data(cfg)
     main = distributed.is_main()  # under torchrun, rank 0 alone writes and logs
     log = log if main else (lambda _: None)
     if main:

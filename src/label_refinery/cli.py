@@ -64,6 +64,15 @@ EXAMPLES = {
   label-refinery export runs/fmnist --format csv --generation 2 --top-k 3""",
     "report": """examples:
   label-refinery report runs/fmnist                    # report.md, report.html, figures/ (run `analyze` first for label plots)""",
+    "experiment": """examples:
+  label-refinery experiment configs/claims/fashion-mnist.yaml                 # every arm, every seed; resumes
+  label-refinery experiment configs/claims/fashion-mnist.yaml --seeds 2       # one seed (e.g. a second process)
+  label-refinery experiment configs/claims/fashion-mnist.yaml --arms self big # some arms only
+  label-refinery experiment configs/claims/fashion-mnist.yaml --table         # rebuild results.md only
+
+  The file names a base config, arms (changes of the base; `refinery: ARM/genK` refines with another
+  arm's generation of the same seed) and seeds; see label_refinery/experiment.py. Results:
+  OUT/results.md (mean ± std over seeds, paired differences) and OUT/results.json.""",
     "evaluate": """examples:
   label-refinery evaluate runs/chain/gen2                  # test split of the checkpoint's dataset
   label-refinery evaluate runs/chain/gen2 --split train    # un-augmented training images""",
@@ -75,6 +84,7 @@ TRAIN_FLAGS = [
     (["--data-dir"], "data.data_dir", dict(help="folder to look for dataset files first")),
     (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
+    (["--val-split"], "data.val_split", dict(type=int, help="hold out this many training images as a validation split (val top-1 every epoch)")),
     (["--crop-scale"], "data.crop_scale", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's")),
     (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
@@ -218,6 +228,14 @@ def _add_label_tools(sub, fmt) -> None:
     ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
     rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
     rep.add_argument("run", help="chain folder or one generation's folder")
+    xp = sub.add_parser("experiment", help="a grid of chains over seeds: mean ± std tables", epilog=EXAMPLES["experiment"], formatter_class=fmt)
+    xp.add_argument("file", help="experiment YAML (base config, arms, seeds)")
+    xp.add_argument("--out", help="results folder [default: the file's `out`]")
+    xp.add_argument("--seeds", type=int, nargs="+", help="run these seeds only [default: the file's]")
+    xp.add_argument("--arms", nargs="+", help="run these arms only, in the file's order [default: all]")
+    xp.add_argument("--threads", type=_positive_int, help="CPU threads of this process (e.g. 1 with two processes on 2 cores)")
+    xp.add_argument("--table", action="store_true", help="only rebuild results.md/json from the finished runs")
+    xp.add_argument("--no-progress", action="store_true", help="no progress bars")
     for p in (an, au, ex):
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -336,6 +354,7 @@ def cmd_evaluate(args) -> None:
     ds = load_dataset(
         args.dataset or data_cfg["dataset"], args.data_dir or data_cfg["data_dir"], ckpt.meta["image_size"],
         data_cfg["train_subset"] if same_data else None,  # the training images the model saw
+        val_split=data_cfg.get("val_split", 0) if same_data else 0,
     )
     if list(ds.classes) != list(ckpt.meta["classes"]):
         raise UserError(f"{args.checkpoint} was trained on other classes than {ds.name}'s")
@@ -383,8 +402,29 @@ def cmd_report(args) -> None:
     print(f"report saved to {report_run(args.run)} (and report.md)")
 
 
+def cmd_experiment(args) -> None:
+    from .experiment import load_experiment, run_experiment, write_results
+
+    exp = load_experiment(args.file, args.out)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.table:
+        print(write_results(exp))
+        return
+    unknown = sorted(set(args.seeds or []) - set(exp.seeds))
+    if unknown:
+        raise UserError(f"seed {unknown[0]} is not in the experiment's seeds {list(exp.seeds)}")
+    for name in args.arms or []:
+        exp.arm(name)  # unknown names fail with the list of arms
+    order = [a.name for a in exp.arms if a.name in set(args.arms)] if args.arms else None
+    print(run_experiment(exp, seeds=args.seeds, arms=order, progress=_progress(args)))
+    print(f"results: {exp.out}/results.md")
+
+
 COMMANDS = {"chain": cmd_chain, "train": cmd_train, "bake": cmd_bake, "evaluate": cmd_evaluate, "analyze": cmd_analyze,
-            "audit": cmd_audit, "export": cmd_export, "report": cmd_report}
+            "audit": cmd_audit, "export": cmd_export, "report": cmd_report, "experiment": cmd_experiment}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ class DataConfig:
     data_dir: str | None = None  # where to look for dataset files first
     image_size: int | None = None  # side of crops and evaluation views, pixels (None: the dataset's own)
     train_subset: int | None = None  # train on a fixed, seeded subset of this many images
+    val_split: int = 0  # hold out this many training images (seeded) as a validation split, evaluated every epoch
     crop_scale: tuple[float, float] = (0.25, 1.0)  # crop area / image area; the paper's ImageNet runs: 0.08-1
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
     flip: bool = True  # horizontal flip with probability 0.5
@@ -256,6 +257,7 @@ def validate(cfg: Config) -> None:
     _check(o.gamma > 0, f"optim.gamma must be > 0, got {o.gamma}")
     _check(d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1, got {d.image_size}")
     _check(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
+    _check(d.val_split >= 0, f"data.val_split must be >= 0 images, got {d.val_split}")
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
     _check(o.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine, step or constant, got {o.schedule!r}")
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")

@@ -75,7 +75,7 @@ def crop_sampler(cfg: Config) -> CropSampler:
 
 def load_data(cfg: Config) -> ImageDataset:
     d = cfg.data
-    return load_dataset(d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers)
+    return load_dataset(d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers, d.val_split)
 
 
 def comparable(cfg_dict: dict) -> dict:
@@ -206,6 +206,7 @@ def _final_metrics(history: list[dict], clean: dict) -> dict:
         "test_top5": last["test_top5"],
         "gap": clean["top1"] - last["test_top1"],
         "train_seconds": sum(r["seconds"] for r in history),
+        **({"val_top1": last["val_top1"]} if "val_top1" in last else {}),
     }
 
 
@@ -213,7 +214,7 @@ def _epoch_line(desc: str, epochs: int, row: dict) -> str:
     return (
         f"{desc} epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}  "
         f"train top-1 (crops) {row['train_top1_crops']:.2f}  test top-1 {row['test_top1']:.2f}  "
-        f"top-5 {row['test_top5']:.2f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+        f"top-5 {row['test_top5']:.2f}  " + (f"val top-1 {row['val_top1']:.2f}  " if "val_top1" in row else "") + f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
     )
 
 
@@ -288,7 +289,11 @@ def _train_epoch(run: _Run, epoch: int, pos: state.Position, desc: str, progress
         meters=pos.meters if epoch == pos.epoch else None, after_step=after_step,
     )
     test = run.evaluate_on(run.ds.test, f"{desc} test", progress)
-    return {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+    row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+    if run.ds.val is not None:
+        val = run.evaluate_on(run.ds.val, f"{desc} val", progress)
+        row |= {"val_top1": val["top1"], "val_loss": val["loss"]}
+    return row
 
 
 def train_generation(

@@ -52,13 +52,15 @@ def _config(gen: Path) -> Config:
     return _build(Config, json.loads((gen / META).read_text())["config"])
 
 
-def load_run(run: str | Path, device: str = "cpu") -> tuple[list[Path], list[torch.nn.Module], ImageDataset, Config]:
-    """Generation folders, their models (eval mode), the run's dataset and generation 1's config."""
+def load_run(run: str | Path, device: str = "cpu", dataset: ImageDataset | None = None,
+             ) -> tuple[list[Path], list[torch.nn.Module], ImageDataset, Config]:
+    """Generation folders, their models (eval mode), the run's dataset and generation 1's config.
+    ``dataset``: the run's data, already loaded (checked like a fresh load)."""
     from .generation import load_data
 
     gens = generations(run)
     cfg = _config(gens[0])
-    ds = load_data(cfg)
+    ds = dataset or load_data(cfg)
     metas = [json.loads((g / META).read_text()) for g in gens]
     if any(m["classes"] != ds.classes for m in metas):
         raise UserError(f"the generations of {run} were trained on other classes than {ds.name} has now")
@@ -100,10 +102,12 @@ def _views(models, split, crops_per_image: int, sampler, device, progress: bool)
 
 
 def analyze_run(run: str | Path, *, images: int = 2000, crops_per_image: int = 4, examples: int = 4, device: str = "cpu",
-                progress: bool = False, log=print) -> list[dict]:
+                progress: bool = False, log=print, dataset: ImageDataset | None = None) -> list[dict]:
     """Write ``genK/analysis.json`` for every generation (and ``analysis/`` examples for reports);
-    returns the per-generation results. ``images`` training images are drawn with a fixed seed."""
-    gens, models, ds, cfg = load_run(run, device)
+    returns the per-generation results. ``images`` training images are drawn with a fixed seed.
+    On scenes with known distractors (``fashion-scenes``) each row also has the label completeness
+    numbers of :func:`analysis.distractor_mass`, for crops (``*_crops``) and whole images."""
+    gens, models, ds, cfg = load_run(run, device, dataset)
     n = min(images, len(ds.train))
     pos = np.sort(np.random.default_rng(ANALYSIS_SEED).permutation(len(ds.train))[:n])
     if not hasattr(ds.train, "subset"):
@@ -118,6 +122,7 @@ def analyze_run(run: str | Path, *, images: int = 2000, crops_per_image: int = 4
             "generation": meta["generation"],
             "model": meta["model"],
             **analysis.label_summary(p_img[g], p_crops[g], y),
+            **_completeness(split, p_img[g], p_crops[g], y),
             "kl_from_previous_images": float(analysis.kl(p_img[g - 1], p_img[g]).mean()) if g else None,
             "kl_from_previous_crops": float(analysis.kl(p_crops[g - 1].flatten(0, 1), p_crops[g].flatten(0, 1)).mean()) if g else None,
             "ambiguous_pairs": [{"a": ds.classes[i], "b": ds.classes[j], "mass": m} for i, j, m in analysis.ambiguous_pairs(confusion)],
@@ -129,8 +134,19 @@ def analyze_run(run: str | Path, *, images: int = 2000, crops_per_image: int = 4
         results.append(row)
         log(f"{gen.name}: entropy {row['entropy_crops']:.3f} (crops) / {row['entropy_images']:.3f} (images), agreement "
             f"{100 * row['agreement_crops']:.1f} % (crops) / {100 * row['agreement_images']:.1f} % (images)")
-    _write_examples(Path(run) / "analysis", split, ids, y, p_img, p_crops, ds, _sampler(cfg), examples)
+    if examples:
+        _write_examples(Path(run) / "analysis", split, ids, y, p_img, p_crops, ds, _sampler(cfg), examples)
     return results
+
+
+def _completeness(split, p_img: torch.Tensor, p_crops: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Distractor mass of whole images and crops, on datasets that record each image's distractor."""
+    if not hasattr(split, "distractors"):
+        return {}
+    d, k = split.distractors, p_crops.shape[1]
+    crops = analysis.distractor_mass(p_crops.flatten(0, 1), y.repeat_interleave(k), d.repeat_interleave(k))
+    images = analysis.distractor_mass(p_img, y, d)
+    return {**{f"{key}_crops": v for key, v in crops.items()}, **{f"{key}_images": v for key, v in images.items()}}
 
 
 def _unnormalize(images: torch.Tensor, ds: ImageDataset) -> np.ndarray:

@@ -26,6 +26,7 @@ DATASETS = {
 }
 PREFIXED = {"imagefolder": imagefolder.load}
 SUBSET_SEED = 0  # fixed: every generation of a chain sees the same subset
+VAL_SEED = 1  # fixed: the validation images never change between runs
 
 
 def dataset_names() -> list[str]:
@@ -38,6 +39,7 @@ def load_dataset(
     image_size: int | None = None,
     train_subset: int | None = None,
     workers: int = 0,
+    val_split: int = 0,
 ) -> ImageDataset:
     """Load a dataset by registry name.
 
@@ -47,6 +49,9 @@ def load_dataset(
         image_size: side of training crops and evaluation views (default: the dataset's own).
         train_subset: keep only this many training images (a seeded choice, indices unchanged).
         workers: loader processes for image folders.
+        val_split: hold out this many training images as ``ds.val`` (a seeded choice, made before
+            ``train_subset``, which then draws from the rest): for choosing settings without
+            looking at the test split.
     """
     prefix, _, arg = name.partition(":")
     if name in DATASETS:
@@ -55,9 +60,15 @@ def load_dataset(
         ds = PREFIXED[prefix](arg, image_size=image_size, workers=workers)
     else:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
+    if (train_subset or val_split) and not hasattr(ds.train, "subset"):
+        raise UserError(f"train_subset and val_split need a dataset that can be subset, not {name}")
+    if val_split:
+        if not 0 < val_split < len(ds.train):
+            raise UserError(f"val_split must be in 1..{len(ds.train) - 1} images (the training split has {len(ds.train)}), got {val_split}")
+        order = np.random.default_rng(VAL_SEED).permutation(len(ds.train))
+        ds.val = ds.train.subset(np.sort(order[:val_split]))
+        ds.train = ds.train.subset(np.sort(order[val_split:]))
     if train_subset:
-        if not hasattr(ds.train, "subset"):
-            raise UserError(f"train_subset is supported for in-memory datasets only, not {name}")
         if not 0 < train_subset <= len(ds.train):
             raise UserError(f"train_subset must be in 1..{len(ds.train)}, got {train_subset}")
         pos = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(ds.train))[:train_subset])

@@ -75,6 +75,7 @@ class ImageDataset:
     std: tuple[float, ...]
     train: Split
     test: Split
+    val: Split | None = None  # held out from the training images (``data.val_split``); None: no validation split
 
     @property
     def num_classes(self) -> int:
@@ -86,6 +87,8 @@ class ImageDataset:
         h.update(repr((self.name.split(":")[0], self.classes, self.in_chans, self.image_size)).encode())
         h.update(self.train.fingerprint().encode())
         h.update(self.test.fingerprint().encode())
+        if self.val is not None:
+            h.update(self.val.fingerprint().encode())
         return h.hexdigest()
 
 

@@ -1,0 +1,269 @@
+"""Experiments: a grid of chains ("arms") over seeds, resumable, summarised as mean ± std tables.
+
+An experiment file (YAML) names a base config, the arms (each a change of the base: its own chain)
+and the seeds::
+
+    out: runs/claims/fashion-mnist
+    seeds: [0, 1, 2]
+    reference: self/gen1          # deltas are paired against this arm/generation, seed by seed
+    analyze: true                 # label entropy and (on fashion-scenes) distractor mass per generation
+    base:                         # every arm starts from this config (keys as in `train --config`)
+      model: cnn-small
+      data: {dataset: fashion-mnist, train_subset: 10000, val_split: 5000}
+      optim: {epochs: 10}
+    arms:
+      - {name: self, set: {chain: {generations: 4}}}
+      - {name: big, set: {model: "cnn-small:width=2", chain: {generations: 1}}}
+      - {name: big-refined, refinery: big/gen1, seed_offset: 1, set: {chain: {generations: 1}}}
+      - {name: kd, refinery: big/gen1, seed_offset: 1, set: {labels: {temperature: 4, gt_weight: 0.1}, chain: {generations: 1}}}
+
+``refinery: ARM/genK`` labels the arm's generation 1 with another arm's generation K of the same
+seed (that arm must come earlier). Seed ``S`` runs every arm with ``config seed = base seed + 1000 * S
++ seed_offset`` (a chain adds ``g - 1`` for its generation ``g``): with ``seed_offset: 1`` an arm refined
+by ``self/gen1`` starts from the same initialisation, crops and batch order as ``self/gen2``, so
+the two differ only in their labels.
+
+Layout: ``OUT/seed{S}/{ARM}/`` is a chain run folder (resumable like ``chain``); ``OUT/results.json``
+holds every finished row and ``OUT/results.md`` the tables, rewritten after every finished arm. Re-run
+the same command to resume; several processes may share an experiment if they take different seeds
+(``--seeds``). Test numbers are in the tables for the end of a study: choose settings by ``val top-1``
+(``data.val_split``), as the README's study does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .checkpoint import META, atomic_write, write_json
+from .config import _build, _merge, validate
+from .config import Config
+from .errors import UserError
+
+SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
+METRICS = [  # (key, title, source): source "meta" is meta.json's metrics, "analysis" is analysis.json
+    ("val_top1", "val top-1", "meta"),
+    ("test_top1", "test top-1", "meta"),
+    ("train_top1_clean", "train top-1 (clean)", "meta"),
+    ("gap", "gap", "meta"),
+    ("entropy_crops", "label entropy (crops)", "analysis"),
+    ("distractor_mass_crops", "distractor mass (crops)", "analysis"),
+]
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    changes: dict = field(default_factory=dict)  # nested config keys on top of the base
+    refinery: str | None = None  # "ARM/genK" of the same seed, labelling generation 1
+    seed_offset: int = 0
+
+
+@dataclass(frozen=True)
+class Experiment:
+    out: Path
+    seeds: tuple[int, ...]
+    base: dict
+    arms: tuple[Arm, ...]
+    reference: str | None = None  # "ARM/genK"
+    analyze: bool = True
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise UserError(f"no arm named {name!r}; arms: {', '.join(a.name for a in self.arms)}")
+
+    def folder(self, seed: int, arm: str) -> Path:
+        return self.out / f"seed{seed}" / arm
+
+    def config(self, arm: Arm, seed: int) -> Config:
+        values = _merge(self.base, arm.changes)
+        values["seed"] = int(values.get("seed", 0)) + SEED_STRIDE * seed + arm.seed_offset
+        if arm.refinery:
+            values["refinery"] = str(self._ref_path(arm.refinery, seed))
+        cfg = _build(Config, values)
+        validate(cfg)
+        return cfg
+
+    def _ref_path(self, ref: str, seed: int) -> Path:
+        name, gen = _split_ref(ref)
+        return self.folder(seed, name) / gen
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    name, _, gen = ref.partition("/")
+    if not name or not gen.startswith("gen") or not gen[3:].isdigit():
+        raise UserError(f"a reference is ARM/genK (e.g. self/gen1), got {ref!r}")
+    return name, gen
+
+
+def load_experiment(path: str | Path, out: str | Path | None = None) -> Experiment:
+    """Read and check an experiment file: arm names unique, references to earlier arms, every
+    arm's config valid (before anything trains)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"experiment file {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"experiment file {p} is not valid YAML: {err}") from err
+    unknown = sorted(set(raw) - {"out", "seeds", "base", "arms", "reference", "analyze"})
+    if unknown:
+        raise UserError(f"experiment file {p}: unknown key {unknown[0]!r}; keys: out, seeds, base, arms, reference, analyze")
+    if not raw.get("arms"):
+        raise UserError(f"experiment file {p} names no arms (a list of {{name, set, refinery, seed_offset}})")
+    arms, seen = [], set()
+    for i, a in enumerate(raw["arms"]):
+        if not isinstance(a, dict) or "name" not in a:
+            raise UserError(f"experiment file {p}: arm {i + 1} needs a name")
+        extra = sorted(set(a) - {"name", "set", "refinery", "seed_offset"})
+        if extra:
+            raise UserError(f"arm {a['name']!r}: unknown key {extra[0]!r}; keys: name, set, refinery, seed_offset")
+        name = str(a["name"])
+        if name in seen or "/" in name:
+            raise UserError(f"arm names must be unique and contain no '/': {name!r}")
+        if a.get("refinery") and _split_ref(str(a["refinery"]))[0] not in seen:
+            raise UserError(f"arm {name!r}: its refinery {a['refinery']!r} must be an earlier arm's generation")
+        seen.add(name)
+        arms.append(Arm(name, a.get("set") or {}, a.get("refinery"), int(a.get("seed_offset", 0))))
+    seeds = tuple(int(s) for s in raw.get("seeds", [0, 1, 2]))
+    exp = Experiment(Path(out or raw.get("out") or f"runs/{p.stem}"), seeds, raw.get("base") or {}, tuple(arms),
+                     raw.get("reference"), bool(raw.get("analyze", True)))
+    if exp.reference:
+        exp.arm(_split_ref(exp.reference)[0])
+    for arm in exp.arms:
+        exp.config(arm, exp.seeds[0])  # every arm's config must be valid before anything trains
+    return exp
+
+
+def run_experiment(exp: Experiment, *, seeds: list[int] | None = None, arms: list[str] | None = None,
+                   progress: bool = False, log: Callable[[str], None] = print) -> str:
+    """Run (or resume) the arms over the seeds, seed by seed; returns the results' markdown."""
+    from .chain import run_chain
+    from .generation import load_data
+
+    chosen = [exp.arm(a) for a in arms] if arms else list(exp.arms)
+    datasets: dict = {}
+    for seed in seeds if seeds is not None else exp.seeds:
+        for arm in chosen:
+            cfg = exp.config(arm, seed)
+            if arm.refinery and not (exp._ref_path(arm.refinery, seed) / META).is_file():
+                raise UserError(f"arm {arm.name!r} (seed {seed}) is refined by {arm.refinery}, which is not finished: run that arm first")
+            key = json.dumps({k: v for k, v in vars(cfg.data).items() if k not in ("crop_scale", "crop_ratio", "flip")}, default=str)
+            if key not in datasets:
+                datasets[key] = load_data(cfg)
+            folder, start = exp.folder(seed, arm.name), time.time()
+            log(f"== seed {seed}, arm {arm.name} -> {folder}")
+            run_chain(cfg, folder, progress=progress, log=log, dataset=datasets[key])
+            if exp.analyze and not all((g / "analysis.json").is_file() for g in folder.glob("gen*") if (g / META).is_file()):
+                from .probe import analyze_run
+
+                analyze_run(folder, images=1000, crops_per_image=2, examples=0, log=log, dataset=datasets[key])
+            log(f"== seed {seed}, arm {arm.name}: {time.time() - start:.0f} s")
+            write_results(exp)
+    return write_results(exp)
+
+
+def collect(exp: Experiment) -> list[dict]:
+    """One row per finished (seed, arm, generation) on disk."""
+    rows = []
+    for seed in exp.seeds:
+        for arm in exp.arms:
+            folder = exp.folder(seed, arm.name)
+            for gen in sorted(folder.glob("gen*"), key=lambda g: int(g.name[3:]) if g.name[3:].isdigit() else 0):
+                if not (gen / META).is_file():
+                    continue
+                meta = json.loads((gen / META).read_text())
+                row = {"seed": seed, "arm": arm.name, "generation": meta["generation"], "model": meta["model"],
+                       "labels": _labels(meta, arm), **meta["metrics"]}
+                if (gen / "analysis.json").is_file():
+                    analysis = json.loads((gen / "analysis.json").read_text())
+                    row |= {k: analysis[k] for k, _, src in METRICS if src == "analysis" and k in analysis}
+                rows.append(row)
+    return rows
+
+
+def _labels(meta: dict, arm: Arm) -> str:
+    """How a generation was labelled, in words for the table."""
+    lab, cfg = meta["labels"], meta["config"]
+    if lab["kind"] == "ground-truth":
+        smooth = cfg["labels"].get("label_smoothing", 0)
+        return f"ground truth, smoothing {smooth:g}" if smooth else "ground truth"
+    g = meta["generation"]
+    source = arm.refinery if g == 1 and arm.refinery else f"{arm.name}/gen{g - 1}"
+    kind = {"static": "static", "store": "per-crop store"}.get(cfg["labels"]["source"], "per-crop")
+    words = f"{kind} from {source}"
+    if cfg["labels"]["temperature"] != 1 or cfg["labels"]["gt_weight"]:
+        words += f", KD T={cfg['labels']['temperature']:g} α={1 - cfg['labels']['gt_weight']:g}"
+    if cfg.get("jitter", {}).get("enabled"):
+        words += ", jitter"
+    return words
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def results_table(rows: list[dict]) -> str:
+    """Mean ± std over seeds per (arm, generation); mass and entropy columns only when measured."""
+    metrics = [(k, t) for k, t, _ in METRICS if any(k in r for r in rows)]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["arm"], r["generation"]), []).append(r)
+    head = "| arm | gen | model | labels | " + " | ".join(t for _, t in metrics) + " | seeds |"
+    rule = "|---|---:|---|---|" + "---:|" * len(metrics) + "---:|"
+    body = []
+    for (arm, gen), rs in groups.items():
+        cells = [_cell([100 * r[k] if k == "distractor_mass_crops" else r[k] for r in rs if k in r]) for k, _ in metrics]
+        body.append(f"| {arm} | {gen} | {rs[0]['model']} | {rs[0]['labels']} | " + " | ".join(cells) + f" | {len(rs)} |")
+    return "\n".join([head, rule, *body])
+
+
+def deltas_table(rows: list[dict], reference: str) -> str:
+    """Per (arm, generation): the paired difference to ``reference`` of the same seed, in val and
+    test top-1 (mean ± std over seeds) and how many seeds improved on test."""
+    ref_arm, ref_gen = _split_ref(reference)
+    ref = {r["seed"]: r for r in rows if r["arm"] == ref_arm and f"gen{r['generation']}" == ref_gen}
+    groups: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
+    for r in rows:
+        if r["seed"] in ref and not (r["arm"] == ref_arm and f"gen{r['generation']}" == ref_gen):
+            groups.setdefault((r["arm"], r["generation"]), []).append((r, ref[r["seed"]]))
+    head = f"| arm | gen | labels | Δ val top-1 | Δ test top-1 | Δ gap | seeds better on test |\n|---|---:|---|---:|---:|---:|---:|"
+    body = []
+    for (arm, gen), pairs in groups.items():
+        dv = [r["val_top1"] - b["val_top1"] for r, b in pairs if "val_top1" in r and "val_top1" in b]
+        dt = [r["test_top1"] - b["test_top1"] for r, b in pairs]
+        dg = [r["gap"] - b["gap"] for r, b in pairs]
+        body.append(f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_cell(dv)} | {_cell(dt)} | {_cell(dg)} | "
+                    f"{sum(d > 0 for d in dt)}/{len(dt)} |")
+    return "\n".join([head, *body])
+
+
+def write_results(exp: Experiment) -> str:
+    rows = collect(exp)
+    text = [f"# Results: {exp.out}", "", "Mean ± sample std over seeds; top-1 and gap in %, distractor mass in % of label mass.", "",
+            results_table(rows) if rows else "(no finished generation yet)"]
+    if exp.reference and rows:
+        text += ["", f"Paired differences to {exp.reference} (same seed):", "", deltas_table(rows, exp.reference)]
+    md = "\n".join(text) + "\n"
+    exp.out.mkdir(parents=True, exist_ok=True)
+    write_json(exp.out / "results.json", rows)
+    atomic_write(exp.out / "results.md", md.encode())
+    return md
