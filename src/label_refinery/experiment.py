@@ -42,8 +42,7 @@ from typing import Callable
 import yaml
 
 from .checkpoint import META, atomic_write, write_json
-from .config import _build, _merge, validate
-from .config import Config
+from .config import Config, _build, _merge, validate
 from .errors import UserError
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
@@ -245,7 +244,7 @@ def deltas_table(rows: list[dict], reference: str) -> str:
     for r in rows:
         if r["seed"] in ref and not (r["arm"] == ref_arm and f"gen{r['generation']}" == ref_gen):
             groups.setdefault((r["arm"], r["generation"]), []).append((r, ref[r["seed"]]))
-    head = f"| arm | gen | labels | Δ val top-1 | Δ test top-1 | Δ gap | seeds better on test |\n|---|---:|---|---:|---:|---:|---:|"
+    head = "| arm | gen | labels | Δ val top-1 | Δ test top-1 | Δ gap | seeds better on test |\n|---|---:|---|---:|---:|---:|---:|"
     body = []
     for (arm, gen), pairs in groups.items():
         dv = [r["val_top1"] - b["val_top1"] for r, b in pairs if "val_top1" in r and "val_top1" in b]

@@ -1,0 +1,134 @@
+"""Experiments (arms x seeds of chains), the validation split and the label-completeness metric."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from label_refinery import UserError, load_config, run_chain
+from label_refinery.analysis import distractor_mass
+from label_refinery.cli import main
+from label_refinery.data import load_dataset
+from label_refinery.experiment import SEED_STRIDE, load_experiment, mean_std, run_experiment
+
+
+def test_val_split_is_held_out_seeded_and_disjoint():
+    full = load_dataset("digits")
+    ds = load_dataset("digits", val_split=300, train_subset=500)
+    again = load_dataset("digits", val_split=300, train_subset=500)
+    assert len(ds.val) == 300 and len(ds.train) == 500
+    train_ids, val_ids = set(ds.train.ids.tolist()), set(ds.val.ids.tolist())
+    assert not train_ids & val_ids  # no validation image is ever trained on
+    assert torch.equal(ds.val.ids, again.val.ids) and torch.equal(ds.train.ids, again.train.ids)
+    assert torch.equal(ds.val.targets, full.train.targets[ds.val.ids])  # ids still index the full split
+    assert ds.fingerprint() != load_dataset("digits", train_subset=500).fingerprint()
+    assert load_dataset("digits").val is None
+    with pytest.raises(UserError, match="val_split must be in"):
+        load_dataset("digits", val_split=len(full.train))
+
+
+def test_chain_reports_val_top1_every_epoch(tmp_path):
+    cfg = load_config(overrides={"data.dataset": "digits", "data.val_split": 300, "optim.epochs": 2, "optim.batch_size": 64,
+                                 "chain.generations": 1})
+    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
+    lines = [json.loads(x) for x in (tmp_path / "c/gen1/metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(0 <= r["val_top1"] <= 100 for r in lines)
+    assert rows[0]["val_top1"] == lines[-1]["val_top1"]
+    assert "| val top-1 |" in (tmp_path / "c/summary.md").read_text()
+
+
+def test_distractor_mass_by_hand():
+    p = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.1, 0.7], [0.5, 0.5, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    d = torch.tensor([1, 2, 2])
+    out = distractor_mass(p, y, d)
+    assert out["distractor_mass"] == pytest.approx((0.3 + 0.7 + 0.0) / 3)
+    assert out["given_mass"] == pytest.approx((0.6 + 0.2 + 0.5) / 3)
+    assert out["distractor_top1"] == pytest.approx(1 / 3)  # only row 2's top-1 is its distractor
+
+
+def _write(tmp_path, arms, **extra):
+    doc = {
+        "out": str(tmp_path / "xp"),
+        "seeds": [0, 1],
+        "reference": "self/gen1",
+        "analyze": True,
+        "base": {"data": {"dataset": "digits", "train_subset": 500, "val_split": 300}, "optim": {"epochs": 2, "batch_size": 64}},
+        "arms": arms,
+        **extra,
+    }
+    path = tmp_path / "xp.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+ARMS = [
+    {"name": "self", "set": {"chain": {"generations": 2}}},
+    {"name": "static", "refinery": "self/gen1", "seed_offset": 1, "set": {"labels": {"source": "static"}, "chain": {"generations": 1}}},
+]
+
+
+def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
+    exp = load_experiment(_write(tmp_path, ARMS))
+    md = run_experiment(exp, log=lambda _: None)
+    rows = json.loads((tmp_path / "xp/results.json").read_text())
+    assert sorted((r["seed"], r["arm"], r["generation"]) for r in rows) == [
+        (0, "self", 1), (0, "self", 2), (0, "static", 1), (1, "self", 1), (1, "self", 2), (1, "static", 1)]
+    metas = {(s, a, g): json.loads((tmp_path / f"xp/seed{s}/{a}/gen{g}/meta.json").read_text())
+             for s, a, g in [(0, "self", 1), (1, "self", 1), (0, "self", 2), (0, "static", 1)]}
+    # seeds: base + 1000 * repetition (+ generation - 1 in a chain); seed_offset 1 matches self/gen2
+    assert metas[(1, "self", 1)]["config"]["seed"] == SEED_STRIDE
+    assert metas[(0, "static", 1)]["config"]["seed"] == metas[(0, "self", 2)]["config"]["seed"] == 1
+    assert metas[(0, "static", 1)]["config"]["refinery"].endswith("seed0/self/gen1")
+    assert metas[(0, "static", 1)]["config"]["labels"]["source"] == "static"
+    # the table's mean ± std is the seeds' sample mean and std
+    tests = [metas[(s, "self", 1)]["metrics"]["test_top1"] for s in (0, 1)]
+    mean, std = sum(tests) / 2, abs(tests[0] - tests[1]) / math.sqrt(2)
+    line = next(x for x in md.splitlines() if x.startswith("| self | 1 |"))
+    assert f"{mean:.2f} ± {std:.2f}" in line and line.endswith("| 2 |")
+    assert "| static | 1 | cnn-small | static from self/gen1 |" in md
+    # paired differences: per seed, minus the reference of the same seed
+    rows_by = {(r["seed"], r["arm"], r["generation"]): r for r in rows}
+    deltas = [rows_by[(s, "self", 2)]["test_top1"] - rows_by[(s, "self", 1)]["test_top1"] for s in (0, 1)]
+    dline = next(x for x in md.splitlines() if x.startswith("| self | 2 | per-crop from self/gen1 |"))
+    m, sd = mean_std(deltas)
+    assert f"{m:.2f} ± {sd:.2f}" in dline and dline.endswith(f"| {sum(d > 0 for d in deltas)}/2 |")
+    assert all("entropy_crops" in r for r in rows)  # analyze ran on every generation
+    # a second run resumes: nothing is retrained
+    stamp = (tmp_path / "xp/seed0/self/gen1/model.safetensors").stat().st_mtime_ns
+    assert run_experiment(load_experiment(tmp_path / "xp.yaml"), log=lambda _: None) == md
+    assert (tmp_path / "xp/seed0/self/gen1/model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_experiment_file_errors(tmp_path):
+    with pytest.raises(UserError, match="must be an earlier arm"):
+        load_experiment(_write(tmp_path, list(reversed(ARMS))))
+    with pytest.raises(UserError, match="unknown key 'sets'"):
+        load_experiment(_write(tmp_path, [{"name": "a", "sets": {}}]))
+    with pytest.raises(UserError, match="no arm named 'self'"):  # the reference must be an arm
+        load_experiment(_write(tmp_path, [{"name": "a"}]))
+    with pytest.raises(UserError, match="unknown config key"):  # every arm's config is checked before training
+        load_experiment(_write(tmp_path, [{"name": "self", "set": {"optim": {"epoch": 3}}}]))
+    with pytest.raises(UserError, match="ARM/genK"):
+        load_experiment(_write(tmp_path, [ARMS[0], {**ARMS[1], "refinery": "self"}]))
+    with pytest.raises(UserError, match="unique"):
+        load_experiment(_write(tmp_path, [ARMS[0], ARMS[0]]))
+    exp = load_experiment(_write(tmp_path, ARMS))
+    with pytest.raises(UserError, match="not finished: run that arm first"):
+        run_experiment(exp, arms=["static"], log=lambda _: None)
+
+
+def test_experiment_cli(tmp_path, capsys):
+    path = _write(tmp_path, ARMS[:1], seeds=[0])
+    assert main(["experiment", str(path), "--seeds", "3"]) == 2
+    assert "not in the experiment's seeds" in capsys.readouterr().err
+    assert main(["experiment", str(path), "--arms", "nope"]) == 2
+    assert "no arm named 'nope'" in capsys.readouterr().err
+    assert main(["experiment", str(path), "--table"]) == 0
+    assert "no finished generation yet" in capsys.readouterr().out
+    assert main(["experiment", str(path), "--no-progress"]) == 0
+    assert "| self | 2 |" in (tmp_path / "xp/results.md").read_text()
