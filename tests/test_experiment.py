@@ -132,3 +132,14 @@ def test_experiment_cli(tmp_path, capsys):
     assert "no finished generation yet" in capsys.readouterr().out
     assert main(["experiment", str(path), "--no-progress"]) == 0
     assert "| self | 2 |" in (tmp_path / "xp/results.md").read_text()
+
+
+def test_eval_every_skips_evaluations_but_not_the_last(tmp_path):
+    base = {"data.dataset": "digits", "data.val_split": 200, "optim.epochs": 3, "optim.batch_size": 64, "chain.generations": 1}
+    rows = run_chain(load_config(overrides={**base, "eval_every": 2}), tmp_path / "c", log=lambda _: None)
+    lines = [json.loads(x) for x in (tmp_path / "c/gen1/metrics.jsonl").read_text().splitlines()]
+    assert ["test_top1" in r for r in lines] == [False, True, True]  # after epoch 2, and after the last
+    assert ["val_top1" in r for r in lines] == [False, True, True]
+    assert rows[0]["test_top1"] == lines[-1]["test_top1"]
+    # the evaluation frequency does not change training: a run may resume with another eval_every
+    assert run_chain(load_config(overrides=base), tmp_path / "c", log=lambda _: None) == rows

@@ -99,6 +99,7 @@ TRAIN_FLAGS = [
     (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
     (["--amp"], "amp", dict(choices=["off", "bf16", "fp16"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler)")),
     (["--compile"], "compile", dict(action="store_true", help="torch.compile the student's training forward")),
+    (["--eval-every"], "eval_every", dict(type=int, metavar="EPOCHS", help="evaluate test (and val) every EPOCHS epochs; the last epoch always")),
     (["--save-every"], "save_every", dict(type=int, metavar="STEPS", help="also checkpoint every STEPS steps inside an epoch (0: epoch ends)")),
     (["--epochs"], "optim.epochs", dict(type=int, help="epochs per generation")),
     (["--batch-size"], "optim.batch_size", dict(type=int, help="images per step")),

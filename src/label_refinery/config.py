@@ -98,6 +98,7 @@ class Config:
     amp: str = "off"  # mixed precision of forward passes: off | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
     compile: bool = False  # torch.compile the student's training forward (needs a C++ compiler on CPU)
     save_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    eval_every: int = 1  # evaluate the test (and val) split every N epochs; the last epoch always
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
@@ -248,6 +249,7 @@ def validate(cfg: Config) -> None:
     """Precise errors for values that cannot work."""
     o, d, lab, ch = cfg.optim, cfg.data, cfg.labels, cfg.chain
     _check(cfg.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, got {cfg.amp!r}")
+    _check(cfg.eval_every >= 1, f"eval_every must be >= 1 epochs, got {cfg.eval_every}")
     _check(cfg.save_every >= 0, f"save_every must be >= 0 steps, got {cfg.save_every}")
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
     _check(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")

@@ -50,7 +50,7 @@ from .labels.build import build_label_source
 from .models import check_input_size, check_model_name, count_parameters, create_model
 
 # Keys that may change between a run and its resumption without changing its results.
-_NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every")
+_NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every", "eval_every")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -211,10 +211,11 @@ def _final_metrics(history: list[dict], clean: dict) -> dict:
 
 
 def _epoch_line(desc: str, epochs: int, row: dict) -> str:
+    test = f"test top-1 {row['test_top1']:.2f}  top-5 {row['test_top5']:.2f}  " if "test_top1" in row else ""
     return (
         f"{desc} epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}  "
-        f"train top-1 (crops) {row['train_top1_crops']:.2f}  test top-1 {row['test_top1']:.2f}  "
-        f"top-5 {row['test_top5']:.2f}  " + (f"val top-1 {row['val_top1']:.2f}  " if "val_top1" in row else "") + f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+        f"train top-1 (crops) {row['train_top1_crops']:.2f}  {test}"
+        + (f"val top-1 {row['val_top1']:.2f}  " if "val_top1" in row else "") + f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
     )
 
 
@@ -288,8 +289,11 @@ def _train_epoch(run: _Run, epoch: int, pos: state.Position, desc: str, progress
         desc=f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}", jitter=run.jitter, amp=cfg.amp, scaler=run.scaler,
         meters=pos.meters if epoch == pos.epoch else None, after_step=after_step,
     )
+    row = {"epoch": epoch, **row}
+    if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.optim.epochs:  # evaluated every eval_every epochs and at the end
+        return row
     test = run.evaluate_on(run.ds.test, f"{desc} test", progress)
-    row = {"epoch": epoch, **row, "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+    row |= {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
     if run.ds.val is not None:
         val = run.evaluate_on(run.ds.val, f"{desc} val", progress)
         row |= {"val_top1": val["top1"], "val_loss": val["loss"]}
