@@ -48,6 +48,7 @@ def test_distractor_mass_by_hand():
     out = distractor_mass(p, y, d)
     assert out["distractor_mass"] == pytest.approx((0.3 + 0.7 + 0.0) / 3)
     assert out["given_mass"] == pytest.approx((0.6 + 0.2 + 0.5) / 3)
+    assert out["other_mass"] == pytest.approx((0.1 + 0.1 + 0.5) / 3)  # 3 classes: one "other" per row
     assert out["distractor_top1"] == pytest.approx(1 / 3)  # only row 2's top-1 is its distractor
 
 

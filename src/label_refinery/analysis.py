@@ -78,12 +78,17 @@ def distractor_mass(p: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> dict[s
     refined labels, ``y`` the given (main) class, ``d`` the distractor class of each row ``[N]``.
 
     ``distractor_mass`` is the mean probability on the distractor, ``given_mass`` on the given class,
-    ``distractor_top1`` the share of rows whose top-1 is the distractor. A one-hot ground-truth label
-    has distractor mass 0: the mass a refinery moves there is the incompleteness it repairs.
+    ``other_mass`` the mean probability per remaining class (the level of mere confusion: distractor
+    mass above it is mass that follows what the crop shows), ``distractor_top1`` the share of rows
+    whose top-1 is the distractor. A one-hot ground-truth label has distractor mass 0: the mass a
+    refinery moves there is the incompleteness it repairs.
     """
+    given, distractor = given_prob(p, y), given_prob(p, d)
+    rest = max(p.shape[1] - 2, 1)
     return {
-        "distractor_mass": float(given_prob(p, d).mean()),
-        "given_mass": float(given_prob(p, y).mean()),
+        "distractor_mass": float(distractor.mean()),
+        "given_mass": float(given.mean()),
+        "other_mass": float(((1.0 - given - distractor).clamp_min(0) / rest).mean()),
         "distractor_top1": agreement(p, d),
     }
 

@@ -53,6 +53,7 @@ METRICS = [  # (key, title, source): source "meta" is meta.json's metrics, "anal
     ("gap", "gap", "meta"),
     ("entropy_crops", "label entropy (crops)", "analysis"),
     ("distractor_mass_crops", "distractor mass (crops)", "analysis"),
+    ("other_mass_crops", "mass per other class (crops)", "analysis"),
 ]
 
 
@@ -230,7 +231,7 @@ def results_table(rows: list[dict]) -> str:
     rule = "|---|---:|---|---|" + "---:|" * len(metrics) + "---:|"
     body = []
     for (arm, gen), rs in groups.items():
-        cells = [_cell([100 * r[k] if k == "distractor_mass_crops" else r[k] for r in rs if k in r]) for k, _ in metrics]
+        cells = [_cell([100 * r[k] if k.endswith("mass_crops") else r[k] for r in rs if k in r]) for k, _ in metrics]
         body.append(f"| {arm} | {gen} | {rs[0]['model']} | {rs[0]['labels']} | " + " | ".join(cells) + f" | {len(rs)} |")
     return "\n".join([head, rule, *body])
 
