@@ -45,9 +45,9 @@ chain: setup data
 # Resumable: re-run to continue. About 2 hours on 2 CPU cores with the two experiments in parallel.
 claims: setup data
 	@mkdir -p runs
-	$(VENV)/bin/label-refinery experiment configs/claims/fashion-mnist.yaml --threads 1 --no-progress > runs/claims-fashion-mnist.log 2>&1 & \
-	$(VENV)/bin/label-refinery experiment configs/claims/fashion-scenes.yaml --threads 1 --no-progress > runs/claims-fashion-scenes.log 2>&1; \
-	wait
+	$(VENV)/bin/label-refinery experiment configs/claims/fashion-mnist.yaml --threads 1 --no-progress > runs/claims-fashion-mnist.log 2>&1 & p=$$!; \
+	$(VENV)/bin/label-refinery experiment configs/claims/fashion-scenes.yaml --threads 1 --no-progress > runs/claims-fashion-scenes.log 2>&1; s=$$?; \
+	wait $$p && test $$s = 0 || { echo "a study failed: see runs/claims-*.log; re-run make claims to resume"; exit 1; }
 	@cat runs/claims/fashion-mnist/results.md runs/claims/fashion-scenes/results.md
 
 clean:

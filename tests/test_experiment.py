@@ -92,6 +92,7 @@ def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
     line = next(x for x in md.splitlines() if x.startswith("| self | 1 |"))
     assert f"{mean:.2f} ± {std:.2f}" in line and line.endswith("| 2 |")
     assert "| static | 1 | cnn-small | static from self/gen1 |" in md
+    assert main(["evaluate", str(tmp_path / "xp/seed0/self/gen1"), "--split", "val"]) == 0
     # paired differences: per seed, minus the reference of the same seed
     rows_by = {(r["seed"], r["arm"], r["generation"]): r for r in rows}
     deltas = [rows_by[(s, "self", 2)]["test_top1"] - rows_by[(s, "self", 1)]["test_top1"] for s in (0, 1)]
@@ -116,6 +117,13 @@ def test_experiment_file_errors(tmp_path):
         load_experiment(_write(tmp_path, [{"name": "self", "set": {"optim": {"epoch": 3}}}]))
     with pytest.raises(UserError, match="ARM/genK"):
         load_experiment(_write(tmp_path, [ARMS[0], {**ARMS[1], "refinery": "self"}]))
+    with pytest.raises(UserError, match="arm 'self' has 2 generation"):
+        load_experiment(_write(tmp_path, ARMS, reference="self/gen3"))
+    with pytest.raises(UserError, match="non-empty"):
+        load_experiment(_write(tmp_path, ARMS, seeds=[]))
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_experiment(tmp_path / "list.yaml")
     with pytest.raises(UserError, match="unique"):
         load_experiment(_write(tmp_path, [ARMS[0], ARMS[0]]))
     exp = load_experiment(_write(tmp_path, ARMS))
@@ -144,3 +152,17 @@ def test_eval_every_skips_evaluations_but_not_the_last(tmp_path):
     assert rows[0]["test_top1"] == lines[-1]["test_top1"]
     # the evaluation frequency does not change training: a run may resume with another eval_every
     assert run_chain(load_config(overrides=base), tmp_path / "c", log=lambda _: None) == rows
+
+
+def test_runs_made_before_a_config_key_existed_still_resume(tmp_path):
+    """A saved config.yaml without a key added later (e.g. data.val_split) counts as that key's default."""
+    cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "chain.generations": 1})
+    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
+    for path in (tmp_path / "c/config.yaml", tmp_path / "c/gen1/config.yaml"):
+        saved = yaml.safe_load(path.read_text())
+        del saved["data"]["val_split"], saved["eval_every"]
+        path.write_text(yaml.safe_dump(saved))
+    assert run_chain(cfg, tmp_path / "c", log=lambda _: None) == rows  # skipped as finished, not refused
+    with pytest.raises(UserError, match="another config"):
+        run_chain(load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "data.val_split": 100}),
+                  tmp_path / "c", log=lambda _: None)

@@ -84,7 +84,7 @@ TRAIN_FLAGS = [
     (["--data-dir"], "data.data_dir", dict(help="folder to look for dataset files first")),
     (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
-    (["--val-split"], "data.val_split", dict(type=int, help="hold out this many training images as a validation split (val top-1 every epoch)")),
+    (["--val-split"], "data.val_split", dict(type=int, help="hold out this many training images as a validation split (val top-1 beside test top-1)")),
     (["--crop-scale"], "data.crop_scale", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's")),
     (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(bake, [f for f in TRAIN_FLAGS if f[1] in BAKE_KEYS or f[1].startswith("data.")])
     ev = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint", epilog=EXAMPLES["evaluate"], formatter_class=fmt)
     ev.add_argument("checkpoint", help="generation folder or model.safetensors")
-    ev.add_argument("--split", choices=["test", "train", "both"], default="test")
+    ev.add_argument("--split", choices=["test", "train", "val", "both"], default="test",
+                    help="val: the checkpoint's held-out validation images (data.val_split); both: train and test")
     ev.add_argument("--dataset", help="default: the checkpoint's dataset")
     ev.add_argument("--data-dir")
     ev.add_argument("--batch-size", type=_positive_int, default=512)
@@ -366,6 +367,8 @@ def cmd_evaluate(args) -> None:
     splits = ["train", "test"] if args.split == "both" else [args.split]
     for name in splits:
         split = getattr(ds, name)
+        if split is None:
+            raise UserError(f"{args.checkpoint} was trained without a validation split (data.val_split)")
         m = evaluate(model, split.iter_batches(args.batch_size, device=device), total=split.num_batches(args.batch_size), progress=sys.stderr.isatty())
         print(f"{name}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  ({m['images']} images)")
 

@@ -51,9 +51,10 @@ METRICS = [  # (key, title, source): source "meta" is meta.json's metrics, "anal
     ("test_top1", "test top-1", "meta"),
     ("train_top1_clean", "train top-1 (clean)", "meta"),
     ("gap", "gap", "meta"),
-    ("entropy_crops", "label entropy (crops)", "analysis"),
-    ("distractor_mass_crops", "distractor mass (crops)", "analysis"),
-    ("other_mass_crops", "mass per other class (crops)", "analysis"),
+    # the generation's own outputs on training crops: the labels it gives the next generation
+    ("entropy_crops", "output entropy (crops)", "analysis"),
+    ("distractor_mass_crops", "output distractor mass (crops)", "analysis"),
+    ("other_mass_crops", "output mass per other class (crops)", "analysis"),
 ]
 
 
@@ -114,6 +115,8 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
         raise UserError(f"experiment file {p} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"experiment file {p} must hold a mapping with out, seeds, base, arms (see label_refinery/experiment.py)")
     unknown = sorted(set(raw) - {"out", "seeds", "base", "arms", "reference", "analyze"})
     if unknown:
         raise UserError(f"experiment file {p}: unknown key {unknown[0]!r}; keys: out, seeds, base, arms, reference, analyze")
@@ -134,12 +137,18 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
         seen.add(name)
         arms.append(Arm(name, a.get("set") or {}, a.get("refinery"), int(a.get("seed_offset", 0))))
     seeds = tuple(int(s) for s in raw.get("seeds", [0, 1, 2]))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"experiment file {p}: seeds must be a non-empty list of distinct integers, got {list(seeds)}")
     exp = Experiment(Path(out or raw.get("out") or f"runs/{p.stem}"), seeds, raw.get("base") or {}, tuple(arms),
                      raw.get("reference"), bool(raw.get("analyze", True)))
-    if exp.reference:
-        exp.arm(_split_ref(exp.reference)[0])
     for arm in exp.arms:
         exp.config(arm, exp.seeds[0])  # every arm's config must be valid before anything trains
+    refs = ([exp.reference] if exp.reference else []) + [a.refinery for a in exp.arms if a.refinery]
+    for ref in refs:
+        name, gen = _split_ref(ref)
+        have = exp.config(exp.arm(name), exp.seeds[0]).chain.generations
+        if int(gen[3:]) > have:
+            raise UserError(f"{ref}: arm {name!r} has {have} generation(s)")
     return exp
 
 
@@ -201,7 +210,8 @@ def _labels(meta: dict, arm: Arm) -> str:
     kind = {"static": "static", "store": "per-crop store"}.get(cfg["labels"]["source"], "per-crop")
     words = f"{kind} from {source}"
     if cfg["labels"]["temperature"] != 1 or cfg["labels"]["gt_weight"]:
-        words += f", KD T={cfg['labels']['temperature']:g} α={1 - cfg['labels']['gt_weight']:g}"
+        gt = cfg["labels"]["gt_weight"]
+        words += f", KD T={cfg['labels']['temperature']:g}, soft {1 - gt:g} / gt {gt:g}"
     if cfg.get("jitter", {}).get("enabled"):
         words += ", jitter"
     return words
@@ -214,11 +224,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], seeds: int | None = None) -> str:
+    """``mean ± std``; ``(n=K)`` when only K of the row's ``seeds`` have the value."""
     if not values:
         return ""
     mean, std = mean_std(values)
-    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    text = f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    return text + (f" (n={len(values)})" if seeds is not None and len(values) < seeds else "")
 
 
 def results_table(rows: list[dict]) -> str:
@@ -231,7 +243,7 @@ def results_table(rows: list[dict]) -> str:
     rule = "|---|---:|---|---|" + "---:|" * len(metrics) + "---:|"
     body = []
     for (arm, gen), rs in groups.items():
-        cells = [_cell([100 * r[k] if k.endswith("mass_crops") else r[k] for r in rs if k in r]) for k, _ in metrics]
+        cells = [_cell([100 * r[k] if k.endswith("mass_crops") else r[k] for r in rs if k in r], len(rs)) for k, _ in metrics]
         body.append(f"| {arm} | {gen} | {rs[0]['model']} | {rs[0]['labels']} | " + " | ".join(cells) + f" | {len(rs)} |")
     return "\n".join([head, rule, *body])
 
@@ -251,14 +263,17 @@ def deltas_table(rows: list[dict], reference: str) -> str:
         dv = [r["val_top1"] - b["val_top1"] for r, b in pairs if "val_top1" in r and "val_top1" in b]
         dt = [r["test_top1"] - b["test_top1"] for r, b in pairs]
         dg = [r["gap"] - b["gap"] for r, b in pairs]
-        body.append(f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_cell(dv)} | {_cell(dt)} | {_cell(dg)} | "
+        body.append(f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_cell(dv, len(dt))} | {_cell(dt)} | {_cell(dg)} | "
                     f"{sum(d > 0 for d in dt)}/{len(dt)} |")
     return "\n".join([head, *body])
 
 
 def write_results(exp: Experiment) -> str:
     rows = collect(exp)
-    text = [f"# Results: {exp.out}", "", "Mean ± sample std over seeds; top-1 and gap in %, distractor mass in % of label mass.", "",
+    text = [f"# Results: {exp.out}", "",
+            "Mean ± sample std over seeds (initialisation, crops and batch order; the training subset and the validation "
+            "split are the same images for every seed). Top-1 and gap in %. Output columns: the generation's own "
+            "predictions on training crops, i.e. the labels it gives the next generation (mass in % of label mass).", "",
             results_table(rows) if rows else "(no finished generation yet)"]
     if exp.reference and rows:
         text += ["", f"Paired differences to {exp.reference} (same seed):", "", deltas_table(rows, exp.reference)]

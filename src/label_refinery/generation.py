@@ -40,7 +40,7 @@ from .checkpoint import (
     save_final,
     sha256_file,
 )
-from .config import Config, save_config, to_dict
+from .config import Config, _merge, save_config, to_dict
 from .data import CropSampler, ImageDataset, load_dataset
 from .engine import Meters, evaluate, lr_schedule, make_optimizer, train_one_epoch
 from .errors import UserError
@@ -99,7 +99,8 @@ def check_same_config(folder: Path, cfg: Config) -> None:
     saved_path = folder / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = comparable(yaml.safe_load(saved_path.read_text()) or {})
+    # keys added to the config after the run was made count as their defaults (old runs still resume)
+    saved = comparable(_merge(to_dict(Config()), yaml.safe_load(saved_path.read_text()) or {}))
     now = comparable(to_dict(cfg))
     if saved != now:
         diffs = _diff(saved, now)
