@@ -104,6 +104,14 @@ def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
     stamp = (tmp_path / "xp/seed0/self/gen1/model.safetensors").stat().st_mtime_ns
     assert run_experiment(load_experiment(tmp_path / "xp.yaml"), log=lambda _: None) == md
     assert (tmp_path / "xp/seed0/self/gen1/model.safetensors").stat().st_mtime_ns == stamp
+    # a second reference: static labels against per-crop self/gen2, the same seed and schedule
+    second = load_experiment(_write(tmp_path, ARMS, reference=["self/gen1", "self/gen2"]))
+    md2 = run_experiment(second, log=lambda _: None)
+    part = md2.split("Paired differences to self/gen2 (same seed):")[1]
+    d2 = [rows_by[(s, "static", 1)]["test_top1"] - rows_by[(s, "self", 2)]["test_top1"] for s in (0, 1)]
+    m2, sd2 = mean_std(d2)
+    sline = next(x for x in part.splitlines() if x.startswith("| static | 1 |"))
+    assert f"{m2:.2f} ± {sd2:.2f}" in sline
 
 
 def test_experiment_file_errors(tmp_path):

@@ -5,7 +5,7 @@ and the seeds::
 
     out: runs/claims/fashion-mnist
     seeds: [0, 1, 2]
-    reference: self/gen1          # deltas are paired against this arm/generation, seed by seed
+    reference: self/gen1          # deltas are paired against this arm/generation, seed by seed (or a list)
     analyze: true                 # label entropy and (on fashion-scenes) distractor mass per generation
     base:                         # every arm starts from this config (keys as in `train --config`)
       model: cnn-small
@@ -72,7 +72,7 @@ class Experiment:
     seeds: tuple[int, ...]
     base: dict
     arms: tuple[Arm, ...]
-    reference: str | None = None  # "ARM/genK"
+    references: tuple[str, ...] = ()  # "ARM/genK": one table of paired differences each
     analyze: bool = True
 
     def arm(self, name: str) -> Arm:
@@ -96,6 +96,12 @@ class Experiment:
     def _ref_path(self, ref: str, seed: int) -> Path:
         name, gen = _split_ref(ref)
         return self.folder(seed, name) / gen
+
+
+def _as_list(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return tuple(str(v) for v in value) if isinstance(value, list) else (str(value),)
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -140,10 +146,10 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"experiment file {p}: seeds must be a non-empty list of distinct integers, got {list(seeds)}")
     exp = Experiment(Path(out or raw.get("out") or f"runs/{p.stem}"), seeds, raw.get("base") or {}, tuple(arms),
-                     raw.get("reference"), bool(raw.get("analyze", True)))
+                     _as_list(raw.get("reference")), bool(raw.get("analyze", True)))
     for arm in exp.arms:
         exp.config(arm, exp.seeds[0])  # every arm's config must be valid before anything trains
-    refs = ([exp.reference] if exp.reference else []) + [a.refinery for a in exp.arms if a.refinery]
+    refs = list(exp.references) + [a.refinery for a in exp.arms if a.refinery]
     for ref in refs:
         name, gen = _split_ref(ref)
         have = exp.config(exp.arm(name), exp.seeds[0]).chain.generations
@@ -275,8 +281,8 @@ def write_results(exp: Experiment) -> str:
             "split are the same images for every seed). Top-1 and gap in %. Output columns: the generation's own "
             "predictions on training crops, i.e. the labels it gives the next generation (mass in % of label mass).", "",
             results_table(rows) if rows else "(no finished generation yet)"]
-    if exp.reference and rows:
-        text += ["", f"Paired differences to {exp.reference} (same seed):", "", deltas_table(rows, exp.reference)]
+    for ref in exp.references if rows else ():
+        text += ["", f"Paired differences to {ref} (same seed):", "", deltas_table(rows, ref)]
     md = "\n".join(text) + "\n"
     exp.out.mkdir(parents=True, exist_ok=True)
     write_json(exp.out / "results.json", rows)
