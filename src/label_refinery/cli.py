@@ -18,65 +18,7 @@ import sys
 from typing import Sequence
 
 from .errors import UserError
-
-EXAMPLES = {
-    "chain": """examples:
-  # the embedded default: ground truth, then one self-refinement, on Fashion-MNIST (2 CPU cores: ~11 min)
-  label-refinery chain --dataset fashion-mnist --model cnn-small --generations 2 --epochs 10
-
-  # a bigger refinery for a small student: generation 1 is a ResNet on ground truth,
-  # generation 2 a cnn-small refined by it, generation 3 refined by generation 2
-  label-refinery chain --models resnet-cifar cnn-small cnn-small --generations 3 --epochs 10
-
-  # start the chain from a refinery trained earlier, with settings from a YAML file
-  label-refinery chain --config my.yaml --refinery runs/resnet/gen1 --generations 2
-
-  # adversarial jittering in every refined generation: half of each batch moved by 2/255 against the refinery
-  label-refinery chain --generations 3 --jitter --jitter-eps 2/255
-
-  # several processes (GPUs, or --device cpu for gloo on CPU); --batch-size stays the global batch
-  torchrun --nproc_per_node=8 -m label_refinery chain --config configs/imagenet/resnet50.yaml --dataset imagefolder:/data/imagenet
-
-  Re-running the same command resumes from the last checkpoint (epoch ends, or every --save-every
-  steps): finished generations are skipped.""",
-    "train": """examples:
-  label-refinery train --dataset digits --epochs 5 --out runs/digits-gen1            # ground truth
-  label-refinery train --dataset digits --epochs 5 --refinery runs/digits-gen1 --out runs/digits-gen2
-  label-refinery train --dataset imagefolder:/data/imagenet --model timm:resnet18 --image-size 224 \\
-      --crop-scale 0.08 1 --batch-size 256 --lr 0.1 --schedule step --milestones 140 170 --epochs 200""",
-    "bake": """examples:
-  # bake generation 1's labels for the crops generation 2 will see (same --seed and crop flags as its train command)
-  label-refinery bake --refinery runs/g1 --dataset fashion-mnist --seed 1 --epochs 10 --top-k 5 --out runs/g1-store
-  label-refinery train --dataset fashion-mnist --seed 1 --epochs 10 --labels runs/g1-store --refinery runs/g1 --out runs/g2
-
-  label-refinery bake --refinery runs/g1 --epochs 10 --estimate --out runs/g1-store   # size only
-  label-refinery bake --refinery runs/g1 --static --out runs/g1-static                # one label per image
-
-  An interrupted bake resumes when re-run; manifest.json is written last.""",
-    "analyze": """examples:
-  label-refinery analyze runs/fmnist                   # writes runs/fmnist/genK/analysis.json and runs/fmnist/analysis/
-  label-refinery analyze runs/fmnist --images 10000 --crops 8""",
-    "audit": """examples:
-  label-refinery audit runs/fmnist                     # runs/fmnist/audit/audit.csv (every image) and audit.html (top 100)
-  label-refinery audit runs/fmnist --html-rows 300 --out audits/fmnist""",
-    "export": """examples:
-  label-refinery export runs/fmnist --format npz       # ids, targets, probs [N, C] (cleanlab's pred_probs), top-k
-  label-refinery export runs/fmnist --format csv --generation 2 --top-k 3""",
-    "report": """examples:
-  label-refinery report runs/fmnist                    # report.md, report.html, figures/ (run `analyze` first for label plots)""",
-    "experiment": """examples:
-  label-refinery experiment configs/claims/fashion-mnist.yaml                 # every arm, every seed; resumes
-  label-refinery experiment configs/claims/fashion-mnist.yaml --seeds 2       # one seed (e.g. a second process)
-  label-refinery experiment configs/claims/fashion-mnist.yaml --arms self big # some arms only
-  label-refinery experiment configs/claims/fashion-mnist.yaml --table         # rebuild results.md only
-
-  The file names a base config, arms (changes of the base; `refinery: ARM/genK` refines with another
-  arm's generation of the same seed) and seeds; see label_refinery/experiment.py. Results:
-  OUT/results.md (mean ± std over seeds, paired differences) and OUT/results.json.""",
-    "evaluate": """examples:
-  label-refinery evaluate runs/chain/gen2                  # test split of the checkpoint's dataset
-  label-refinery evaluate runs/chain/gen2 --split train    # un-augmented training images""",
-}
+from .examples import EXAMPLES
 
 # (flags, dotted config key, argparse options)
 TRAIN_FLAGS = [

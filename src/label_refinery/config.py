@@ -214,6 +214,21 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
+    """The mapping a YAML file holds (empty file: ``{}``); a missing file, bad YAML or another
+    top-level type is a :class:`UserError` naming ``what`` the file is and what it should hold."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{what} {p} is not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise UserError(f"{what} {p} must hold {expected}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file, then dotted ``overrides``; validated.
 
@@ -224,16 +239,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """
     values: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"config file {p} is not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise UserError(f"config file {p} must hold a mapping of keys; valid keys: {', '.join(valid_keys())}")
-        values = loaded
+        values = read_yaml_mapping(path, "config file", f"a mapping of keys; valid keys: {', '.join(valid_keys())}")
     values = _merge(values, _nest(overrides or {}))
     cfg = _build(Config, values)
     validate(cfg)

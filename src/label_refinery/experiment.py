@@ -39,10 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from .checkpoint import META, atomic_write, write_json
-from .config import Config, _build, _merge, validate
+from .config import Config, _build, _merge, read_yaml_mapping, validate
 from .errors import UserError
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
@@ -115,14 +113,7 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     """Read and check an experiment file: arm names unique, references to earlier arms, every
     arm's config valid (before anything trains)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"experiment file {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"experiment file {p} is not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise UserError(f"experiment file {p} must hold a mapping with out, seeds, base, arms (see label_refinery/experiment.py)")
+    raw = read_yaml_mapping(p, "experiment file", "a mapping with out, seeds, base, arms (see label_refinery/experiment.py)")
     unknown = sorted(set(raw) - {"out", "seeds", "base", "arms", "reference", "analyze"})
     if unknown:
         raise UserError(f"experiment file {p}: unknown key {unknown[0]!r}; keys: out, seeds, base, arms, reference, analyze")
