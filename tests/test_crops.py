@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from label_refinery.data.crops import Crop, CropSampler, apply_crops
 
@@ -91,3 +92,24 @@ def test_shards_partition_each_global_batch():
     for w, p0, p1 in zip(whole, *parts):
         assert torch.equal(w.indices, torch.cat([p0.indices, p1.indices]))
         assert torch.allclose(w.images, torch.cat([p0.images, p1.images]))
+
+
+def test_shrinking_crops_are_antialiased_like_the_evaluation_view():
+    """Issue 13: a crop that shrinks its image is supersampled and averaged, as the evaluation view is.
+    A 1-pixel checkerboard halved is flat grey (plain bilinear sampling would alias it), and the
+    full-image training crop is the evaluation view itself."""
+    from label_refinery.data.crops import resize_images
+
+    board = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2).float().view(1, 1, 32, 32)
+    full = torch.tensor([[0, 0, 32, 32, 0]])
+    crop = apply_crops(board, full, 16)
+    assert torch.allclose(crop, torch.full_like(crop, 0.5), atol=1e-6)
+    assert torch.equal(crop, resize_images(board, 16))
+    # on a smooth image it agrees with torch's antialiased bilinear resize up to the filters' shapes
+    smooth = F.avg_pool2d(torch.rand(4, 3, 48 + 7, 48 + 7), 8, stride=1)  # [4, 3, 48, 48], low-pass
+    ours = resize_images(smooth, 32)
+    torch_aa = F.interpolate(smooth, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    assert (ours - torch_aa).abs().max() < 0.02
+    # crops that do not shrink keep plain bilinear sampling (the Fashion-MNIST path is unchanged)
+    part = torch.tensor([[8, 8, 16, 16, 0]])
+    assert torch.allclose(apply_crops(board, part, 16), board[..., 8:24, 8:24], atol=1e-6)

@@ -85,6 +85,23 @@ def test_damaged_training_state_is_named(tmp_path, digits):
         train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
 
 
+def test_missing_metrics_of_a_trained_generation_is_a_clear_error(tmp_path, digits, monkeypatch):
+    """Issue 13: every epoch trained (the state says so) but metrics.jsonl deleted: a clear error, not an IndexError."""
+    import label_refinery.generation as generation
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # stopped during the final save, after the last epoch's state
+
+    monkeypatch.setattr(generation, "save_final", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
+    monkeypatch.undo()
+    assert position(tmp_path / "run") == {"epoch": 2, "batch": 0}
+    (tmp_path / "run/metrics.jsonl").unlink()
+    with pytest.raises(UserError, match=r"metrics.jsonl is missing or lacks epochs \(0 of 2 logged\).*delete .* to retrain"):
+        train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
+
+
 class Payload:
     """Unpickling this runs code: it creates the folder ``path``."""
 

@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import atomic_write, write_json
 from .config import Config, save_config
 from .data import ImageDataset
-from .generation import check_same_config, has_progress, load_data, train_generation
+from .generation import check_same_config, has_progress, load_data, resolve_seed, train_generation
 from .models import check_model_name
 
 COLUMNS = [
@@ -88,7 +88,7 @@ def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Call
         >>> rows = run_chain(cfg, "runs/digits")                                        # doctest: +SKIP
         >>> [round(r["test_top1"], 1) for r in rows]                                     # doctest: +SKIP
     """
-    out = Path(out)
+    out, cfg = Path(out), resolve_seed(cfg)  # generation 1's seed; generation g adds g - 1
     if any(has_progress(p) for p in out.glob("gen*")):
         check_same_config(out, cfg)
     for name in cfg.chain.models or (cfg.model,):

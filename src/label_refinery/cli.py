@@ -36,7 +36,8 @@ TRAIN_FLAGS = [
                                           "inputs); timm:NAME, torchvision:NAME")),
     (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
     (["--refinery"], "refinery", dict(help="checkpoint (generation folder or model.safetensors) that labels the crops")),
-    (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1)")),
+    (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1); "
+                                          "default: 0 on ground truth, the refinery's seed + 1 with --refinery")),
     (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),
     (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
     (["--amp"], "amp", dict(choices=["off", "bf16", "fp16"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler)")),
@@ -234,6 +235,7 @@ def cmd_chain(args) -> None:
     from .config import load_config
 
     cfg = load_config(args.config, _overrides(args))
+    distributed.setup(cfg.device)  # torchrun: join the process group (a no-op in one process)
     out = args.out or _default_out("chain", cfg)
     run_chain(cfg, out, progress=_progress(args), log=_log(args))
     if distributed.is_main():
@@ -248,21 +250,23 @@ def cmd_chain(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from . import distributed
     from .config import load_config
     from .generation import train_generation
 
     cfg = load_config(args.config, _overrides(args))
+    distributed.setup(cfg.device)  # torchrun: join the process group (a no-op in one process)
     out = args.out or _default_out("train", cfg)
     train_generation(cfg, out, progress=_progress(args), log=_log(args))
 
 
 def cmd_bake(args) -> None:
     from .config import load_config
-    from .generation import crop_sampler, load_data, resolve_device
+    from .generation import crop_sampler, load_data, resolve_device, resolve_seed
     from .labels.build import load_refinery, store_provenance
     from .labels.store import bake, bytes_per_crop, estimate_bytes
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = resolve_seed(load_config(args.config, _overrides(args)))  # the seed a default `train --refinery` uses
     if cfg.refinery is None:
         raise UserError("bake needs --refinery CKPT: the model whose labels are stored")
     ds = load_data(cfg)
@@ -381,7 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed.launched():  # torchrun with several processes
             if args.command not in ("train", "chain"):
                 raise UserError(f"`{args.command}` runs in one process: start it without torchrun")
-            distributed.setup()
         COMMANDS[args.command](args)
     except UserError as err:
         print(f"error{_rank_tag()}: {err}", file=sys.stderr)

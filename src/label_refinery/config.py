@@ -92,7 +92,9 @@ class Config:
     model: str = "cnn-small"
     pretrained: str | None = None  # "hub" or a local weights file for timm/torchvision models
     refinery: str | None = None  # checkpoint labelling this run (train), or generation 1 (chain)
-    seed: int = 0  # init, batch order and crops; a chain uses seed + generation - 1
+    # init, batch order and crops; a chain uses seed + generation - 1. None (the default): 0 on ground
+    # truth, else the refinery's own seed + 1, so a student never replays its refinery's crops and init
+    seed: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     channels_last: bool = True  # memory format of images and models (faster convolutions on CPU)
     amp: str = "off"  # mixed precision of forward passes: off | bf16 | fp16 (fp16: CUDA only, with a grad scaler)

@@ -14,7 +14,8 @@ Training and evaluation counts are summed over processes. Only rank 0 writes fil
 progress bars; several machines need a shared filesystem for the run folder (later generations
 read the earlier ones' checkpoints).
 
-Backends: NCCL when the device is CUDA, gloo on CPU.
+Backends: NCCL when the device is CUDA, gloo on CPU (see :func:`plan`). Each process draws its own random
+stream (``seed + rank``, :func:`seed_rank`), saved and restored per process on resume.
 """
 
 from __future__ import annotations
@@ -48,21 +49,51 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup() -> None:
+def setup(device: str = "auto") -> None:
     """Join the process group torchrun describes (environment variables). A no-op without torchrun.
 
-    With CUDA the group has both backends (``cpu:gloo,cuda:nccl``): NCCL for the student's gradients
-    and buffers on GPUs, gloo for the few small CPU sums and messages (and for ``--device cpu``).
+    ``device`` is the run's ``device`` setting (see :func:`plan`): CUDA devices get both backends
+    (``cpu:gloo,cuda:nccl``: NCCL for the student's gradients and buffers, gloo for the few small CPU
+    sums and messages); ``--device cpu`` gets gloo alone, even where CUDA is visible.
     """
     if not launched() or dist.is_initialized():
         return
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    backend, gpu = plan(device, torch.cuda.is_available(), local_rank, local_world)
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
     # The timeout bounds a collective waiting for a crashed or stuck peer (torchrun also stops the group
     # when one process fails). LABEL_REFINERY_DIST_TIMEOUT_MIN raises it for very slow steps.
     minutes = float(os.environ.get("LABEL_REFINERY_DIST_TIMEOUT_MIN", "30"))
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+
+
+def plan(device: str, cuda_available: bool, local_rank: int, local_world: int) -> tuple[str, int | None]:
+    """``(backend, GPU index or None)`` of one torchrun process asking for ``device``.
+
+    ``auto`` and ``cuda``: the process's own GPU (``LOCAL_RANK``) when CUDA is available, else CPU;
+    ``cuda:N``: GPU ``N`` exactly (one process per machine: NCCL cannot share a GPU between
+    processes); ``cpu``: gloo only.
+    """
+    if device.startswith("cuda") and not cuda_available:
+        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if device == "cpu" or (device == "auto" and not cuda_available) or not device.startswith(("cuda", "auto")):
+        return "gloo", None
+    if device in ("auto", "cuda"):
+        return "cpu:gloo,cuda:nccl", local_rank
+    if local_world > 1:
+        raise UserError(
+            f"--device {device} puts all {local_world} processes of this machine on one GPU, which NCCL refuses; use "
+            "--device cuda (each process takes its own GPU, LOCAL_RANK), or one process per machine"
+        )
+    return "cpu:gloo,cuda:nccl", int(device.split(":", 1)[1])
+
+
+def seed_rank(seed: int) -> None:
+    """Give each process its own random stream for dropout and the like: ``seed + rank``, after the
+    model's initialisation (the same in every process). Rank 0 keeps the single-process stream."""
+    if rank():
+        torch.manual_seed(seed + rank())
 
 
 def local_device(name: str) -> torch.device | None:
@@ -99,6 +130,24 @@ def wait_for(path, poll_s: float = 2.0) -> None:
 
     while world() > 1 and not is_main() and not Path(path).exists():
         time.sleep(poll_s)
+
+
+def max_over_processes(value: float) -> float:
+    """The largest ``value`` over all processes (e.g. wall seconds, which are not additive)."""
+    if world() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_gather(obj: Any) -> list:
+    """Every process's ``obj`` (any picklable object made by our own code), in rank order, on every process."""
+    if world() == 1:
+        return [obj]
+    out: list = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast(obj: Any) -> Any:

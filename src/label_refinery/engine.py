@@ -91,6 +91,11 @@ class Meters:
     def as_list(self) -> list[float]:
         return [self.images, self.loss_sum, self.correct, self.agree, self.seconds]
 
+    def over_processes(self) -> "Meters":
+        """Counts summed over processes; seconds are wall time, the slowest process's, not a sum."""
+        images, loss_sum, correct, agree = distributed.sum_over_processes(self.as_list()[:4])
+        return Meters(int(images), float(loss_sum), int(correct), int(agree), distributed.max_over_processes(self.seconds))
+
     @classmethod
     def from_list(cls, v: list[float]) -> "Meters":
         return cls(int(v[0]), float(v[1]), int(v[2]), int(v[3]), float(v[4]))

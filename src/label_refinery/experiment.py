@@ -84,7 +84,7 @@ class Experiment:
 
     def config(self, arm: Arm, seed: int) -> Config:
         values = _merge(self.base, arm.changes)
-        values["seed"] = int(values.get("seed", 0)) + SEED_STRIDE * seed + arm.seed_offset
+        values["seed"] = int(values.get("seed") or 0) + SEED_STRIDE * seed + arm.seed_offset
         if arm.refinery:
             values["refinery"] = str(self._ref_path(arm.refinery, seed))
         cfg = _build(Config, values)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -71,6 +71,24 @@ def resolve_device(name: str) -> torch.device:
 def crop_sampler(cfg: Config) -> CropSampler:
     """The training crops of a run: keyed by its seed, shaped by its data settings."""
     return CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
+
+
+def resolve_seed(cfg: Config) -> Config:
+    """``cfg`` with its seed decided: an explicit seed is kept; the default (``None``) is 0 on ground
+    truth and the refinery's recorded seed + 1 with a refinery (or a named store's crop seed), as a
+    chain offsets the seed per generation. Issue 13: a student sharing its refinery's seed would
+    replay the refinery's initialisation, crops and batch order."""
+    if cfg.seed is not None:
+        return cfg
+    seed = 0
+    sidecar = resolve(cfg.refinery).parent / META if cfg.refinery else None
+    if sidecar is not None and sidecar.is_file():  # a refinery from elsewhere, without meta.json: seed 1
+        seed = int((json.loads(sidecar.read_text()).get("config") or {}).get("seed") or 0) + 1
+    elif sidecar is not None:
+        seed = 1
+    elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
+        seed = int(json.loads((Path(cfg.labels.store) / "manifest.json").read_text()).get("sampler", {}).get("seed") or 0)
+    return replace(cfg, seed=seed)
 
 
 def load_data(cfg: Config) -> ImageDataset:
@@ -197,8 +215,13 @@ def _finished(folder: Path, cfg: Config) -> dict:
     return meta
 
 
-def _final_metrics(history: list[dict], clean: dict) -> dict:
+def _final_metrics(history: list[dict], clean: dict, folder: Path, epochs: int) -> dict:
     """The generation's summary: the last epoch's metrics, clean train top-1 and the gap."""
+    if len(history) < epochs or "test_top1" not in history[-1]:
+        raise UserError(
+            f"{folder / 'metrics.jsonl'} is missing or lacks epochs ({len(history)} of {epochs} logged), so this "
+            f"generation's metrics cannot be written. Restore the file, or delete {folder} to retrain the generation"
+        )
     last = history[-1]
     return {
         "train_top1_crops": last["train_top1_crops"],
@@ -248,7 +271,7 @@ class _Run:
     def save(self, epoch: int, batch: int, meters: Meters | None) -> None:
         """Checkpoint the position ``(epoch, batch)``; ``meters``: the epoch so far, this process's part."""
         if meters is not None:
-            meters = Meters.from_list(distributed.sum_over_processes(meters.as_list()))
+            meters = meters.over_processes()
         distributed.sync_buffers(self.student)
         pos = state.Position(epoch, batch, meters)
         state.save(self.folder, self.student, self.optimizer, self.scaler, pos, self.refinery_sha, self.fingerprint)
@@ -259,6 +282,7 @@ def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)
+    distributed.seed_rank(cfg.seed)  # the same init everywhere, then each process its own dropout stream
     student = student.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     fingerprint, crops = ds.fingerprint(), crop_sampler(cfg)
     labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
@@ -320,7 +344,7 @@ def train_generation(
         >>> meta = train_generation(cfg, "runs/digits-gen1")                             # doctest: +SKIP
         >>> meta["metrics"]["test_top1"]                                                   # doctest: +SKIP
     """
-    folder, main, desc = Path(folder), distributed.is_main(), f"gen {generation}"
+    cfg, folder, main, desc = resolve_seed(cfg), Path(folder), distributed.is_main(), f"gen {generation}"
     log, progress = (log, progress) if main else ((lambda _: None), False)
     if has_progress(folder):
         check_same_config(folder, cfg)
@@ -350,7 +374,7 @@ def train_generation(
 
     clean, meta = run.evaluate_on(run.ds.train, f"{desc} train (clean)", progress), None
     if main:
-        metrics = _final_metrics(history, clean)
+        metrics = _final_metrics(history, clean, folder, epochs)
         student = run.student.to(memory_format=torch.contiguous_format)
         meta = save_final(folder, student, _final_meta(cfg, run.ds, student, generation, labels_info, metrics, run.fingerprint))
         (folder / STATE).unlink(missing_ok=True)

@@ -44,29 +44,39 @@ def resume(folder: Path, student, optimizer, scaler, refinery_sha: str | None, d
     restore_optimizer(optimizer, tensors, meta["optimizer"])
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    own = f".rank{distributed.rank()}" if distributed.rank() else ""  # each process resumes its own stream
+    for kind in ("cpu", "cuda"):
+        key = f"rng.{kind}{own}" if f"rng.{kind}{own}" in tensors else f"rng.{kind}"  # another world size: rank 0's
+        if key in tensors and (kind == "cpu" or torch.cuda.is_available()):
+            (torch.set_rng_state if kind == "cpu" else torch.cuda.set_rng_state)(tensors[key])
     if "next" not in meta:  # an epoch-end state of version 0.1: "epoch" is the last finished epoch
         return Position(meta["epoch"] + 1)
     meters = Meters.from_list(meta["meters"]) if meta.get("meters") and distributed.is_main() else None
     return Position(meta["next"]["epoch"], meta["next"]["batch"], meters)
 
 
+def _rng_states() -> dict[str, torch.Tensor]:
+    states = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["rng.cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
 def save(folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str) -> None:
     """Model, optimizer, grad scaler, RNG and position in one atomically replaced file (rank 0 writes).
 
-    ``pos.meters`` must already be summed over processes. The learning rate needs no state: it is a
+    Every process calls it (their RNG states are gathered); rank 0 writes. ``pos.meters`` must
+    already be combined over processes (:meth:`Meters.over_processes`). The learning rate needs no state: it is a
     function of the step, which the position gives.
     """
+    rngs = distributed.all_gather(_rng_states())  # every process calls save; each keeps its own stream
     if not distributed.is_main():
         return
     opt_tensors, opt_info = optimizer_tensors(optimizer)
     tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
     tensors.update(opt_tensors)
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for r, states in enumerate(rngs):  # rank 0 as "rng.cpu" (what a single process reads), others ".rankR"
+        tensors.update({f"{key}{f'.rank{r}' if r else ''}": value for key, value in states.items()})
     meta = {
         "next": {"epoch": pos.epoch, "batch": pos.batch},
         "meters": pos.meters.as_list() if pos.meters else None,

@@ -3,7 +3,7 @@
 A :class:`CropSampler` is a pure function of ``(seed, epoch, index, image size)``: the same
 arguments give the same :class:`Crop` in any process, worker or run, with no generator state to
 carry. That is what lets a refinery label *exactly* the student's crop, a label store replay it, and
-a report show it (DESIGN.md, "a crop is a value").
+a report show it (docs/design.md, "a crop is a value").
 
 The sampling rule is torchvision's ``RandomResizedCrop`` (10 tries of area fraction ``U(scale)`` and
 log-uniform aspect ratio, then a centre fallback) followed by a horizontal flip with probability
@@ -11,8 +11,9 @@ log-uniform aspect ratio, then a centre fallback) followed by a horizontal flip 
 batch of indices.
 
 :func:`apply_crops` cuts and resizes a whole batch of tensors at once, a different crop per sample,
-with bilinear sampling (``affine_grid`` + ``grid_sample``). torchvision's v2 ``RandomResizedCrop``
-would apply one crop to a whole batch.
+with bilinear sampling (``grid_sample``), antialiased by supersampling where a crop shrinks; the
+evaluation views of in-memory datasets use the same function. torchvision's v2 ``RandomResizedCrop``
+would apply one crop to a whole batch, which is why this is our own code.
 """
 
 from __future__ import annotations
@@ -120,7 +121,12 @@ class CropSampler:
 
 
 def apply_crops(images: torch.Tensor, crops: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Cut ``crops[b]`` out of ``images[b]`` and resize it to ``size``, bilinearly, for each ``b``.
+    """Cut ``crops[b]`` out of ``images[b]`` and resize it to ``size``, for each ``b``.
+
+    Bilinear sampling (``grid_sample``); a crop that shrinks by a factor ``s > 1`` is supersampled
+    ``k = ceil(s)`` times per axis and box-averaged (``avg_pool2d``), an antialiased resize like the
+    evaluation view's (:func:`resize_images` uses this same function), so training crops and
+    evaluation views are resampled alike. ``k`` depends on the crop alone, so a crop stays a value.
 
     Args:
         images: float ``[B, C, H, W]``.
@@ -131,14 +137,29 @@ def apply_crops(images: torch.Tensor, crops: torch.Tensor, size: int | tuple[int
         ``[B, C, size, size]``. A flipped crop is exactly the mirror image of the unflipped one, and
         the full-image crop at the input size returns the input (up to float rounding, ~1e-6).
     """
-    B, C, H, W = images.shape
     out_h, out_w = (size, size) if isinstance(size, int) else size
     c = crops.to(device=images.device, dtype=torch.float32)
-    y, x, h, w, flip = c.unbind(1)  # each [B]
+    shrink = torch.maximum(c[:, 2] / out_h, c[:, 3] / out_w)  # [B] input pixels per output pixel
+    k = torch.ceil(shrink - 1e-6).clamp_(min=1).long()  # [B] supersampling factor per axis
+    if bool((k == 1).all()):
+        out = _sample(images, c, out_h, out_w)
+    else:
+        out = images.new_empty(images.shape[0], images.shape[1], out_h, out_w)
+        for kv in k.unique().tolist():
+            rows = (k == kv).nonzero().squeeze(1)
+            fine = _sample(images[rows], c[rows], out_h * kv, out_w * kv)  # [b, C, kh, kw]
+            out[rows] = F.avg_pool2d(fine, kv) if kv > 1 else fine
+    flip = c[:, 4].bool()[:, None, None, None]
+    return torch.where(flip, out.flip(-1), out)  # the mirror of the same samples: exact
+
+
+def _sample(images: torch.Tensor, c: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Bilinear samples of the (unflipped) crops ``c`` ``[B, 5]`` on an ``out_h x out_w`` grid of pixel centres."""
+    B, _, H, W = images.shape
+    y, x, h, w, _ = c.unbind(1)  # each [B]
     # Map output coordinates in [-1, 1] to input coordinates (align_corners=False: -1 and 1 are the
     # outer edges of the border pixels, so a crop's edges are pixel edges x and x + w).
-    sx = (w / W) * (1.0 - 2.0 * flip)
-    sy = h / H
+    sx, sy = w / W, h / H
     tx = (2.0 * x + w) / W - 1.0
     ty = (2.0 * y + h) / H - 1.0
     # The map is separable (no rotation): build the sampling grid from two 1-D ramps, which is what
@@ -152,7 +173,10 @@ def apply_crops(images: torch.Tensor, crops: torch.Tensor, size: int | tuple[int
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """The evaluation view of in-memory images: the whole image, resized to ``size`` if needed."""
-    if images.shape[-2:] == (size, size):
+    """The evaluation view of in-memory images: the whole image, resized to ``size`` if needed, with
+    the same resampling as the training crops (:func:`apply_crops` of the full-image crop)."""
+    B, _, H, W = images.shape
+    if (H, W) == (size, size):
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    full = torch.tensor([[0, 0, H, W, 0]], dtype=torch.int64).expand(B, 5)
+    return apply_crops(images, full, size)

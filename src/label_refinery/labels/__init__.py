@@ -84,6 +84,9 @@ class LiveRefinery:
             "model": ckpt.meta["model"],
             "classes": ckpt.meta["classes"],
             "in_chans": ckpt.meta["in_chans"],
+            "image_size": ckpt.meta.get("image_size"),
+            "mean": ckpt.meta.get("mean"),
+            "std": ckpt.meta.get("std"),
             "generation": ckpt.meta.get("generation"),
             "dataset_fingerprint": ckpt.meta.get("dataset_fingerprint"),
         }
@@ -107,23 +110,38 @@ def _num_outputs(model: nn.Module, provenance: dict | None) -> int:
     return last[-1].out_features if last else -1
 
 
-def check_compatible(refinery: LiveRefinery, classes: list[str], in_chans: int | None = None) -> None:
-    """Refuse a refinery whose classes or input channels differ from the student's dataset."""
-    theirs = refinery.provenance.get("classes")
-    if refinery.num_classes != len(classes):
+def check_compatible(refinery: LiveRefinery, ds) -> None:
+    """Refuse a refinery that would see other tensors than it was trained on: other classes, input
+    channels, view size or normalisation than the dataset ``ds`` (an :class:`ImageDataset`) gives.
+    Each is recorded in the refinery's checkpoint metadata; a field it lacks is not checked."""
+    p, name = refinery.provenance, refinery.provenance.get("path", "")
+    if refinery.num_classes != ds.num_classes:
         raise UserError(
-            f"the refinery {refinery.provenance.get('path', '')} predicts {refinery.num_classes} classes but the "
-            f"dataset has {len(classes)}; use a refinery trained on the same classes"
+            f"the refinery {name} predicts {refinery.num_classes} classes but the dataset has {ds.num_classes}; "
+            "use a refinery trained on the same classes"
         )
-    if theirs is not None and list(theirs) != list(classes):
-        diff = [f"{a!r} vs {b!r}" for a, b in zip(theirs, classes) if a != b][:3]
+    if p.get("classes") is not None and list(p["classes"]) != list(ds.classes):
+        diff = [f"{a!r} vs {b!r}" for a, b in zip(p["classes"], ds.classes) if a != b][:3]
         raise UserError(f"the refinery's classes differ from the dataset's ({', '.join(diff)}); use a refinery trained on the same classes")
-    their_chans = refinery.provenance.get("in_chans")
-    if in_chans is not None and their_chans is not None and their_chans != in_chans:
+    if p.get("in_chans") is not None and p["in_chans"] != ds.in_chans:
         raise UserError(
-            f"the refinery {refinery.provenance.get('path', '')} takes {their_chans}-channel images but the dataset "
-            f"has {in_chans} channels; use a refinery trained on this kind of images"
+            f"the refinery {name} takes {p['in_chans']}-channel images but the dataset has {ds.in_chans} channels; "
+            "use a refinery trained on this kind of images"
         )
+    if p.get("image_size") is not None and p["image_size"] != ds.image_size:
+        raise UserError(
+            f"the refinery {name} was trained on {p['image_size']}-px views but this run cuts {ds.image_size}-px crops "
+            f"(data.image_size): it would label differently prepared images. Train with --image-size {p['image_size']}, "
+            f"or use a refinery trained at {ds.image_size} px"
+        )
+    for key in ("mean", "std"):
+        theirs, ours = p.get(key), list(ds.mean if key == "mean" else ds.std)
+        if theirs is not None and (len(theirs) != len(ours) or any(abs(a - b) > 1e-4 for a, b in zip(theirs, ours))):
+            raise UserError(
+                f"the refinery {name} was trained on images normalised with {key} {list(theirs)}, but this dataset's "
+                f"{key} is {ours}: it would label differently prepared images. Use a refinery trained on this dataset "
+                "(the normalisation is the dataset's, recorded in each checkpoint's meta.json)"
+            )
 
 
 __all__ = ["GroundTruth", "LabelSource", "LiveRefinery", "check_compatible"]

@@ -43,7 +43,7 @@ def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: 
     refinery = LiveRefinery.from_checkpoint(
         cfg.refinery, device, cfg.channels_last, temperature=cfg.labels.temperature, bn_train=cfg.labels.refinery_bn_train
     )
-    check_compatible(refinery, ds.classes, ds.in_chans)
+    check_compatible(refinery, ds)
     theirs = refinery.provenance.get("dataset_fingerprint")
     if theirs and theirs != fingerprint:
         log(f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)")
