@@ -74,8 +74,23 @@ ARMS = [
 
 
 def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
-    exp = load_experiment(_write(tmp_path, ARMS))
+    exp = load_experiment(_write(tmp_path, ARMS, ensembles=["self/gen1"]))
     md = run_experiment(exp, log=lambda _: None)
+    # the ensemble ceiling: both seeds' generation-1 models, probabilities averaged, on val and test
+    from label_refinery.checkpoint import load_checkpoint
+    from label_refinery.models.ensemble import ProbabilityEnsemble
+
+    ens = json.loads((tmp_path / "xp/ensembles.json").read_text())["self/gen1"]
+    assert ens["seeds"] == [0, 1] and ens["models"] == 2
+    ds = load_dataset("digits", train_subset=500, val_split=300)
+    members = [load_checkpoint(tmp_path / f"xp/seed{s}/self/gen1").build_model().eval() for s in (0, 1)]
+    batch = next(ds.test.iter_batches(1000))  # all 359 test images
+    with torch.no_grad():
+        p = sum(torch.softmax(m(batch.images), 1) for m in members) / 2  # [359, 10]
+        assert torch.allclose(ProbabilityEnsemble(members)(batch.images).exp(), p, atol=1e-5)
+    hand = 100 * float((p.argmax(1) == batch.targets).float().mean())
+    assert len(batch.targets) == len(ds.test) and ens["test_top1"] == pytest.approx(hand, abs=100 / 359)  # one image's worth of rounding
+    assert "| self/gen1 | 2 |" in md
     rows = json.loads((tmp_path / "xp/results.json").read_text())
     assert sorted((r["seed"], r["arm"], r["generation"]) for r in rows) == [
         (0, "self", 1), (0, "self", 2), (0, "static", 1), (1, "self", 1), (1, "self", 2), (1, "static", 1)]
@@ -98,7 +113,8 @@ def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
     deltas = [rows_by[(s, "self", 2)]["test_top1"] - rows_by[(s, "self", 1)]["test_top1"] for s in (0, 1)]
     dline = next(x for x in md.splitlines() if x.startswith("| self | 2 | per-crop from self/gen1 |"))
     m, sd = mean_std(deltas)
-    assert f"{m:.2f} ± {sd:.2f}" in dline and dline.endswith(f"| {sum(d > 0 for d in deltas)}/2 |")
+    half = 12.706 * sd / math.sqrt(2)  # t(0.975, 1 degree of freedom)
+    assert f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}]" in dline and dline.endswith(f"| {sum(d > 0 for d in deltas)}/2 |")
     assert all("entropy_crops" in r for r in rows)  # analyze ran on every generation
     # a second run resumes: nothing is retrained
     stamp = (tmp_path / "xp/seed0/self/gen1/model.safetensors").stat().st_mtime_ns
@@ -107,11 +123,23 @@ def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
     # a second reference: static labels against per-crop self/gen2, the same seed and schedule
     second = load_experiment(_write(tmp_path, ARMS, reference=["self/gen1", "self/gen2"]))
     md2 = run_experiment(second, log=lambda _: None)
-    part = md2.split("Paired differences to self/gen2 (same seed):")[1]
+    part = md2.split("Paired differences to self/gen2 (same seed), mean [95 % t-interval]:")[1]
     d2 = [rows_by[(s, "static", 1)]["test_top1"] - rows_by[(s, "self", 2)]["test_top1"] for s in (0, 1)]
     m2, sd2 = mean_std(d2)
     sline = next(x for x in part.splitlines() if x.startswith("| static | 1 |"))
-    assert f"{m2:.2f} ± {sd2:.2f}" in sline
+    assert f"{m2:+.2f} [{m2 - 12.706 * sd2 / math.sqrt(2):+.2f}," in sline
+
+
+def test_t_interval_matches_the_t_distribution():
+    from label_refinery.experiment import t_interval
+
+    values = [0.3, -0.1, 0.4, 0.2, 0.5]  # n = 5: t(0.975, 4) = 2.776
+    m, half = t_interval(values)
+    assert m == pytest.approx(0.26) and half == pytest.approx(2.776 * mean_std(values)[1] / math.sqrt(5))
+    stats = pytest.importorskip("scipy.stats", reason="scipy (from scikit-learn) checks the tabulated quantiles")
+    for n in (2, 3, 10, 31):
+        assert t_interval([0.0, 1.0] * (n // 2) + [0.5] * (n % 2))[1] == pytest.approx(
+            stats.t.ppf(0.975, n - 1) * mean_std([0.0, 1.0] * (n // 2) + [0.5] * (n % 2))[1] / math.sqrt(n), rel=2e-3 if n <= 31 else 0.02)
 
 
 def test_experiment_file_errors(tmp_path):

@@ -98,3 +98,35 @@ def test_lr_schedules():
     assert cos(10) > cos(50) > cos(90)
     step = lr_schedule(OptimConfig(lr=1.0, epochs=10, schedule="step", milestones=(4, 8), gamma=0.1), 10)
     assert step(39) == 1.0 and abs(step(40) - 0.1) < 1e-12 and abs(step(85) - 0.01) < 1e-12
+
+
+def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
+    """Issue 15: a refinery whose softmax is the one-hot ground truth, through the live path of a
+    refined generation (a real refinery forward per step, its checkpoint, provenance and loss), trains
+    the same weights as generation 1 with the same seed, bit for bit: the refined path adds nothing
+    but its labels."""
+    import label_refinery.generation as generation
+    from label_refinery import load_config, train_generation
+    from label_refinery.checkpoint import load_checkpoint
+
+    class Oracle(LiveRefinery):
+        def __call__(self, batch):
+            super().__call__(batch)  # the real refinery forward, whose output the oracle replaces
+            return F.softmax(200.0 * F.one_hot(batch.targets, self.num_classes).float(), dim=1)  # exactly one-hot
+
+    ds = load_dataset("digits")
+    base = {"data.dataset": "digits", "optim.epochs": 2, "optim.batch_size": 64, "device": "cpu", "seed": 3}
+    train_generation(load_config(overrides={**base, "seed": 9}), tmp_path / "refinery", dataset=ds, log=lambda _: None)
+    train_generation(load_config(overrides=base), tmp_path / "gen1", dataset=ds, log=lambda _: None)
+    real = generation.build_label_source
+
+    def oracle_source(*args, **kwargs):
+        live = real(*args, **kwargs)
+        return Oracle(live.model, provenance=live.provenance)
+
+    monkeypatch.setattr(generation, "build_label_source", oracle_source)
+    meta = train_generation(load_config(overrides={**base, "refinery": str(tmp_path / "refinery")}), tmp_path / "oracle",
+                            dataset=ds, log=lambda _: None)
+    assert meta["labels"]["kind"] == "live-refinery"
+    a, b = load_checkpoint(tmp_path / "gen1").state_dict, load_checkpoint(tmp_path / "oracle").state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -49,7 +49,10 @@ def generation_config(cfg: Config, out: Path, g: int) -> Config:
         jitter = replace(jitter, enabled=False)
     if g > 1:  # a named store labels generation 1 only
         labels = replace(labels, store=None)
-    return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels, jitter=jitter)
+    optim = cfg.optim
+    if refinery is not None and cfg.chain.refined_epochs:  # soft targets converge more slowly: a longer schedule
+        optim = replace(optim, epochs=cfg.chain.refined_epochs)
+    return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels, jitter=jitter, optim=optim)
 
 
 def summary_row(meta: dict, out: Path) -> dict:

@@ -27,6 +27,7 @@ TRAIN_FLAGS = [
     (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
     (["--val-split"], "data.val_split", dict(type=int, help="hold out this many training images as a validation split (val top-1 beside test top-1)")),
+    (["--label-noise"], "data.label_noise", dict(type=float, metavar="RATE", help="flip this share of the training labels to another class (seeded, saved as label-noise.csv)")),
     (["--crop-scale"], "data.crop_scale", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's")),
     (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
@@ -73,6 +74,7 @@ TRAIN_FLAGS = [
 BAKE_KEYS = {"refinery", "seed", "device", "channels_last", "optim.epochs", "labels.temperature", "labels.top_k", "labels.store_dtype"}
 CHAIN_FLAGS = [
     (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
+    (["--refined-epochs"], "chain.refined_epochs", dict(type=int, help="epochs of the refined generations (default: --epochs, as generation 1)")),
     (["--models"], "chain.models", dict(nargs="+", metavar="MODEL", help="one architecture per generation, e.g. --models resnet-cifar cnn-small cnn-small")),
 ]
 

@@ -36,6 +36,8 @@ class DataConfig:
     image_size: int | None = None  # side of crops and evaluation views, pixels (None: the dataset's own)
     train_subset: int | None = None  # train on a fixed, seeded subset of this many images
     val_split: int = 0  # hold out this many training images (seeded) as a validation split, evaluated every epoch
+    label_noise: float = 0.0  # flip this share of the training labels to another class (seeded; experiments)
+    label_noise_seed: int = 0  # which labels are flipped, and to what
     crop_scale: tuple[float, float] = (0.25, 1.0)  # crop area / image area; the paper's ImageNet runs: 0.08-1
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
     flip: bool = True  # horizontal flip with probability 0.5
@@ -85,6 +87,7 @@ class JitterConfig:
 class ChainConfig:
     generations: int = 2  # ground truth, then one refinement: further generations lost accuracy in the README's study
     models: tuple[str, ...] = ()  # one architecture per generation; empty: `model` for all
+    refined_epochs: int | None = None  # epochs of the refined generations (a refinery labels them); None: optim.epochs
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval_every >= 1, f"eval_every must be >= 1 epochs, got {cfg.eval_every}")
     _check(cfg.save_every >= 0, f"save_every must be >= 0 steps, got {cfg.save_every}")
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
+    _check(ch.refined_epochs is None or ch.refined_epochs >= 1, f"chain.refined_epochs must be >= 1, got {ch.refined_epochs}")
     _check(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}")
@@ -268,6 +272,7 @@ def validate(cfg: Config) -> None:
     _check(d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1, got {d.image_size}")
     _check(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _check(d.val_split >= 0, f"data.val_split must be >= 0 images, got {d.val_split}")
+    _check(0 <= d.label_noise < 1, f"data.label_noise must be a share in [0, 1), got {d.label_noise}")
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
     _check(o.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine, step or constant, got {o.schedule!r}")
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")

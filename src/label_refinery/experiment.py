@@ -72,6 +72,7 @@ class Experiment:
     arms: tuple[Arm, ...]
     references: tuple[str, ...] = ()  # "ARM/genK": one table of paired differences each
     analyze: bool = True
+    ensembles: tuple[str, ...] = ()  # "ARM/genK": the top-1 of that generation's models over all seeds, averaged
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -114,9 +115,10 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     arm's config valid (before anything trains)."""
     p = Path(path)
     raw = read_yaml_mapping(p, "experiment file", "a mapping with out, seeds, base, arms (see label_refinery/experiment.py)")
-    unknown = sorted(set(raw) - {"out", "seeds", "base", "arms", "reference", "analyze"})
+    keys = ("out", "seeds", "base", "arms", "reference", "analyze", "ensembles")
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise UserError(f"experiment file {p}: unknown key {unknown[0]!r}; keys: out, seeds, base, arms, reference, analyze")
+        raise UserError(f"experiment file {p}: unknown key {unknown[0]!r}; keys: {', '.join(keys)}")
     if not raw.get("arms"):
         raise UserError(f"experiment file {p} names no arms (a list of {{name, set, refinery, seed_offset}})")
     arms, seen = [], set()
@@ -137,10 +139,10 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"experiment file {p}: seeds must be a non-empty list of distinct integers, got {list(seeds)}")
     exp = Experiment(Path(out or raw.get("out") or f"runs/{p.stem}"), seeds, raw.get("base") or {}, tuple(arms),
-                     _as_list(raw.get("reference")), bool(raw.get("analyze", True)))
+                     _as_list(raw.get("reference")), bool(raw.get("analyze", True)), _as_list(raw.get("ensembles")))
     for arm in exp.arms:
         exp.config(arm, exp.seeds[0])  # every arm's config must be valid before anything trains
-    refs = list(exp.references) + [a.refinery for a in exp.arms if a.refinery]
+    refs = list(exp.references) + list(exp.ensembles) + [a.refinery for a in exp.arms if a.refinery]
     for ref in refs:
         name, gen = _split_ref(ref)
         have = exp.config(exp.arm(name), exp.seeds[0]).chain.generations
@@ -174,7 +176,50 @@ def run_experiment(exp: Experiment, *, seeds: list[int] | None = None, arms: lis
                 analyze_run(folder, images=1000, crops_per_image=2, examples=0, log=log, dataset=datasets[key])
             log(f"== seed {seed}, arm {arm.name}: {time.time() - start:.0f} s")
             write_results(exp)
+    for ref in exp.ensembles:
+        measure_ensemble(exp, ref, log=log)
     return write_results(exp)
+
+
+def measure_ensemble(exp: Experiment, ref: str, device: str = "cpu", log: Callable[[str], None] = print) -> dict | None:
+    """Val and test top-1 of ``ref`` (``ARM/genK``)'s models of every finished seed, their probabilities
+    averaged, beside the mean of the single models; cached in ``OUT/ensembles.json`` per set of seeds."""
+    from .checkpoint import load_checkpoint
+    from .engine import evaluate
+    from .generation import load_data
+    from .models.ensemble import ProbabilityEnsemble
+
+    name, gen = _split_ref(ref)
+    folders = {s: exp.folder(s, name) / gen for s in exp.seeds if (exp.folder(s, name) / gen / META).is_file()}
+    cache_path = exp.out / "ensembles.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if len(folders) < 2 or cache.get(ref, {}).get("seeds") == sorted(folders):
+        return cache.get(ref)
+    ds = load_data(exp.config(exp.arm(name), min(folders)))
+    models = [load_checkpoint(f).build_model(device).eval() for f in folders.values()]
+    row: dict = {"seeds": sorted(folders), "models": len(models)}
+    singles = [json.loads((f / META).read_text())["metrics"] for f in folders.values()]
+    for split_name, split in (("val", ds.val), ("test", ds.test)):
+        if split is not None:
+            row[f"{split_name}_top1"] = evaluate(ProbabilityEnsemble(models), split.iter_batches(512, device=device))["top1"]
+            row[f"single_{split_name}_top1"] = sum(m[f"{split_name}_top1"] for m in singles) / len(singles)
+    cache[ref] = row
+    write_json(cache_path, cache)
+    log(f"ensemble of {len(models)} x {ref}: test top-1 {row['test_top1']:.2f} (single models {row['single_test_top1']:.2f})")
+    return row
+
+
+def ensembles_table(exp: Experiment) -> str:
+    """The ensemble ceilings measured so far, one row per ``ARM/genK``."""
+    path = exp.out / "ensembles.json"
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    rows = [(ref, cache[ref]) for ref in exp.ensembles if ref in cache]
+    if not rows:
+        return ""
+    head = "| models | seeds | ensemble val top-1 | single val top-1 (mean) | ensemble test top-1 | single test top-1 (mean) |"
+    body = [f"| {ref} | {r['models']} | {r.get('val_top1', float('nan')):.2f} | {r.get('single_val_top1', float('nan')):.2f} | "
+            f"{r['test_top1']:.2f} | {r['single_test_top1']:.2f} |" for ref, r in rows]
+    return "\n".join([head, "|---|---:|---:|---:|---:|---:|", *body])
 
 
 def collect(exp: Experiment) -> list[dict]:
@@ -221,6 +266,36 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
 
 
+# Student's t quantile t(0.975, df) for df = 1..30 (two-sided 95 %); beyond 30 the normal 1.96 is
+# within 2 % of it. Tabulated to keep scipy out of the library's dependencies.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95 % Student-t confidence interval (``inf`` for one value).
+
+    Example:
+        >>> m, h = t_interval([0.5, 0.7, 0.3, 0.6, 0.4])
+        >>> round(m, 2), round(h, 3)
+        (0.5, 0.196)
+    """
+    mean, std = mean_std(values)
+    n = len(values)
+    if n < 2:
+        return mean, math.inf
+    return mean, (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * std / math.sqrt(n)
+
+
+def _delta_cell(values: list[float], seeds: int | None = None) -> str:
+    """``mean [low, high]``: a paired difference with its 95 % t-interval."""
+    if not values:
+        return ""
+    mean, half = t_interval(values)
+    text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" if len(values) > 1 else f"{mean:+.2f}"
+    return text + (f" (n={len(values)})" if seeds is not None and len(values) < seeds else "")
+
+
 def _cell(values: list[float], seeds: int | None = None) -> str:
     """``mean ± std``; ``(n=K)`` when only K of the row's ``seeds`` have the value."""
     if not values:
@@ -247,7 +322,7 @@ def results_table(rows: list[dict]) -> str:
 
 def deltas_table(rows: list[dict], reference: str) -> str:
     """Per (arm, generation): the paired difference to ``reference`` of the same seed, in val and
-    test top-1 (mean ± std over seeds) and how many seeds improved on test."""
+    test top-1 (mean and 95 % t-interval over seeds) and how many seeds improved on test."""
     ref_arm, ref_gen = _split_ref(reference)
     ref = {r["seed"]: r for r in rows if r["arm"] == ref_arm and f"gen{r['generation']}" == ref_gen}
     groups: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
@@ -260,7 +335,7 @@ def deltas_table(rows: list[dict], reference: str) -> str:
         dv = [r["val_top1"] - b["val_top1"] for r, b in pairs if "val_top1" in r and "val_top1" in b]
         dt = [r["test_top1"] - b["test_top1"] for r, b in pairs]
         dg = [r["gap"] - b["gap"] for r, b in pairs]
-        body.append(f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_cell(dv, len(dt))} | {_cell(dt)} | {_cell(dg)} | "
+        body.append(f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_delta_cell(dv, len(dt))} | {_delta_cell(dt)} | {_delta_cell(dg)} | "
                     f"{sum(d > 0 for d in dt)}/{len(dt)} |")
     return "\n".join([head, *body])
 
@@ -273,7 +348,10 @@ def write_results(exp: Experiment) -> str:
             "predictions on training crops, i.e. the labels it gives the next generation (mass in % of label mass).", "",
             results_table(rows) if rows else "(no finished generation yet)"]
     for ref in exp.references if rows else ():
-        text += ["", f"Paired differences to {ref} (same seed):", "", deltas_table(rows, ref)]
+        text += ["", f"Paired differences to {ref} (same seed), mean [95 % t-interval]:", "", deltas_table(rows, ref)]
+    if ensembles_table(exp):
+        text += ["", "Ensemble ceilings (the seeds' models of one arm and generation, probabilities averaged):", "",
+                 ensembles_table(exp)]
     md = "\n".join(text) + "\n"
     exp.out.mkdir(parents=True, exist_ok=True)
     write_json(exp.out / "results.json", rows)

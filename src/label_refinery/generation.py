@@ -93,7 +93,7 @@ def resolve_seed(cfg: Config) -> Config:
 
 def load_data(cfg: Config) -> ImageDataset:
     d = cfg.data
-    return load_dataset(d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers, d.val_split)
+    return load_dataset(d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers, d.val_split, d.label_noise, d.label_noise_seed)
 
 
 def comparable(cfg_dict: dict) -> dict:
@@ -207,10 +207,9 @@ def _jitter(cfg: Config, ds: ImageDataset, labels) -> Jitter | None:
     return Jitter(cfg.jitter, labels, ds.mean, ds.std)
 
 
-def _finished(folder: Path, cfg: Config) -> dict:
-    """The metadata of a finished generation, if its refinery is still the same file."""
+def _finished(folder: Path) -> dict:
+    """The metadata of a finished generation (its refinery checked by the caller)."""
     meta = json.loads((folder / META).read_text())
-    _check_same_refinery(folder, meta["labels"].get("sha256"), cfg)
     (folder / STATE).unlink(missing_ok=True)  # left behind if a crash followed the final save
     return meta
 
@@ -280,12 +279,15 @@ class _Run:
 def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -> _Run:
     check_input_size(cfg.model, ds.in_chans, ds.num_classes, ds.image_size)
     device = resolve_device(cfg.device)
+    fingerprint, crops = ds.fingerprint(), crop_sampler(cfg)
+    # the label source first: building a refinery draws a random init before loading its weights, which
+    # must not move the student's random stream (the oracle test: one-hot labels through a refinery
+    # reproduce generation 1's weights exactly)
+    labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)
     distributed.seed_rank(cfg.seed)  # the same init everywhere, then each process its own dropout stream
     student = student.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    fingerprint, crops = ds.fingerprint(), crop_sampler(cfg)
-    labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
     model = distributed.wrap(student, device)
     return _Run(
         cfg=cfg, folder=folder, ds=ds, device=device, student=student, model=torch.compile(model) if cfg.compile else model,
@@ -346,17 +348,22 @@ def train_generation(
     """
     cfg, folder, main, desc = resolve_seed(cfg), Path(folder), distributed.is_main(), f"gen {generation}"
     log, progress = (log, progress) if main else ((lambda _: None), False)
+    finished = (folder / META).is_file()
+    if finished:  # a replaced refinery first: the seed derived from it would differ too, a less telling message
+        _check_same_refinery(folder, json.loads((folder / META).read_text())["labels"].get("sha256"), cfg)
     if has_progress(folder):
         check_same_config(folder, cfg)
-    if (folder / META).is_file():
+    if finished:
         log(f"generation {generation}: finished earlier, skipping ({folder})")
-        return _finished(folder, cfg)
+        return _finished(folder)
     check_model_name(cfg.model)  # before loading data: a typo should not wait for an ImageNet scan
     run = _prepare(cfg, dataset or load_data(cfg), folder, log, progress)
     labels_info = run.labels.describe()
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         save_config(cfg, folder / "config.yaml")
+        if run.ds.label_changes is not None:  # the labels this run was given instead of the dataset's
+            atomic_write(folder / "label-noise.csv", run.ds.label_changes.to_csv().encode())
     pos = state.resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
     if pos.batch:
         log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} ({folder})")

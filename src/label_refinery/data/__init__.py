@@ -18,6 +18,7 @@ from ..errors import UserError
 from . import digits, fashion_mnist, imagefolder, scenes
 from .base import Batch, ImageDataset, Split
 from .crops import Crop, CropSampler, apply_crops
+from .noise import symmetric_noise
 
 DATASETS = {
     "fashion-mnist": fashion_mnist.load,
@@ -40,6 +41,8 @@ def load_dataset(
     train_subset: int | None = None,
     workers: int = 0,
     val_split: int = 0,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
 ) -> ImageDataset:
     """Load a dataset by registry name.
 
@@ -52,6 +55,8 @@ def load_dataset(
         val_split: hold out this many training images as ``ds.val`` (a seeded choice, made before
             ``train_subset``, which then draws from the rest): for choosing settings without
             looking at the test split.
+        label_noise: flip this share of the (final) training labels to another class, seeded by
+            ``noise_seed`` (:mod:`label_refinery.data.noise`); test and validation stay clean.
     """
     prefix, _, arg = name.partition(":")
     if name in DATASETS:
@@ -73,6 +78,10 @@ def load_dataset(
             raise UserError(f"train_subset must be in 1..{len(ds.train)}, got {train_subset}")
         pos = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(ds.train))[:train_subset])
         ds.train = ds.train.subset(pos)
+    if label_noise:
+        if not 0 < label_noise < 1:
+            raise UserError(f"label_noise must be a share in [0, 1), got {label_noise}")
+        ds.train.targets, ds.label_changes = symmetric_noise(ds.train.targets, ds.train.ids, ds.num_classes, label_noise, noise_seed)
     return ds
 
 

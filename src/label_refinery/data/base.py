@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .crops import CropSampler
+from .noise import LabelChanges
 
 
 @dataclass
@@ -76,6 +77,7 @@ class ImageDataset:
     train: Split
     test: Split
     val: Split | None = None  # held out from the training images (``data.val_split``); None: no validation split
+    label_changes: LabelChanges | None = None  # training labels overridden in memory (``data.label_noise``)
 
     @property
     def num_classes(self) -> int:
@@ -89,6 +91,8 @@ class ImageDataset:
         h.update(self.test.fingerprint().encode())
         if self.val is not None:
             h.update(self.val.fingerprint().encode())
+        if self.label_changes is not None:  # image folders hash their file list, not the labels in memory
+            h.update(self.label_changes.digest().encode())
         return h.hexdigest()
 
 
