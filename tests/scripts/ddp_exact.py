@@ -3,6 +3,9 @@ digits through the library's training and evaluation loops, sharded over the pro
 the weights and metrics. Without BatchNorm, gradients averaged over equal shards equal the single
 process's gradient of the same global batch, so the weights must agree to float rounding.
 
+Under torchrun the same processes then check the per-process random streams and their resume
+(tests/scripts/ddp_ranks.py), sharing one start-up.
+
     python tests/scripts/ddp_exact.py OUT.safetensors
     torchrun --standalone --nproc_per_node=2 tests/scripts/ddp_exact.py OUT.safetensors
 """
@@ -35,4 +38,10 @@ if distributed.is_main():
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sys.argv[1])
     with open(sys.argv[1] + ".json", "w") as f:
         json.dump({"train": train, "test": test, "steps": steps, "world": distributed.world()}, f)
-distributed.teardown()
+if distributed.world() > 1:
+    from pathlib import Path
+
+    sys.argv = [sys.argv[0], str(Path(sys.argv[1]).parent)]
+    import ddp_ranks  # noqa: F401  (runs its checks, writes ranks.json, tears the group down)
+else:
+    distributed.teardown()
