@@ -32,7 +32,7 @@ from torch import nn
 
 from label_refinery.config import JitterConfig, OptimConfig
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.engine import lr_schedule, make_optimizer, train_one_epoch
+from label_refinery.engine import Step, lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.jitter import Jitter
 from label_refinery.labels import GroundTruth, LiveRefinery
 from label_refinery.labels.store import StoredLabels, bake
@@ -63,7 +63,7 @@ class ReleaseLabels:
 def epoch_seconds(student, labels, ds, sampler, epoch, optimizer, lr_at, jitter=None) -> float:
     batches = ds.train.iter_batches(128, epoch=epoch, crops=sampler, order_seed=0, drop_last=True)
     start = time.perf_counter()
-    train_one_epoch(student, labels, batches, optimizer, lr_at, channels_last=True, jitter=jitter)
+    train_one_epoch(student, labels, batches, optimizer, lr_at, Step(transform=jitter, channels_last=True))
     return time.perf_counter() - start
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from label_refinery import UserError, load_checkpoint, load_config, run_chain, train_generation
 from label_refinery.config import JitterConfig, OptimConfig
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.engine import lr_schedule, make_optimizer, train_one_epoch
+from label_refinery.engine import Step, lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.jitter import Jitter
 from label_refinery.labels import LiveRefinery
 from label_refinery.models import create_model
@@ -47,7 +47,7 @@ def test_perturbation_stays_in_the_eps_ball_and_pixel_range(digits, refinery_dir
     jitter = Jitter(JitterConfig(enabled=True, eps=eps, steps=steps, grad=grad, fraction=1.0), refinery, digits.mean, digits.std)
     batch = next(digits.train.iter_batches(64, crops=CropSampler(0), order_seed=0))
     student = _student()
-    jittered, refined = jitter(student, batch)
+    jittered = jitter(student, batch)
     assert student.training  # the attack put it back in train mode
     before, after = _pixels(batch.images, digits), _pixels(jittered.images, digits)
     delta = (after - before).abs()
@@ -67,15 +67,17 @@ def test_labels_of_jittered_crops_are_the_refinerys_output(digits, refinery_dir)
     refinery = LiveRefinery.from_checkpoint(refinery_dir)
     batch = next(digits.train.iter_batches(32, crops=CropSampler(0), order_seed=0))
     jitter = Jitter(JitterConfig(enabled=True, eps=4 / 255, fraction=0.5), refinery, digits.mean, digits.std)
-    jittered, refined = jitter(_student(), batch)
+    jittered = jitter(_student(), batch)
+    refined = refinery(jittered)  # the label source labels the crops the student sees
     assert torch.equal(jittered.images[16:], batch.images[16:])  # half stays clean
     assert not torch.equal(jittered.images[:16], batch.images[:16])
     with torch.no_grad():
         expected = F.softmax(refinery.model(jittered.images), 1)
     assert torch.allclose(refined, expected, atol=1e-6)
     keep = Jitter(JitterConfig(enabled=True, eps=4 / 255, relabel=False), refinery, digits.mean, digits.std)
-    _, refined_clean = keep(_student(), batch)
-    assert torch.allclose(refined_clean, refinery(batch), atol=1e-6)  # R(x), not R(x')
+    kept = keep(_student(), batch)
+    assert not torch.equal(kept.images, batch.images)
+    assert torch.allclose(refinery(kept), refinery(batch), atol=1e-6)  # R(x), not R(x')
 
 
 def test_refinery_and_student_statistics_untouched_by_the_attack(digits, refinery_dir):
@@ -91,7 +93,7 @@ def test_refinery_and_student_statistics_untouched_by_the_attack(digits, refiner
     # a whole jittered epoch: the refinery never changes and never gets a gradient
     opt = make_optimizer(student, OptimConfig(lr=0.1))
     batches = digits.train.iter_batches(64, epoch=0, crops=CropSampler(0), order_seed=0, drop_last=True)
-    train_one_epoch(student, refinery, batches, opt, lr_schedule(OptimConfig(lr=0.1, epochs=1), 22), jitter=jitter)
+    train_one_epoch(student, refinery, batches, opt, lr_schedule(OptimConfig(lr=0.1, epochs=1), 22), Step(transform=jitter))
     after = refinery.model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert not refinery.model.training and all(p.grad is None for p in refinery.model.parameters())

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import label_refinery.checkpoint as checkpoint
-import label_refinery.engine as engine
+import label_refinery.losses as losses
 from label_refinery import UserError, load_config, train_generation
 from label_refinery.checkpoint import load_checkpoint, load_tensors
 from label_refinery.data import load_dataset
@@ -37,14 +37,14 @@ def position(folder):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits, monkeypatch):
-    real_loss, calls = engine.refinery_loss, {"n": 0}
+    real_loss, calls = losses.refinery_loss, {"n": 0}
 
-    def loss_that_blows_up(*args):
+    def loss_that_blows_up(*args, **kwargs):
         calls["n"] += 1
-        out = real_loss(*args)
+        out = real_loss(*args, **kwargs)
         return out * float("nan") if calls["n"] == 53 else out  # step 52: inside epoch 2 (44 steps per epoch)
 
-    monkeypatch.setattr(engine, "refinery_loss", loss_that_blows_up)
+    monkeypatch.setattr(losses, "refinery_loss", loss_that_blows_up)  # what the generation's loss is built from
     with pytest.raises(UserError, match="loss became nan at step 52") as err:
         train_generation(config(save_every=10), tmp_path / "run", dataset=digits, log=lambda _: None)
     assert "re-run the same command to resume" in str(err.value)

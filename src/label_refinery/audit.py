@@ -1,5 +1,4 @@
-"""Which training labels look wrong, ambiguous or incomplete (``audit``), and refined labels as a
-dataset artifact (``export``).
+"""Which training labels look wrong, ambiguous or incomplete: ``label-refinery audit RUN``.
 
 Audit score of an image: ``1 - p(given)``, with ``p(given)`` the refined probability of its given
 label averaged over generations and over its views (the whole image and ``crops_per_image`` fixed
@@ -15,18 +14,16 @@ Everything streams in batches: memory holds a few numbers per image and generati
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import analysis
 from .checkpoint import atomic_write
-from .errors import UserError
-from .probe import _sampler, _unnormalize, load_run, refined
+from .export import write_csv
+from .labels import refine
+from .probe import analysis_sampler, load_run, refined, to_pictures
 
 
 def _reasons(given: float, top_idx: list[int], top_prob: list[float], ent: float, y: int, crop_wrong: float,
@@ -76,7 +73,7 @@ def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image
         t = p.topk(k, -1)
         top3[:, pos], top3p[:, pos] = t.indices, t.values
         last_given[pos], last_entropy[pos] = pg[-1], analysis.entropy(p[-1])
-    sampler = _sampler(cfg)
+    sampler = analysis_sampler(cfg)
     for c in range(crops_per_image):
         start = 0
         for _, y, p in refined(models, ds.train, batch_size=batch_size, crops=sampler, epoch=c, device=device,
@@ -105,7 +102,7 @@ def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image
         }
 
     out.mkdir(parents=True, exist_ok=True)
-    wrong = _write_csv(out / "audit.csv", (row(r, i) for r, i in enumerate(order.tolist(), 1)))
+    wrong = write_csv(out / "audit.csv", (row(r, i) for r, i in enumerate(order.tolist(), 1)))
     from .reports import audit_html  # HTML and pictures live with the reports
 
     top_rows = [row(r, i) for r, i in enumerate(order[:html_rows].tolist(), 1)]
@@ -120,22 +117,6 @@ def _path(split, i: int) -> str:
     return samples[i][0] if samples else ""
 
 
-def _write_csv(path: Path, rows) -> int:
-    """Stream ``rows`` (dicts) into ``path`` through a temporary file; returns how many say "wrong"."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    wrong = 0
-    with open(tmp, "w", newline="") as f:
-        writer = None
-        for r in rows:
-            if writer is None:
-                writer = csv.DictWriter(f, fieldnames=list(r))
-                writer.writeheader()
-            writer.writerow(r)
-            wrong += str(r.get("reasons", "")).startswith("wrong")
-    tmp.replace(path)
-    return wrong
-
-
 @torch.no_grad()
 def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3) -> list[dict]:
     """For the HTML rows: each image's evaluation view and ``crops`` crops (uint8 ``[H, W, C]``), with
@@ -146,72 +127,18 @@ def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3)
     out = [{"image": None, "crops": []} for _ in positions]
     start = 0
     for batch in sub.iter_batches(64, device=device):
-        for j, img in enumerate(_unnormalize(batch.images, ds)):
+        for j, img in enumerate(to_pictures(batch.images, ds)):
             out[start + j]["image"] = img
         start += len(batch.indices)
     for k in range(crops):
         start = 0
         for batch in sub.iter_batches(64, epoch=k, crops=sampler, device=device):
-            top = models[-1](batch.images).float().softmax(1).topk(min(3, ds.num_classes), 1)
-            for j, img in enumerate(_unnormalize(batch.images, ds)):
+            top = refine(models[-1], batch.images).topk(min(3, ds.num_classes), 1)
+            for j, img in enumerate(to_pictures(batch.images, ds)):
                 labels = [(ds.classes[int(a)], float(b)) for a, b in zip(top.indices[j], top.values[j])]
                 out[start + j]["crops"].append((img, labels))
             start += len(batch.indices)
     return out
 
 
-@torch.no_grad()
-def export_run(run: str | Path, out: str | Path, *, fmt: str = "csv", generation: int | None = None, top_k: int = 5,
-               batch_size: int = 256, device: str = "cpu", progress: bool = False) -> Path:
-    """Per training image (evaluation view): the top-k refined classes and probabilities of one
-    generation (default: the last); ``npz`` also holds the full ``[N, C]`` matrix, the shape
-    cleanlab's ``pred_probs`` takes. These are in-sample probabilities (the models saw these images),
-    which makes label-issue finders more lenient than out-of-sample ones. Formats: csv, npz,
-    parquet (needs pyarrow)."""
-    if fmt not in ("csv", "npz", "parquet"):
-        raise UserError(f"export format must be csv, npz or parquet, got {fmt!r}")
-    if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError as err:
-            raise UserError("parquet export needs pyarrow: pip install pyarrow (or use --format csv/npz)") from err
-    gens, models, ds, _ = load_run(run, device)
-    g = len(gens) - 1 if generation is None else generation - 1
-    if not 0 <= g < len(gens):
-        raise UserError(f"{run} has generations 1..{len(gens)}, not {generation}")
-    k = min(top_k, ds.num_classes)
-    ids, ys, probs = [], [], []
-    for i, y, p in refined([models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export"):
-        ids.append(i)
-        ys.append(y)
-        probs.append(p[0] if fmt == "npz" else p[0].topk(k, 1))
-    ids_t, y_t = torch.cat(ids), torch.cat(ys)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "npz":
-        full = torch.cat(probs)
-        top = full.topk(k, 1)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, ids=ids_t.numpy(), targets=y_t.numpy(), probs=full.numpy(), top_idx=top.indices.numpy(),
-                            top_prob=top.values.numpy(), classes=np.array(ds.classes))
-        atomic_write(out, buf.getvalue())
-        return out
-    idx = torch.cat([t.indices for t in probs])
-    val = torch.cat([t.values for t in probs])
-    columns = {"index": ids_t.tolist(), "given": [ds.classes[int(t)] for t in y_t]}
-    for j in range(k):
-        columns[f"class_{j + 1}"] = [ds.classes[int(t)] for t in idx[:, j]]
-        columns[f"prob_{j + 1}"] = [round(float(v), 6) for v in val[:, j]]
-    if fmt == "csv":
-        _write_csv(out, (dict(zip(columns, vals)) for vals in zip(*columns.values())))
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.table(columns), sink)
-        atomic_write(out, sink.getvalue().to_pybytes())
-    return out
-
-
-__all__ = ["audit_run", "export_run"]
+__all__ = ["audit_run"]

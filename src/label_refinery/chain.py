@@ -23,7 +23,8 @@ from . import distributed
 from .checkpoint import atomic_write, write_json
 from .config import Config, save_config
 from .data import ImageDataset
-from .generation import check_same_config, has_progress, load_data, resolve_seed, train_generation
+from .generation import load_data, resolve_seed, train_generation
+from .runfolder import check_same_config, has_progress
 from .models import check_model_name
 
 COLUMNS = [

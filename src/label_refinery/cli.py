@@ -244,7 +244,7 @@ def cmd_chain(args) -> None:
         print(f"table saved to {out}/summary.md")
         if args.report:  # label tools run after training, in this process only
             from .generation import resolve_device
-            from .probe import analyze_run
+            from .analyze import analyze_run
             from .reports import report_run
 
             analyze_run(out, device=str(resolve_device(cfg.device)), log=_log(args))
@@ -265,8 +265,8 @@ def cmd_train(args) -> None:
 def cmd_bake(args) -> None:
     from .config import load_config
     from .generation import crop_sampler, load_data, resolve_device, resolve_seed
-    from .labels.build import load_refinery, store_provenance
-    from .labels.store import bake, bytes_per_crop, estimate_bytes
+    from .labels.build import bake_labels, load_refinery
+    from .labels.store import bytes_per_crop, estimate_bytes
 
     cfg = resolve_seed(load_config(args.config, _overrides(args)))  # the seed a default `train --refinery` uses
     if cfg.refinery is None:
@@ -279,37 +279,21 @@ def cmd_bake(args) -> None:
     print(f"label store: {epochs} epoch(s) x {len(ds.train)} images x top-{top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)")
     if args.estimate:
         return
-    device = resolve_device(cfg.device)
-    fingerprint = ds.fingerprint()
+    device, fingerprint = resolve_device(cfg.device), ds.fingerprint()
     refinery = load_refinery(cfg, ds, device, fingerprint, print)
-    manifest = bake(
-        refinery.model, ds.train, args.out, num_classes=ds.num_classes, sampler=None if args.static else crop_sampler(cfg),
-        epochs=epochs, top_k=top_k, prob_dtype=cfg.labels.store_dtype, batch_size=args.bake_batch_size, device=device,
-        channels_last=cfg.channels_last, bf16=args.bf16, temperature=cfg.labels.temperature,
-        provenance=store_provenance(refinery, fingerprint, ds.image_size), progress=_progress(args),
-    )
+    manifest = bake_labels(cfg, ds, refinery, args.out, sampler=crop_sampler(cfg), static=args.static, device=device,
+                           fingerprint=fingerprint, batch_size=args.bake_batch_size, bf16=args.bf16, progress=_progress(args))
     if manifest.get("bake_images_per_s"):
         print(f"baked at {manifest['bake_images_per_s']:.0f} img/s")
 
 
 def cmd_evaluate(args) -> None:
     from .checkpoint import load_checkpoint
-    from .data import load_dataset
     from .engine import evaluate
-    from .generation import resolve_device
+    from .generation import checkpoint_data, resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
-    data_cfg = ckpt.meta["config"]["data"]
-    same_data = args.dataset in (None, data_cfg["dataset"])
-    ds = load_dataset(
-        args.dataset or data_cfg["dataset"], args.data_dir or data_cfg["data_dir"], ckpt.meta["image_size"],
-        data_cfg["train_subset"] if same_data else None,  # the training images the model saw
-        val_split=data_cfg.get("val_split", 0) if same_data else 0,
-    )
-    if list(ds.classes) != list(ckpt.meta["classes"]):
-        raise UserError(f"{args.checkpoint} was trained on other classes than {ds.name}'s")
-    if ds.in_chans != ckpt.meta["in_chans"]:
-        raise UserError(f"{args.checkpoint} takes {ckpt.meta['in_chans']}-channel images but {ds.name} has {ds.in_chans}")
+    ds = checkpoint_data(ckpt, args.dataset, args.data_dir)
     device = resolve_device(args.device)
     model = ckpt.build_model(device)
     splits = ["train", "test"] if args.split == "both" else [args.split]
@@ -323,7 +307,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_analyze(args) -> None:
     from .generation import resolve_device
-    from .probe import analyze_run
+    from .analyze import analyze_run
 
     analyze_run(args.run, images=args.images, crops_per_image=args.crops, device=str(resolve_device(args.device)),
                 progress=_progress(args))
@@ -339,7 +323,7 @@ def cmd_audit(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .audit import export_run
+    from .export import export_run
     from .generation import resolve_device
 
     out = args.out or f"{args.run}/refined-labels.{args.fmt}"

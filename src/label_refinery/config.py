@@ -170,7 +170,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls, values: dict, prefix: str = ""):
+def from_dict(cls, values: dict, prefix: str = ""):
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -182,7 +182,7 @@ def _build(cls, values: dict, prefix: str = ""):
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise UserError(f"config key {prefix}{name}: expected a mapping of {', '.join(valid_keys(tp))}")
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
     return cls(**kwargs)
@@ -212,10 +212,10 @@ def _nest(overrides: dict[str, Any]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -245,8 +245,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     values: dict = {}
     if path is not None:
         values = read_yaml_mapping(path, "config file", f"a mapping of keys; valid keys: {', '.join(valid_keys())}")
-    values = _merge(values, _nest(overrides or {}))
-    cfg = _build(Config, values)
+    values = merge(values, _nest(overrides or {}))
+    cfg = from_dict(Config, values)
     validate(cfg)
     return cfg
 

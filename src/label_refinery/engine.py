@@ -96,9 +96,36 @@ class Meters:
         images, loss_sum, correct, agree = distributed.sum_over_processes(self.as_list()[:4])
         return Meters(int(images), float(loss_sum), int(correct), int(agree), distributed.max_over_processes(self.seconds))
 
+    @torch.no_grad()
+    def add(self, logits: torch.Tensor, refined: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, seconds: float) -> None:
+        """Count one step: top-1 against ground truth and against the refined labels, the loss, the time."""
+        top1 = logits.argmax(1)
+        self.correct += int((top1 == targets).sum())
+        self.agree += int((top1 == refined.argmax(1)).sum())
+        self.loss_sum += float(loss.detach()) * len(targets)
+        self.images += len(targets)
+        self.seconds = seconds
+
     @classmethod
     def from_list(cls, v: list[float]) -> "Meters":
         return cls(int(v[0]), float(v[1]), int(v[2]), int(v[3]), float(v[4]))
+
+
+@dataclass(frozen=True)
+class Step:
+    """How each training step is computed, built once per generation from its config.
+
+    ``loss(logits [B, C], refined [B, C], targets [B])`` is the generation's loss (e.g. a partial of
+    :func:`label_refinery.losses.refinery_loss` with its temperature and ground-truth weight);
+    ``transform(student, batch)`` changes the crops the student sees *before* they are labelled
+    (adversarial jittering; mixing), so the label source labels exactly what the student sees.
+    """
+
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = refinery_loss
+    transform: Callable[[nn.Module, Batch], Batch] | None = None
+    channels_last: bool = False
+    amp: str = "off"  # off | bf16 | fp16 (see autocast)
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
 
 
 def train_one_epoch(
@@ -107,71 +134,46 @@ def train_one_epoch(
     batches: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     lr_at: Callable[[int], float],
+    step_cfg: Step = Step(),
     *,
     first_step: int = 0,
-    temperature: float = 1.0,
-    gt_weight: float = 0.0,
-    channels_last: bool = False,
-    total: int | None = None,
-    progress: bool = False,
-    desc: str = "train",
-    jitter=None,
-    amp: str = "off",
-    scaler: torch.amp.GradScaler | None = None,
     meters: Meters | None = None,
     after_step: Callable[[int, Meters], None] | None = None,
+    bar: dict | None = None,
 ) -> dict[str, float]:
     """Train ``student`` (a module, or its DDP / compiled wrapper) for one pass over ``batches``.
 
-    ``jitter`` (a :class:`label_refinery.jitter.Jitter`) perturbs part of each batch and labels it
-    with its refinery; ``labels`` is then not called. ``meters`` continues a resumed epoch;
-    ``after_step(step, meters)`` runs after every step (``step`` is global and counts the step
-    just taken), e.g. to checkpoint. With several processes the returned metrics cover all of them.
+    The step, top to bottom: learning rate, batch -> transform (the crops the student sees) ->
+    refined labels of exactly those crops -> forward -> loss -> backward -> optimizer step -> meters.
+    ``meters`` continues a resumed epoch; ``after_step(step, meters)`` runs after every step (``step``
+    is global and counts the step just taken), e.g. to checkpoint; ``bar``: tqdm's ``total``, ``desc``
+    and ``disable``. With several processes the returned metrics cover all of them.
 
     Returns ``train_loss`` (mean loss), ``train_top1_crops`` (top-1 of the training crops against
     ground truth, as the paper measures), ``refined_agreement`` (student top-1 = refined top-1),
     ``lr`` (last), ``images``, ``seconds`` and ``images_per_s``.
     """
     student.train()
-    plain = distributed.unwrap(student)  # jitter's attack must not trigger DDP's gradient hooks
+    plain = distributed.unwrap(student)  # a transform's attack must not trigger DDP's gradient hooks
     device = next(plain.parameters()).device
-    m = meters or Meters()
-    step, lr = first_step, lr_at(first_step)
-    start = time.perf_counter() - m.seconds
-    bar = tqdm(batches, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    for batch in bar:
-        batch = _memory_format(batch, channels_last)
-        lr = lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device, amp):
-            if jitter is None:
-                refined = labels(batch).float()  # [B, C] probabilities, no grad
-            else:
-                batch, refined = jitter(plain, batch)  # part of the crops made adversarial, and their labels
+    m, step, transform = meters or Meters(), first_step, step_cfg.transform or (lambda _, b: b)
+    lr, start = lr_at(first_step), time.perf_counter() - m.seconds
+    shown = tqdm(batches, leave=False, dynamic_ncols=True, **({"disable": True} | (bar or {})))
+    for batch in shown:
+        lr = _set_lr(optimizer, lr_at(step))
+        with autocast(device, step_cfg.amp):
+            batch = transform(plain, _memory_format(batch, step_cfg.channels_last))  # what the student sees
+            refined = labels(batch).float()  # [B, C] probabilities of exactly those crops, no grad
             logits = student(batch.images).float()  # [B, C]
-        loss = refinery_loss(logits, refined, batch.targets, temperature, gt_weight)
+        loss = step_cfg.loss(logits, refined, batch.targets)
         _check_finite(loss, step, lr)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            top1 = logits.argmax(1)
-            m.correct += int((top1 == batch.targets).sum())
-            m.agree += int((top1 == refined.argmax(1)).sum())
-        m.loss_sum += float(loss.detach()) * len(batch.targets)
-        m.images += len(batch.targets)
-        m.seconds = time.perf_counter() - start
+        _backward_and_step(loss, optimizer, step_cfg.scaler)
+        m.add(logits, refined, batch.targets, loss, time.perf_counter() - start)
         step += 1
         if after_step is not None:
             after_step(step, m)
-        if progress and step % 20 == 0:
-            bar.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
+        if step % 20 == 0 and not shown.disable:
+            shown.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
     n, loss_sum, correct, agree = distributed.sum_over_processes([m.images, m.loss_sum, m.correct, m.agree])
     seconds = time.perf_counter() - start
     if n == 0:
@@ -185,6 +187,23 @@ def train_one_epoch(
         "seconds": seconds,
         "images_per_s": n / seconds,
     }
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @torch.no_grad()

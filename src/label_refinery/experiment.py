@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from .checkpoint import META, atomic_write, write_json
-from .config import Config, _build, _merge, read_yaml_mapping, validate
+from .config import Config, from_dict, merge, read_yaml_mapping, validate
 from .errors import UserError
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
@@ -84,11 +84,11 @@ class Experiment:
         return self.out / f"seed{seed}" / arm
 
     def config(self, arm: Arm, seed: int) -> Config:
-        values = _merge(self.base, arm.changes)
+        values = merge(self.base, arm.changes)
         values["seed"] = int(values.get("seed") or 0) + SEED_STRIDE * seed + arm.seed_offset
         if arm.refinery:
             values["refinery"] = str(self._ref_path(arm.refinery, seed))
-        cfg = _build(Config, values)
+        cfg = from_dict(Config, values)
         validate(cfg)
         return cfg
 
@@ -171,7 +171,7 @@ def run_experiment(exp: Experiment, *, seeds: list[int] | None = None, arms: lis
             log(f"== seed {seed}, arm {arm.name} -> {folder}")
             run_chain(cfg, folder, progress=progress, log=log, dataset=datasets[key])
             if exp.analyze and not all((g / "analysis.json").is_file() for g in folder.glob("gen*") if (g / META).is_file()):
-                from .probe import analyze_run
+                from .analyze import analyze_run
 
                 analyze_run(folder, images=1000, crops_per_image=2, examples=0, log=log, dataset=datasets[key])
             log(f"== seed {seed}, arm {arm.name}: {time.time() - start:.0f} s")

@@ -33,15 +33,18 @@ from torch import nn
 
 from .config import JitterConfig
 from .data.base import Batch
-from .labels import LiveRefinery
+from .labels import LiveRefinery, refine
 
 
 class Jitter:
-    """Perturbs part of a batch and returns it with its refined labels.
+    """A batch transform before labelling: perturbs part of a batch (the crops the student then sees).
+
+    With ``relabel`` the label source labels the jittered crops ``R(x')``; without, the batch carries
+    the clean crops as ``label_images`` and the label source labels those, ``R(x)``.
 
     Example:
         >>> jitter = Jitter(JitterConfig(enabled=True, eps=4 / 255), refinery, mean, std)  # doctest: +SKIP
-        >>> batch, refined = jitter(student, batch)                                          # doctest: +SKIP
+        >>> batch = jitter(student, batch); refined = refinery(batch)                        # doctest: +SKIP
     """
 
     def __init__(self, cfg: JitterConfig, refinery: LiveRefinery, mean, std):
@@ -52,13 +55,13 @@ class Jitter:
         self.eps, self.step = cfg.eps / std_t, step / std_t  # [1, C, 1, 1] in normalised units
         self.lo, self.hi = (0.0 - mean_t) / std_t, (1.0 - mean_t) / std_t  # the valid pixel range
 
-    def __call__(self, student: nn.Module, batch: Batch) -> tuple[Batch, torch.Tensor]:
+    def __call__(self, student: nn.Module, batch: Batch) -> Batch:
         k = round(self.cfg.fraction * len(batch.targets))
-        clean = batch
-        if k:
-            jittered = self.perturb(student, batch.images[:k])  # [k, C, H, W]
-            batch = dataclasses.replace(batch, images=torch.cat([jittered, batch.images[k:]]))
-        return batch, self.refinery(batch if self.cfg.relabel else clean)  # [B, C]
+        if not k:
+            return batch
+        jittered = self.perturb(student, batch.images[:k])  # [k, C, H, W]
+        clean = None if self.cfg.relabel else batch.images  # R(x) instead of R(x')
+        return dataclasses.replace(batch, images=torch.cat([jittered, batch.images[k:]]), label_images=clean)
 
     def perturb(self, student: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``x'`` inside the eps-ball around ``x`` and the valid pixel range (normalised units)."""
@@ -74,12 +77,12 @@ class Jitter:
                     T = self.refinery.temperature  # the disagreement of the training loss, at its temperature
                     if self.cfg.grad == "student":
                         with torch.no_grad():
-                            q = F.softmax(refinery(adv).float() / T, 1)  # [k, C]
+                            q = refine(refinery, adv, T)  # [k, C]
                         log_p = F.log_softmax(student(adv).float() / T, 1)
                     else:
                         with torch.no_grad():
                             log_p = F.log_softmax(student(adv).float() / T, 1)
-                        q = F.softmax(refinery(adv).float() / T, 1)
+                        q = refine(refinery, adv, T)
                     disagreement = -(q * log_p).sum(1).mean()
                     (grad,) = torch.autograd.grad(disagreement, adv)  # input gradient only: no parameter gets .grad
                 adv = adv.detach() + step * grad.sign()

@@ -10,6 +10,8 @@ KL(q || p) + H(q)`` and ``H(q)`` does not depend on the student, its gradient eq
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +75,17 @@ def refinery_loss(
         hard = F.cross_entropy(logits.float(), targets.long())
         loss = (1.0 - gt_weight) * loss + gt_weight * hard
     return loss
+
+
+def make_loss(temperature: float = 1.0, gt_weight: float = 0.0):
+    """The loss of one generation as one callable ``loss(logits, refined, targets)``, built once.
+
+    Generation 1 (ground truth) takes ``temperature=1``: a temperature never applies to ground truth.
+
+    Example:
+        >>> loss = make_loss(temperature=4.0, gt_weight=0.1)
+        >>> z, y = torch.zeros(2, 3), torch.tensor([0, 1])
+        >>> round(loss(z, torch.full((2, 3), 1 / 3), y).item(), 4)
+        15.9299
+    """
+    return functools.partial(refinery_loss, temperature=temperature, gt_weight=gt_weight)

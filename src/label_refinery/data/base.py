@@ -24,6 +24,8 @@ class Batch:
         crops: ``[B, 5]`` rows ``(y, x, h, w, flip)`` in pixels of the source image; ``None`` for
             evaluation views.
         epoch: the epoch the crops were sampled for (with ``indices``, the key of a crop).
+        label_images: set by a batch transform whose labels are those of other images than the
+            student sees (``None``: label ``images``).
     """
 
     images: torch.Tensor
@@ -31,6 +33,7 @@ class Batch:
     indices: torch.Tensor
     crops: torch.Tensor | None = None
     epoch: int = 0
+    label_images: torch.Tensor | None = None  # what the refinery labels when not ``images`` (jittering that keeps R(x))
 
 
 class Split(Protocol):

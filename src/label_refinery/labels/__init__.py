@@ -29,6 +29,12 @@ from ..errors import UserError
 from ..losses import one_hot_labels
 
 
+def refine(model: nn.Module, images: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Refined labels: ``softmax(model(images) / T)`` in float32, ``[B, C]``. The one place the
+    refinery's probabilities are computed (live labels, label stores, jittering, the label tools)."""
+    return F.softmax(model(images).float() / temperature, dim=1)
+
+
 class LabelSource(Protocol):
     num_classes: int
 
@@ -94,8 +100,9 @@ class LiveRefinery:
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         grad_free = torch.no_grad() if self.bn_train else torch.inference_mode()
+        images = batch.images if batch.label_images is None else batch.label_images
         with grad_free:
-            probs = F.softmax(self.model(batch.images).float() / self.temperature, dim=1)  # [B, C]
+            probs = refine(self.model, images, self.temperature)  # [B, C]
         # An inference tensor cannot be saved for the student's backward; a clone outside is normal.
         return probs.clone()
 
@@ -144,4 +151,4 @@ def check_compatible(refinery: LiveRefinery, ds) -> None:
             )
 
 
-__all__ = ["GroundTruth", "LabelSource", "LiveRefinery", "check_compatible"]
+__all__ = ["GroundTruth", "LabelSource", "LiveRefinery", "check_compatible", "refine"]

@@ -20,7 +20,10 @@ from .. import distributed
 from ..checkpoint import resolve, sha256_file
 from ..config import Config
 from ..data import CropSampler, ImageDataset
+from ..engine import Step
 from ..errors import UserError
+from ..jitter import Jitter
+from ..losses import make_loss
 from . import GroundTruth, LiveRefinery, check_compatible
 from .store import StoredLabels, bake
 
@@ -50,6 +53,36 @@ def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: 
     return refinery
 
 
+def bake_labels(cfg: Config, ds: ImageDataset, refinery: LiveRefinery, out, *, sampler: CropSampler, static: bool, device,
+                fingerprint: str, batch_size: int = 512, bf16: bool = False, progress: bool = False,
+                log: Callable[[str], None] = print) -> dict:
+    """Bake ``refinery``'s labels of the run's crops (``static``: one per image) into ``out``: the one
+    bake path of ``label-refinery bake`` and of ``train``/``chain`` with ``--label-source store|static``."""
+    return bake(
+        refinery.model, ds.train, out, num_classes=ds.num_classes, sampler=None if static else sampler,
+        epochs=1 if static else cfg.optim.epochs, top_k=min(cfg.labels.top_k, ds.num_classes), prob_dtype=cfg.labels.store_dtype,
+        batch_size=batch_size, device=device, channels_last=cfg.channels_last, bf16=bf16, temperature=cfg.labels.temperature,
+        provenance=store_provenance(refinery, fingerprint, ds.image_size), progress=progress, log=log,
+    )
+
+
+def is_ground_truth(cfg: Config) -> bool:
+    """Whether a generation learns the dataset's labels (no refinery, no store): generation 1."""
+    return cfg.refinery is None and not cfg.labels.store
+
+
+def build_step(cfg: Config, ds: ImageDataset, labels, scaler=None) -> Step:
+    """The generation's training step: its loss (a temperature never applies to ground truth) and the
+    batch transform before labelling (adversarial jittering, which attacks the live refinery)."""
+    lab, transform = cfg.labels, None
+    if cfg.jitter.enabled:
+        if is_ground_truth(cfg) or lab.store or lab.source != "live":
+            raise UserError("jitter needs a live refinery (--refinery CKPT, labels.source=live): it labels the jittered crops")
+        transform = Jitter(cfg.jitter, labels, ds.mean, ds.std)
+    temperature = 1.0 if is_ground_truth(cfg) else lab.temperature
+    return Step(make_loss(temperature, lab.gt_weight), transform, cfg.channels_last, cfg.amp, scaler)
+
+
 def build_label_source(
     cfg: Config,
     ds: ImageDataset,
@@ -72,7 +105,7 @@ def build_label_source(
 
     if lab.store:
         return open_store(lab.store, sha256_file(resolve(cfg.refinery)) if cfg.refinery else None)
-    if cfg.refinery is None:
+    if is_ground_truth(cfg):
         if lab.source != "live":
             raise UserError(f"labels.source={lab.source} needs a refinery: pass --refinery CKPT (or --labels STORE)")
         return GroundTruth(ds.num_classes, lab.label_smoothing)
@@ -82,11 +115,7 @@ def build_label_source(
     static = lab.source == "static"
     store_dir = Path(folder) / STORE_DIRS[lab.source]
     if distributed.is_main():  # one process bakes; under torchrun the others wait for its manifest
-        bake(
-            refinery.model, ds.train, store_dir, num_classes=ds.num_classes, sampler=None if static else sampler,
-            epochs=1 if static else cfg.optim.epochs, top_k=min(lab.top_k, ds.num_classes), prob_dtype=lab.store_dtype,
-            device=device, channels_last=cfg.channels_last, temperature=lab.temperature,
-            provenance=store_provenance(refinery, fingerprint, ds.image_size), progress=progress, log=log,
-        )
+        bake_labels(cfg, ds, refinery, store_dir, sampler=sampler, static=static, device=device, fingerprint=fingerprint,
+                    progress=progress, log=log)
     distributed.wait_for(store_dir / "manifest.json")
     return open_store(store_dir, refinery.provenance["sha256"])

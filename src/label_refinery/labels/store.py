@@ -36,13 +36,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import write_json
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
 from ..errors import UserError
+from . import refine
 
 FORMAT = "label-refinery-store/1"
 ARRAYS = ("indices", "probs", "ids")
@@ -280,7 +280,7 @@ def bake(
 def _refine(model: torch.nn.Module, batch: Batch, channels_last: bool, bf16: bool, temperature: float) -> torch.Tensor:
     images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        return F.softmax(model(images).float() / temperature, dim=1)
+        return refine(model, images, temperature)
 
 
 class StoredLabels:

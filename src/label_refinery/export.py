@@ -1,0 +1,95 @@
+"""Refined labels as a dataset artifact: ``label-refinery export RUN --format csv|npz|parquet``.
+
+One row per training image (its evaluation view): the dataset index, the given label, and one
+generation's top-k refined classes with their probabilities; ``npz`` also holds the full ``[N, C]``
+matrix, the shape cleanlab's ``pred_probs`` takes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write
+from .errors import UserError
+from .probe import load_run, refined
+
+
+def write_csv(path: Path, rows) -> int:
+    """Stream ``rows`` (dicts) into ``path`` through a temporary file; returns how many say "wrong"."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    wrong = 0
+    with open(tmp, "w", newline="") as f:
+        writer = None
+        for r in rows:
+            if writer is None:
+                writer = csv.DictWriter(f, fieldnames=list(r))
+                writer.writeheader()
+            writer.writerow(r)
+            wrong += str(r.get("reasons", "")).startswith("wrong")
+    tmp.replace(path)
+    return wrong
+
+
+@torch.no_grad()
+
+
+@torch.no_grad()
+def export_run(run: str | Path, out: str | Path, *, fmt: str = "csv", generation: int | None = None, top_k: int = 5,
+               batch_size: int = 256, device: str = "cpu", progress: bool = False) -> Path:
+    """Per training image (evaluation view): the top-k refined classes and probabilities of one
+    generation (default: the last); ``npz`` also holds the full ``[N, C]`` matrix, the shape
+    cleanlab's ``pred_probs`` takes. These are in-sample probabilities (the models saw these images),
+    which makes label-issue finders more lenient than out-of-sample ones. Formats: csv, npz,
+    parquet (needs pyarrow)."""
+    if fmt not in ("csv", "npz", "parquet"):
+        raise UserError(f"export format must be csv, npz or parquet, got {fmt!r}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as err:
+            raise UserError("parquet export needs pyarrow: pip install pyarrow (or use --format csv/npz)") from err
+    gens, models, ds, _ = load_run(run, device)
+    g = len(gens) - 1 if generation is None else generation - 1
+    if not 0 <= g < len(gens):
+        raise UserError(f"{run} has generations 1..{len(gens)}, not {generation}")
+    k = min(top_k, ds.num_classes)
+    ids, ys, probs = [], [], []
+    for i, y, p in refined([models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export"):
+        ids.append(i)
+        ys.append(y)
+        probs.append(p[0] if fmt == "npz" else p[0].topk(k, 1))
+    ids_t, y_t = torch.cat(ids), torch.cat(ys)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npz":
+        full = torch.cat(probs)
+        top = full.topk(k, 1)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, ids=ids_t.numpy(), targets=y_t.numpy(), probs=full.numpy(), top_idx=top.indices.numpy(),
+                            top_prob=top.values.numpy(), classes=np.array(ds.classes))
+        atomic_write(out, buf.getvalue())
+        return out
+    idx = torch.cat([t.indices for t in probs])
+    val = torch.cat([t.values for t in probs])
+    columns = {"index": ids_t.tolist(), "given": [ds.classes[int(t)] for t in y_t]}
+    for j in range(k):
+        columns[f"class_{j + 1}"] = [ds.classes[int(t)] for t in idx[:, j]]
+        columns[f"prob_{j + 1}"] = [round(float(v), 6) for v in val[:, j]]
+    if fmt == "csv":
+        write_csv(out, (dict(zip(columns, vals)) for vals in zip(*columns.values())))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table(columns), sink)
+        atomic_write(out, sink.getvalue().to_pybytes())
+    return out
+
+
+__all__ = ["export_run", "write_csv"]

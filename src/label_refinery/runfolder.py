@@ -1,0 +1,161 @@
+"""The files of a generation folder: config comparison on resume, metrics, refinery checks, metadata.
+
+Run-folder bookkeeping, kept apart from the epoch loop (:mod:`label_refinery.generation`). The folder::
+
+    config.yaml         the resolved config of this generation
+    metrics.jsonl       one JSON line per epoch (train loss, train top-1 on crops, test top-1/5, ...)
+    state.safetensors   the training state of an unfinished generation (:mod:`label_refinery.state`)
+    model.safetensors   final weights (metadata in the header)
+    meta.json           architecture, classes, dataset fingerprint, config, refinery provenance with
+                        SHA-256, final metrics; written last: it marks the generation finished
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import __version__
+from .checkpoint import META, STATE, atomic_write, resolve, sha256_file
+from .config import Config, merge, to_dict
+from .data import ImageDataset
+from .errors import UserError
+from .models import count_parameters
+
+# Keys that may change between a run and its resumption without changing its results.
+_NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every", "eval_every")
+
+
+
+def comparable(cfg_dict: dict) -> dict:
+    out = json.loads(json.dumps(cfg_dict))
+    for key in _NOT_COMPARED:
+        node, *rest = key.split(".")
+        if rest:
+            out.get(node, {}).pop(rest[0], None)
+        else:
+            out.pop(node, None)
+    return out
+
+
+def has_progress(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished generation or an epoch checkpoint."""
+    return (folder / META).is_file() or (folder / STATE).is_file()
+
+
+def check_same_config(folder: Path, cfg: Config) -> None:
+    """Refuse to resume (or skip) a run that was made with another config."""
+    saved_path = folder / "config.yaml"
+    if not saved_path.is_file():
+        return
+    # keys added to the config after the run was made count as their defaults (old runs still resume)
+    saved = comparable(merge(to_dict(Config()), yaml.safe_load(saved_path.read_text()) or {}))
+    now = comparable(to_dict(cfg))
+    if saved != now:
+        diffs = _diff(saved, now)
+        raise UserError(
+            f"{folder} holds a run with another config ({'; '.join(diffs[:4])}). Use a new --out folder, "
+            "or delete the old one to start over."
+        )
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
+    return out
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def metrics_upto(path: Path, last_epoch: int) -> list[dict]:
+    """Keep metrics of epochs <= last_epoch (a crash may have logged an epoch it did not checkpoint,
+    or cut the last line short)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("epoch", last_epoch + 1) <= last_epoch:
+            rows.append(row)
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    return rows
+
+
+def _current_refinery_sha(cfg: Config) -> str | None:
+    """SHA-256 of the refinery this config names: its checkpoint, or the one a named store was baked by."""
+    if cfg.refinery:
+        return sha256_file(resolve(cfg.refinery))
+    if cfg.labels.store:
+        manifest = Path(cfg.labels.store) / "manifest.json"
+        return json.loads(manifest.read_text()).get("refinery_sha256") if manifest.is_file() else None
+    return None
+
+
+def check_same_refinery(folder: Path, recorded: str | None, cfg: Config) -> None:
+    """A generation's refinery must be the same file it was trained (or started) with."""
+    current = _current_refinery_sha(cfg)
+    if current != recorded:
+        raise UserError(
+            f"{folder} was trained with another refinery (SHA-256 {str(recorded)[:12]} there, {str(current)[:12]} now): "
+            f"the refinery was retrained or replaced. Delete {folder} (and the generations after it) to retrain."
+        )
+
+
+def final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict, fingerprint: str) -> dict:
+    return {
+        "generation": generation,
+        "model": cfg.model,
+        "parameters": count_parameters(student),
+        "in_chans": ds.in_chans,
+        "classes": ds.classes,
+        "image_size": ds.image_size,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "dataset": ds.name,
+        "dataset_fingerprint": fingerprint,
+        "config": to_dict(cfg),
+        "labels": labels_info,
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"label_refinery": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def finished_meta(folder: Path) -> dict:
+    """The metadata of a finished generation (its refinery checked by the caller)."""
+    meta = json.loads((folder / META).read_text())
+    (folder / STATE).unlink(missing_ok=True)  # left behind if a crash followed the final save
+    return meta
+
+
+def final_metrics(history: list[dict], clean: dict, folder: Path, epochs: int) -> dict:
+    """The generation's summary: the last epoch's metrics, clean train top-1 and the gap."""
+    if len(history) < epochs or "test_top1" not in history[-1]:
+        raise UserError(
+            f"{folder / 'metrics.jsonl'} is missing or lacks epochs ({len(history)} of {epochs} logged), so this "
+            f"generation's metrics cannot be written. Restore the file, or delete {folder} to retrain the generation"
+        )
+    last = history[-1]
+    return {
+        "train_top1_crops": last["train_top1_crops"],
+        "train_top1_clean": clean["top1"],
+        "test_top1": last["test_top1"],
+        "test_top5": last["test_top5"],
+        "gap": clean["top1"] - last["test_top1"],
+        "train_seconds": sum(r["seconds"] for r in history),
+        **({"val_top1": last["val_top1"]} if "val_top1" in last else {}),
+    }
