@@ -114,5 +114,16 @@ def label_summary(p_images: torch.Tensor, p_crops: torch.Tensor, y: torch.Tensor
     }
 
 
-__all__ = ["agreement", "ambiguous_pairs", "crop_disagreement", "distractor_mass", "entropy", "given_prob", "kl", "label_summary",
-           "margin", "max_prob", "soft_confusion"]
+__all__ = [
+    "agreement",
+    "ambiguous_pairs",
+    "crop_disagreement",
+    "distractor_mass",
+    "entropy",
+    "given_prob",
+    "kl",
+    "label_summary",
+    "margin",
+    "max_prob",
+    "soft_confusion",
+]

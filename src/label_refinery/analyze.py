@@ -17,12 +17,20 @@ import torch
 from . import analysis
 from .checkpoint import META, atomic_write, write_json
 from .data import ImageDataset
-from .errors import UserError
 from .probe import ANALYSIS_SEED, analysis_sampler, load_run, to_pictures, views
 
 
-def analyze_run(run: str | Path, *, images: int = 2000, crops_per_image: int = 4, examples: int = 4, device: str = "cpu",
-                progress: bool = False, log=print, dataset: ImageDataset | None = None) -> list[dict]:
+def analyze_run(
+    run: str | Path,
+    *,
+    images: int = 2000,
+    crops_per_image: int = 4,
+    examples: int = 4,
+    device: str = "cpu",
+    progress: bool = False,
+    log=print,
+    dataset: ImageDataset | None = None,
+) -> list[dict]:
     """Write ``genK/analysis.json`` for every generation (and ``analysis/`` examples for reports);
     returns the per-generation results. ``images`` training images are drawn with a fixed seed.
     On scenes with known distractors (``fashion-scenes``) each row also has the label completeness
@@ -30,8 +38,6 @@ def analyze_run(run: str | Path, *, images: int = 2000, crops_per_image: int = 4
     gens, models, ds, cfg = load_run(run, device, dataset)
     n = min(images, len(ds.train))
     pos = np.sort(np.random.default_rng(ANALYSIS_SEED).permutation(len(ds.train))[:n])
-    if not hasattr(ds.train, "subset"):
-        raise UserError(f"{ds.name} cannot be subset for analysis")
     split = ds.train.subset(pos)
     ids, y, p_img, p_crops = views(models, split, crops_per_image, analysis_sampler(cfg), device, progress)
     results = []
@@ -44,16 +50,25 @@ def analyze_run(run: str | Path, *, images: int = 2000, crops_per_image: int = 4
             **analysis.label_summary(p_img[g], p_crops[g], y),
             **_completeness(split, p_img[g], p_crops[g], y),
             "kl_from_previous_images": float(analysis.kl(p_img[g - 1], p_img[g]).mean()) if g else None,
-            "kl_from_previous_crops": float(analysis.kl(p_crops[g - 1].flatten(0, 1), p_crops[g].flatten(0, 1)).mean()) if g else None,
-            "ambiguous_pairs": [{"a": ds.classes[i], "b": ds.classes[j], "mass": m} for i, j, m in analysis.ambiguous_pairs(confusion)],
+            "kl_from_previous_crops": float(analysis.kl(p_crops[g - 1].flatten(0, 1), p_crops[g].flatten(0, 1)).mean())
+            if g
+            else None,
+            "ambiguous_pairs": [
+                {"a": ds.classes[i], "b": ds.classes[j], "mass": m} for i, j, m in analysis.ambiguous_pairs(confusion)
+            ],
             "soft_confusion": confusion.tolist(),
             "classes": ds.classes,
-            **{k: meta["metrics"].get(k) for k in ("train_top1_crops", "train_top1_clean", "test_top1", "test_top5", "gap")},
+            **{
+                k: meta["metrics"].get(k)
+                for k in ("train_top1_crops", "train_top1_clean", "test_top1", "test_top5", "gap")
+            },
         }
         write_json(gen / "analysis.json", row)
         results.append(row)
-        log(f"{gen.name}: entropy {row['entropy_crops']:.3f} (crops) / {row['entropy_images']:.3f} (images), agreement "
-            f"{100 * row['agreement_crops']:.1f} % (crops) / {100 * row['agreement_images']:.1f} % (images)")
+        log(
+            f"{gen.name}: entropy {row['entropy_crops']:.3f} (crops) / {row['entropy_images']:.3f} (images), agreement "
+            f"{100 * row['agreement_crops']:.1f} % (crops) / {100 * row['agreement_images']:.1f} % (images)"
+        )
     if examples:
         _write_examples(Path(run) / "analysis", split, ids, y, p_img, p_crops, ds, analysis_sampler(cfg), examples)
     return results
@@ -61,7 +76,7 @@ def analyze_run(run: str | Path, *, images: int = 2000, crops_per_image: int = 4
 
 def _completeness(split, p_img: torch.Tensor, p_crops: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Distractor mass of whole images and crops, on datasets that record each image's distractor."""
-    if not hasattr(split, "distractors"):
+    if split.distractors is None:
         return {}
     d, k = split.distractors, p_crops.shape[1]
     crops = analysis.distractor_mass(p_crops.flatten(0, 1), y.repeat_interleave(k), d.repeat_interleave(k))
@@ -77,14 +92,24 @@ def _write_examples(folder: Path, split, ids, y, p_img, p_crops, ds, sampler, co
     sub = split.subset(chosen)
     k, n_crops = min(3, p_img.shape[-1]), min(3, p_crops.shape[2])
     whole = to_pictures(next(sub.iter_batches(len(chosen))).images, ds)
-    crops = np.stack([to_pictures(next(sub.iter_batches(len(chosen), epoch=c, crops=sampler)).images, ds) for c in range(n_crops)], 1)
+    crops = np.stack(
+        [to_pictures(next(sub.iter_batches(len(chosen), epoch=c, crops=sampler)).images, ds) for c in range(n_crops)], 1
+    )
     top = p_img[:, chosen].topk(k, -1)  # [G, E, k]
     ctop = p_crops[:, chosen, :n_crops].topk(k, -1)  # [G, E, crops, k]
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez_compressed(buf, images=whole, crops=crops, ids=ids[chosen].numpy(), targets=y[chosen].numpy(),
-                        top_idx=top.indices.numpy(), top_prob=top.values.numpy(),
-                        crop_top_idx=ctop.indices.numpy(), crop_top_prob=ctop.values.numpy())
+    np.savez_compressed(
+        buf,
+        images=whole,
+        crops=crops,
+        ids=ids[chosen].numpy(),
+        targets=y[chosen].numpy(),
+        top_idx=top.indices.numpy(),
+        top_prob=top.values.numpy(),
+        crop_top_idx=ctop.indices.numpy(),
+        crop_top_prob=ctop.values.numpy(),
+    )
     atomic_write(folder / "examples.npz", buf.getvalue())
     write_json(folder / "examples.json", {"classes": ds.classes, "generations": p_img.shape[0]})
 

@@ -26,8 +26,9 @@ from .labels import refine
 from .probe import analysis_sampler, load_run, refined, to_pictures
 
 
-def _reasons(given: float, top_idx: list[int], top_prob: list[float], ent: float, y: int, crop_wrong: float,
-             classes: list[str]) -> list[str]:
+def _reasons(
+    given: float, top_idx: list[int], top_prob: list[float], ent: float, y: int, crop_wrong: float, classes: list[str]
+) -> list[str]:
     """Human-readable reasons for one image from its last generation's whole-image labels: p(given),
     the top-2 classes and probabilities, and the entropy."""
     c1, c2 = (top_idx + [y])[:2]
@@ -45,8 +46,17 @@ def _reasons(given: float, top_idx: list[int], top_prob: list[float], ent: float
     return out
 
 
-def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image: int = 4, html_rows: int = 100,
-              batch_size: int = 256, device: str = "cpu", progress: bool = False, log=print) -> Path:
+def audit_run(
+    run: str | Path,
+    *,
+    out: str | Path | None = None,
+    crops_per_image: int = 4,
+    html_rows: int = 100,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: bool = False,
+    log=print,
+) -> Path:
     """Score every training image; write ``audit.csv`` (all images, most suspicious first) and
     ``audit.html`` (the top ``html_rows``); returns the output folder.
 
@@ -54,34 +64,10 @@ def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image
     ImageNet-size datasets fit (about 100 bytes per image and generation)."""
     gens, models, ds, cfg = load_run(run, device)
     out = Path(out) if out else Path(run) / "audit"
-    n, g, k = len(ds.train), len(models), min(3, ds.num_classes)
-    given = torch.zeros(n, dtype=torch.float64)  # sum over generations and views of p(given)
-    crop_wrong = torch.zeros(n)  # share of crops (last generation) whose top-1 is not the given label
-    top3, top3p = torch.zeros(g, n, k, dtype=torch.long), torch.zeros(g, n, k)
-    last_given, last_entropy = torch.zeros(n), torch.zeros(n)  # last generation, whole image
-    targets = ds.train.targets
-
-    def p_given(p, y):  # [G, B]: each generation's probability of the given labels
-        return p.gather(2, y.view(1, -1, 1).expand(p.shape[0], -1, 1))[..., 0]
-
-    start = 0  # `refined` yields the split in index order: positions start..start+B
-    for _, y, p in refined(models, ds.train, batch_size=batch_size, device=device, progress=progress, desc="audit: images"):
-        pos = slice(start, start + len(y))
-        start += len(y)
-        pg = p_given(p, y)
-        given[pos] += 0.5 * pg.double().sum(0)
-        t = p.topk(k, -1)
-        top3[:, pos], top3p[:, pos] = t.indices, t.values
-        last_given[pos], last_entropy[pos] = pg[-1], analysis.entropy(p[-1])
-    sampler = analysis_sampler(cfg)
-    for c in range(crops_per_image):
-        start = 0
-        for _, y, p in refined(models, ds.train, batch_size=batch_size, crops=sampler, epoch=c, device=device,
-                               progress=progress, desc=f"audit: crops {c + 1}/{crops_per_image}"):
-            pos = slice(start, start + len(y))
-            start += len(y)
-            given[pos] += 0.5 / crops_per_image * p_given(p, y).double().sum(0)
-            crop_wrong[pos] += (p[-1].argmax(1) != y).float() / crops_per_image
+    n, g, targets, sampler = len(ds.train), len(models), ds.train.targets, analysis_sampler(cfg)
+    given, crop_wrong, top3, top3p, last_given, last_entropy = _stream_scores(
+        models, ds, sampler, crops_per_image, batch_size, device, progress
+    )
     p_given_mean = (given / g).float()
     score = 1 - p_given_mean
     order = score.argsort(descending=True, stable=True)
@@ -91,14 +77,24 @@ def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image
         idx, prob = top3[-1, i].tolist(), top3p[-1, i].tolist()
         best_other = next((q for c_, q in zip(idx, prob) if c_ != y), 0.0)  # within the top-3: enough for a margin
         return {
-            "rank": rank, "index": int(ds.train.ids[i]), "path": _path(ds.train, i), "given": ds.classes[y],
-            "score": round(float(score[i]), 4), "p_given": round(float(p_given_mean[i]), 4),
+            "rank": rank,
+            "index": int(ds.train.ids[i]),
+            "path": ds.train.path(i),
+            "given": ds.classes[y],
+            "score": round(float(score[i]), 4),
+            "p_given": round(float(p_given_mean[i]), 4),
             "margin": round(float(last_given[i]) - best_other, 4),
             "entropy": round(float(last_entropy[i]), 4),
             "crop_disagreement": round(float(crop_wrong[i]), 4),
-            "reasons": "; ".join(_reasons(float(last_given[i]), idx, prob, float(last_entropy[i]), y, float(crop_wrong[i]), ds.classes)),
-            **{f"gen{j + 1}_top3": " ".join(f"{ds.classes[int(a)]}:{float(b):.2f}" for a, b in zip(top3[j, i], top3p[j, i]))
-               for j in range(g)},
+            "reasons": "; ".join(
+                _reasons(float(last_given[i]), idx, prob, float(last_entropy[i]), y, float(crop_wrong[i]), ds.classes)
+            ),
+            **{
+                f"gen{j + 1}_top3": " ".join(
+                    f"{ds.classes[int(a)]}:{float(b):.2f}" for a, b in zip(top3[j, i], top3p[j, i])
+                )
+                for j in range(g)
+            },
         }
 
     out.mkdir(parents=True, exist_ok=True)
@@ -112,9 +108,47 @@ def audit_run(run: str | Path, *, out: str | Path | None = None, crops_per_image
     return out
 
 
-def _path(split, i: int) -> str:
-    samples = getattr(split, "samples", None)
-    return samples[i][0] if samples else ""
+def _stream_scores(models, ds, sampler, crops_per_image: int, batch_size: int, device, progress: bool):
+    """One pass over the whole images and ``crops_per_image`` over crops: per image the sum over
+    generations and views of p(given), the last generation's crop disagreement, every generation's
+    top-3, and the last generation's p(given) and entropy on the whole image."""
+    n, g, k = len(ds.train), len(models), min(3, ds.num_classes)
+    given = torch.zeros(n, dtype=torch.float64)  # sum over generations and views of p(given)
+    crop_wrong = torch.zeros(n)  # share of crops (last generation) whose top-1 is not the given label
+    top3, top3p = torch.zeros(g, n, k, dtype=torch.long), torch.zeros(g, n, k)
+    last_given, last_entropy = torch.zeros(n), torch.zeros(n)  # last generation, whole image
+
+    def p_given(p, y):  # [G, B]: each generation's probability of the given labels
+        return p.gather(2, y.view(1, -1, 1).expand(p.shape[0], -1, 1))[..., 0]
+
+    start = 0  # `refined` yields the split in index order: positions start..start+B
+    for _, y, p in refined(
+        models, ds.train, batch_size=batch_size, device=device, progress=progress, desc="audit: images"
+    ):
+        pos = slice(start, start + len(y))
+        start += len(y)
+        pg = p_given(p, y)
+        given[pos] += 0.5 * pg.double().sum(0)
+        t = p.topk(k, -1)
+        top3[:, pos], top3p[:, pos] = t.indices, t.values
+        last_given[pos], last_entropy[pos] = pg[-1], analysis.entropy(p[-1])
+    for c in range(crops_per_image):
+        start = 0
+        for _, y, p in refined(
+            models,
+            ds.train,
+            batch_size=batch_size,
+            crops=sampler,
+            epoch=c,
+            device=device,
+            progress=progress,
+            desc=f"audit: crops {c + 1}/{crops_per_image}",
+        ):
+            pos = slice(start, start + len(y))
+            start += len(y)
+            given[pos] += 0.5 / crops_per_image * p_given(p, y).double().sum(0)
+            crop_wrong[pos] += (p[-1].argmax(1) != y).float() / crops_per_image
+    return given, crop_wrong, top3, top3p, last_given, last_entropy
 
 
 @torch.no_grad()

@@ -53,7 +53,9 @@ def generation_config(cfg: Config, out: Path, g: int) -> Config:
     optim = cfg.optim
     if refinery is not None and cfg.chain.refined_epochs:  # soft targets converge more slowly: a longer schedule
         optim = replace(optim, epochs=cfg.chain.refined_epochs)
-    return replace(cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels, jitter=jitter, optim=optim)
+    return replace(
+        cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels, jitter=jitter, optim=optim
+    )
 
 
 def summary_row(meta: dict, out: Path) -> dict:
@@ -82,8 +84,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([head, rule, *body])
 
 
-def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Callable[[str], None] = print,
-              dataset: ImageDataset | None = None) -> list[dict]:
+def run_chain(
+    cfg: Config,
+    out: str | Path,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    dataset: ImageDataset | None = None,
+) -> list[dict]:
     """Run (or resume) generations ``1..cfg.chain.generations`` into ``out``; returns the table rows.
     ``dataset``: the data ``cfg`` names, already loaded (experiments share it between chains).
 
@@ -106,12 +114,16 @@ def run_chain(cfg: Config, out: str | Path, *, progress: bool = False, log: Call
     log(f"chain: {cfg.chain.generations} generations of {cfg.optim.epochs} epochs on {ds.name} -> {out}")
     rows = []
     for g in range(1, cfg.chain.generations + 1):
-        meta = train_generation(generation_config(cfg, out, g), out / f"gen{g}", generation=g, dataset=ds, progress=progress, log=log)
+        meta = train_generation(
+            generation_config(cfg, out, g), out / f"gen{g}", generation=g, dataset=ds, progress=progress, log=log
+        )
         rows.append(summary_row(meta, out))
         if main:
             write_json(out / "summary.json", rows)
             atomic_write(out / "summary.md", (format_table(rows) + "\n").encode())
-    extra = sorted(p.name for p in out.glob("gen*") if p.is_dir() and p.name[3:].isdigit() and int(p.name[3:]) > len(rows))
+    extra = sorted(
+        p.name for p in out.glob("gen*") if p.is_dir() and p.name[3:].isdigit() and int(p.name[3:]) > len(rows)
+    )
     if extra:
         log(f"note: {', '.join(extra)} in {out} are beyond --generations {len(rows)} and not in the table")
     log(format_table(rows))

@@ -1,12 +1,12 @@
 """The ``label-refinery`` command: each subcommand parses flags, builds a config, calls one function.
 
-    label-refinery chain --dataset fashion-mnist --model cnn-small --generations 2 --epochs 10
-    label-refinery train --dataset digits --epochs 5 --out runs/gen1
-    label-refinery train --dataset digits --epochs 5 --refinery runs/gen1 --out runs/gen2
-    label-refinery bake --refinery runs/gen1 --seed 1 --epochs 5 --out runs/store
-    label-refinery evaluate runs/gen2
-    python -m label_refinery --help
-    torchrun --nproc_per_node=2 -m label_refinery chain --device cpu ...   # train and chain, several processes
+label-refinery chain --dataset fashion-mnist --model cnn-small --generations 2 --epochs 10
+label-refinery train --dataset digits --epochs 5 --out runs/gen1
+label-refinery train --dataset digits --epochs 5 --refinery runs/gen1 --out runs/gen2
+label-refinery bake --refinery runs/gen1 --seed 1 --epochs 5 --out runs/store
+label-refinery evaluate runs/gen2
+python -m label_refinery --help
+torchrun --nproc_per_node=2 -m label_refinery chain --device cpu ...   # train and chain, several processes
 """
 
 from __future__ import annotations
@@ -26,25 +26,76 @@ TRAIN_FLAGS = [
     (["--data-dir"], "data.data_dir", dict(help="folder to look for dataset files first")),
     (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
-    (["--val-split"], "data.val_split", dict(type=int, help="hold out this many training images as a validation split (val top-1 beside test top-1)")),
-    (["--label-noise"], "data.label_noise", dict(type=float, metavar="RATE", help="flip this share of the training labels to another class (seeded, saved as label-noise.csv)")),
-    (["--crop-scale"], "data.crop_scale", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's")),
-    (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
+    (
+        ["--val-split"],
+        "data.val_split",
+        dict(type=int, help="hold out this many training images as a validation split (val top-1 beside test top-1)"),
+    ),
+    (
+        ["--label-noise"],
+        "data.label_noise",
+        dict(
+            type=float,
+            metavar="RATE",
+            help="flip this share of the training labels to another class (seeded, saved as label-noise.csv)",
+        ),
+    ),
+    (
+        ["--crop-scale"],
+        "data.crop_scale",
+        dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's"),
+    ),
+    (
+        ["--crop-ratio"],
+        "data.crop_ratio",
+        dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height"),
+    ),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
     (["--workers"], "data.workers", dict(type=int, help="loader processes for image folders")),
-    (["--model"], "model", dict(help="cnn-small, resnet-cifar[:depth=20,width=16]; the paper's alexnet, mobilenet[-0.75|-0.5|-0.25], "
-                                          "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
-                                          "inputs); timm:NAME, torchvision:NAME")),
+    (
+        ["--model"],
+        "model",
+        dict(
+            help="cnn-small, resnet-cifar[:depth=20,width=16]; the paper's alexnet, mobilenet[-0.75|-0.5|-0.25], "
+            "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
+            "inputs); timm:NAME, torchvision:NAME"
+        ),
+    ),
     (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
-    (["--refinery"], "refinery", dict(help="checkpoint (generation folder or model.safetensors) that labels the crops")),
-    (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1); "
-                                          "default: 0 on ground truth, the refinery's seed + 1 with --refinery")),
+    (
+        ["--refinery"],
+        "refinery",
+        dict(help="checkpoint (generation folder or model.safetensors) that labels the crops"),
+    ),
+    (
+        ["--seed"],
+        "seed",
+        dict(
+            type=int,
+            help="init, batch order and crops (a chain adds generation - 1); "
+            "default: 0 on ground truth, the refinery's seed + 1 with --refinery",
+        ),
+    ),
     (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),
     (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
-    (["--amp"], "amp", dict(choices=["off", "bf16", "fp16"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler)")),
+    (
+        ["--amp"],
+        "amp",
+        dict(
+            choices=["off", "bf16", "fp16"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler)"
+        ),
+    ),
     (["--compile"], "compile", dict(action="store_true", help="torch.compile the student's training forward")),
-    (["--eval-every"], "eval_every", dict(type=int, metavar="EPOCHS", help="evaluate test (and val) every EPOCHS epochs; the last epoch always")),
-    (["--save-every"], "save_every", dict(type=int, metavar="STEPS", help="also checkpoint every STEPS steps inside an epoch (0: epoch ends)")),
+    (
+        ["--eval-every"],
+        "eval_every",
+        dict(type=int, metavar="EPOCHS", help="evaluate test (and val) every EPOCHS epochs; the last epoch always"),
+    ),
+    (
+        ["--save-every"],
+        "save_every",
+        dict(type=int, metavar="STEPS", help="also checkpoint every STEPS steps inside an epoch (0: epoch ends)"),
+    ),
     (["--epochs"], "optim.epochs", dict(type=int, help="epochs per generation")),
     (["--batch-size"], "optim.batch_size", dict(type=int, help="images per step")),
     (["--lr"], "optim.lr", dict(type=float, help="peak learning rate")),
@@ -52,38 +103,100 @@ TRAIN_FLAGS = [
     (["--no-nesterov"], "optim.nesterov", dict(action="store_false")),
     (["--weight-decay"], "optim.weight_decay", dict(type=float)),
     (["--schedule"], "optim.schedule", dict(choices=["cosine", "step", "constant"])),
-    (["--milestones"], "optim.milestones", dict(type=int, nargs="+", help="epochs where step decay multiplies lr by gamma")),
+    (
+        ["--milestones"],
+        "optim.milestones",
+        dict(type=int, nargs="+", help="epochs where step decay multiplies lr by gamma"),
+    ),
     (["--gamma"], "optim.gamma", dict(type=float)),
     (["--warmup-epochs"], "optim.warmup_epochs", dict(type=float)),
     (["--temperature"], "labels.temperature", dict(type=float, help="softmax temperature T (the paper: 1)")),
     (["--gt-weight"], "labels.gt_weight", dict(type=float, help="weight of ground-truth CE mixed in (the paper: 0)")),
     (["--label-smoothing"], "labels.label_smoothing", dict(type=float, help="for ground-truth generations")),
-    (["--refinery-bn-train"], "labels.refinery_bn_train", dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode")),
-    (["--labels"], "labels.store", dict(metavar="STORE|static", help="train from a baked label store, or 'static': one refined label per image")),
-    (["--label-source"], "labels.source", dict(choices=["live", "store", "static"], help="refined labels from a refinery forward per step (live), a store baked first (store), or one label per image (static)")),
+    (
+        ["--refinery-bn-train"],
+        "labels.refinery_bn_train",
+        dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode"),
+    ),
+    (
+        ["--labels"],
+        "labels.store",
+        dict(metavar="STORE|static", help="train from a baked label store, or 'static': one refined label per image"),
+    ),
+    (
+        ["--label-source"],
+        "labels.source",
+        dict(
+            choices=["live", "store", "static"],
+            help="refined labels from a refinery forward per step (live), a store baked first (store), or one label per image (static)",
+        ),
+    ),
     (["--top-k"], "labels.top_k", dict(type=int, help="classes kept per crop in a label store")),
     (["--store-dtype"], "labels.store_dtype", dict(choices=["fp16", "uint8"], help="probabilities in a label store")),
-    (["--jitter"], "jitter.enabled", dict(action="store_true", help="adversarial jittering of part of each batch (needs a live refinery)")),
+    (
+        ["--mix"],
+        "mix.kind",
+        dict(choices=["off", "mixup", "cutmix"], help="mix each batch with its reverse; labelled after mixing"),
+    ),
+    (["--mix-alpha"], "mix.alpha", dict(type=float, help="mixing ratio ~ Beta(alpha, alpha)")),
+    (
+        ["--jitter"],
+        "jitter.enabled",
+        dict(action="store_true", help="adversarial jittering of part of each batch (needs a live refinery)"),
+    ),
     (["--jitter-eps"], "jitter.eps", dict(help="L-inf radius in pixel units, e.g. 2/255")),
     (["--jitter-fraction"], "jitter.fraction", dict(type=float, help="share of each batch jittered")),
     (["--jitter-steps"], "jitter.steps", dict(type=int, help="1: one sign step; more: projected steps")),
     (["--jitter-step-size"], "jitter.step_size", dict(help="per step, pixel units (default: eps, or 2.5 eps / steps)")),
-    (["--jitter-grad"], "jitter.grad", dict(choices=["student", "refinery"], help="whose input gradient makes the step")),
-    (["--no-jitter-relabel"], "jitter.relabel", dict(action="store_false", help="keep the clean crop's refined label for the jittered crop")),
+    (
+        ["--jitter-grad"],
+        "jitter.grad",
+        dict(choices=["student", "refinery"], help="whose input gradient makes the step"),
+    ),
+    (
+        ["--no-jitter-relabel"],
+        "jitter.relabel",
+        dict(action="store_false", help="keep the clean crop's refined label for the jittered crop"),
+    ),
 ]
-BAKE_KEYS = {"refinery", "seed", "device", "channels_last", "optim.epochs", "labels.temperature", "labels.top_k", "labels.store_dtype"}
+BAKE_KEYS = {
+    "refinery",
+    "seed",
+    "device",
+    "channels_last",
+    "optim.epochs",
+    "labels.temperature",
+    "labels.top_k",
+    "labels.store_dtype",
+}
 CHAIN_FLAGS = [
     (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
-    (["--refined-epochs"], "chain.refined_epochs", dict(type=int, help="epochs of the refined generations (default: --epochs, as generation 1)")),
-    (["--models"], "chain.models", dict(nargs="+", metavar="MODEL", help="one architecture per generation, e.g. --models resnet-cifar cnn-small cnn-small")),
+    (
+        ["--refined-epochs"],
+        "chain.refined_epochs",
+        dict(type=int, help="epochs of the refined generations (default: --epochs, as generation 1)"),
+    ),
+    (
+        ["--models"],
+        "chain.models",
+        dict(
+            nargs="+",
+            metavar="MODEL",
+            help="one architecture per generation, e.g. --models resnet-cifar cnn-small cnn-small",
+        ),
+    ),
 ]
 
 
 GROUPS = {
-    "chain": "chain", "data": "data and crops", "optim": "optimisation", "labels": "labels and loss",
-    "jitter": "adversarial jittering", "": "model and run",
+    "chain": "chain",
+    "data": "data and crops",
+    "optim": "optimisation",
+    "labels": "labels and loss",
+    "jitter": "adversarial jittering",
+    "mix": "mixing (function matching)",
+    "": "model and run",
 }
-
 
 
 def _default_of(key: str):
@@ -105,16 +218,30 @@ def _add_flags(parser: argparse.ArgumentParser, table) -> None:
         if opts.get("action") not in ("store_true", "store_false"):
             opts.setdefault("metavar", flags[0][2:].upper().replace("-", "_"))
         default = _default_of(key)
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else f"{default:.4g}" if isinstance(default, float) else default
+        shown = (
+            " ".join(map(str, default))
+            if isinstance(default, tuple)
+            else f"{default:.4g}"
+            if isinstance(default, float)
+            else default
+        )
         opts["help"] = (opts.get("help", "") + f" [{key}; default: {shown if shown != '' else 'none'}]").strip()
         group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, **opts)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config; flags override it")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set optim.gamma=0.2")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.gamma=0.2",
+    )
     parser.add_argument("--out", help="run folder (default: runs/<command>-<dataset>-<model>)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when not a terminal)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (they are off anyway when not a terminal)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,26 +253,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
-    chain = sub.add_parser("chain", help="run generations 1..N, each refined by the one before", epilog=EXAMPLES["chain"], formatter_class=fmt)
+    chain = sub.add_parser(
+        "chain",
+        help="run generations 1..N, each refined by the one before",
+        epilog=EXAMPLES["chain"],
+        formatter_class=fmt,
+    )
     _add_common(chain)
     _add_flags(chain, CHAIN_FLAGS + TRAIN_FLAGS)
-    train = sub.add_parser("train", help="train one generation (ground truth, or --refinery CKPT)", epilog=EXAMPLES["train"], formatter_class=fmt)
+    train = sub.add_parser(
+        "train",
+        help="train one generation (ground truth, or --refinery CKPT)",
+        epilog=EXAMPLES["train"],
+        formatter_class=fmt,
+    )
     _add_common(train)
     _add_flags(train, TRAIN_FLAGS)
-    bake = sub.add_parser("bake", help="label every training crop with a refinery into a label store", epilog=EXAMPLES["bake"], formatter_class=fmt)
+    bake = sub.add_parser(
+        "bake",
+        help="label every training crop with a refinery into a label store",
+        epilog=EXAMPLES["bake"],
+        formatter_class=fmt,
+    )
     bake.add_argument("--config", help="YAML config; flags override it")
     bake.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     bake.add_argument("--out", required=True, help="store folder")
-    bake.add_argument("--static", action="store_true", help="one label per image (its evaluation view) instead of per crop; --epochs is then ignored")
+    bake.add_argument(
+        "--static",
+        action="store_true",
+        help="one label per image (its evaluation view) instead of per crop; --epochs is then ignored",
+    )
     bake.add_argument("--estimate", action="store_true", help="print the store's size and stop")
-    bake.add_argument("--batch-size", type=_positive_int, default=512, dest="bake_batch_size", help="images per refinery forward [default: 512]")
-    bake.add_argument("--bf16", action="store_true", help="refinery in bfloat16 autocast (faster on GPUs; top-k may change slightly)")
+    bake.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=512,
+        dest="bake_batch_size",
+        help="images per refinery forward [default: 512]",
+    )
+    bake.add_argument(
+        "--bf16", action="store_true", help="refinery in bfloat16 autocast (faster on GPUs; top-k may change slightly)"
+    )
     bake.add_argument("--no-progress", action="store_true")
     _add_flags(bake, [f for f in TRAIN_FLAGS if f[1] in BAKE_KEYS or f[1].startswith("data.")])
-    ev = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint", epilog=EXAMPLES["evaluate"], formatter_class=fmt)
+    ev = sub.add_parser(
+        "evaluate", help="top-1/top-5 of a checkpoint", epilog=EXAMPLES["evaluate"], formatter_class=fmt
+    )
     ev.add_argument("checkpoint", help="generation folder or model.safetensors")
-    ev.add_argument("--split", choices=["test", "train", "val", "both"], default="test",
-                    help="val: the checkpoint's held-out validation images (data.val_split); both: train and test")
+    ev.add_argument(
+        "--split",
+        choices=["test", "train", "val", "both"],
+        default="test",
+        help="val: the checkpoint's held-out validation images (data.val_split); both: train and test",
+    )
     ev.add_argument("--dataset", help="default: the checkpoint's dataset")
     ev.add_argument("--data-dir")
     ev.add_argument("--batch-size", type=_positive_int, default=512)
@@ -157,30 +317,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_label_tools(sub, fmt) -> None:
     """analyze, audit, export, report: they read a finished run folder."""
-    an = sub.add_parser("analyze", help="label statistics per generation (analysis.json)", epilog=EXAMPLES["analyze"], formatter_class=fmt)
+    an = sub.add_parser(
+        "analyze",
+        help="label statistics per generation (analysis.json)",
+        epilog=EXAMPLES["analyze"],
+        formatter_class=fmt,
+    )
     an.add_argument("run", help="chain folder (gen1/, gen2/, ...) or one generation's folder")
-    an.add_argument("--images", type=_positive_int, default=2000, help="training images, a fixed seeded choice [default: 2000]")
+    an.add_argument(
+        "--images", type=_positive_int, default=2000, help="training images, a fixed seeded choice [default: 2000]"
+    )
     an.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
-    au = sub.add_parser("audit", help="rank training images whose labels look wrong, ambiguous or incomplete", epilog=EXAMPLES["audit"], formatter_class=fmt)
+    au = sub.add_parser(
+        "audit",
+        help="rank training images whose labels look wrong, ambiguous or incomplete",
+        epilog=EXAMPLES["audit"],
+        formatter_class=fmt,
+    )
     au.add_argument("run", help="chain folder or one generation's folder")
     au.add_argument("--out", help="output folder [default: RUN/audit]")
     au.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
     au.add_argument("--html-rows", type=_positive_int, default=100, help="images shown in audit.html [default: 100]")
-    ex = sub.add_parser("export", help="refined labels per training image as csv, npz or parquet", epilog=EXAMPLES["export"], formatter_class=fmt)
+    ex = sub.add_parser(
+        "export",
+        help="refined labels per training image as csv, npz or parquet",
+        epilog=EXAMPLES["export"],
+        formatter_class=fmt,
+    )
     ex.add_argument("run", help="chain folder or one generation's folder")
-    ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt",
-                    help="csv/parquet: top-k per image; npz: also the full [N, C] matrix [default: csv]")
+    ex.add_argument(
+        "--format",
+        choices=["csv", "npz", "parquet"],
+        default="csv",
+        dest="fmt",
+        help="csv/parquet: top-k per image; npz: also the full [N, C] matrix [default: csv]",
+    )
     ex.add_argument("--generation", type=_positive_int, help="whose labels [default: the last]")
     ex.add_argument("--top-k", type=_positive_int, default=5, help="classes per image [default: 5]")
     ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
-    rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
+    rep = sub.add_parser(
+        "report",
+        help="markdown + HTML report with plots, from the run folder's files",
+        epilog=EXAMPLES["report"],
+        formatter_class=fmt,
+    )
     rep.add_argument("run", help="chain folder or one generation's folder")
-    xp = sub.add_parser("experiment", help="a grid of chains over seeds: mean ± std tables", epilog=EXAMPLES["experiment"], formatter_class=fmt)
+    xp = sub.add_parser(
+        "experiment",
+        help="a grid of chains over seeds: mean ± std tables",
+        epilog=EXAMPLES["experiment"],
+        formatter_class=fmt,
+    )
     xp.add_argument("file", help="experiment YAML (base config, arms, seeds)")
     xp.add_argument("--out", help="results folder [default: the file's `out`]")
     xp.add_argument("--seeds", type=int, nargs="+", help="run these seeds only [default: the file's]")
     xp.add_argument("--arms", nargs="+", help="run these arms only, in the file's order [default: all]")
-    xp.add_argument("--threads", type=_positive_int, help="CPU threads of this process (e.g. 1 with two processes on 2 cores)")
+    xp.add_argument(
+        "--threads", type=_positive_int, help="CPU threads of this process (e.g. 1 with two processes on 2 cores)"
+    )
     xp.add_argument("--table", action="store_true", help="only rebuild results.md/json from the finished runs")
     xp.add_argument("--no-progress", action="store_true", help="no progress bars")
     for p in (an, au, ex):
@@ -276,13 +470,26 @@ def cmd_bake(args) -> None:
     top_k = min(cfg.labels.top_k, ds.num_classes)
     size = estimate_bytes(epochs, len(ds.train), ds.num_classes, top_k, cfg.labels.store_dtype)
     per_crop = bytes_per_crop(ds.num_classes, top_k, cfg.labels.store_dtype)
-    print(f"label store: {epochs} epoch(s) x {len(ds.train)} images x top-{top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)")
+    print(
+        f"label store: {epochs} epoch(s) x {len(ds.train)} images x top-{top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)"
+    )
     if args.estimate:
         return
     device, fingerprint = resolve_device(cfg.device), ds.fingerprint()
     refinery = load_refinery(cfg, ds, device, fingerprint, print)
-    manifest = bake_labels(cfg, ds, refinery, args.out, sampler=crop_sampler(cfg), static=args.static, device=device,
-                           fingerprint=fingerprint, batch_size=args.bake_batch_size, bf16=args.bf16, progress=_progress(args))
+    manifest = bake_labels(
+        cfg,
+        ds,
+        refinery,
+        args.out,
+        sampler=crop_sampler(cfg),
+        static=args.static,
+        device=device,
+        fingerprint=fingerprint,
+        batch_size=args.bake_batch_size,
+        bf16=args.bf16,
+        progress=_progress(args),
+    )
     if manifest.get("bake_images_per_s"):
         print(f"baked at {manifest['bake_images_per_s']:.0f} img/s")
 
@@ -301,7 +508,12 @@ def cmd_evaluate(args) -> None:
         split = getattr(ds, name)
         if split is None:
             raise UserError(f"{args.checkpoint} was trained without a validation split (data.val_split)")
-        m = evaluate(model, split.iter_batches(args.batch_size, device=device), total=split.num_batches(args.batch_size), progress=sys.stderr.isatty())
+        m = evaluate(
+            model,
+            split.iter_batches(args.batch_size, device=device),
+            total=split.num_batches(args.batch_size),
+            progress=sys.stderr.isatty(),
+        )
         print(f"{name}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  ({m['images']} images)")
 
 
@@ -309,8 +521,13 @@ def cmd_analyze(args) -> None:
     from .generation import resolve_device
     from .analyze import analyze_run
 
-    analyze_run(args.run, images=args.images, crops_per_image=args.crops, device=str(resolve_device(args.device)),
-                progress=_progress(args))
+    analyze_run(
+        args.run,
+        images=args.images,
+        crops_per_image=args.crops,
+        device=str(resolve_device(args.device)),
+        progress=_progress(args),
+    )
     print(f"analysis saved: {args.run}/gen*/analysis.json")
 
 
@@ -318,8 +535,14 @@ def cmd_audit(args) -> None:
     from .audit import audit_run
     from .generation import resolve_device
 
-    audit_run(args.run, out=args.out, crops_per_image=args.crops, html_rows=args.html_rows,
-              device=str(resolve_device(args.device)), progress=_progress(args))
+    audit_run(
+        args.run,
+        out=args.out,
+        crops_per_image=args.crops,
+        html_rows=args.html_rows,
+        device=str(resolve_device(args.device)),
+        progress=_progress(args),
+    )
 
 
 def cmd_export(args) -> None:
@@ -327,8 +550,15 @@ def cmd_export(args) -> None:
     from .generation import resolve_device
 
     out = args.out or f"{args.run}/refined-labels.{args.fmt}"
-    export_run(args.run, out, fmt=args.fmt, generation=args.generation, top_k=args.top_k,
-               device=str(resolve_device(args.device)), progress=_progress(args))
+    export_run(
+        args.run,
+        out,
+        fmt=args.fmt,
+        generation=args.generation,
+        top_k=args.top_k,
+        device=str(resolve_device(args.device)),
+        progress=_progress(args),
+    )
     print(f"refined labels saved to {out}")
 
 
@@ -359,8 +589,17 @@ def cmd_experiment(args) -> None:
     print(f"results: {exp.out}/results.md")
 
 
-COMMANDS = {"chain": cmd_chain, "train": cmd_train, "bake": cmd_bake, "evaluate": cmd_evaluate, "analyze": cmd_analyze,
-            "audit": cmd_audit, "export": cmd_export, "report": cmd_report, "experiment": cmd_experiment}
+COMMANDS = {
+    "chain": cmd_chain,
+    "train": cmd_train,
+    "bake": cmd_bake,
+    "evaluate": cmd_evaluate,
+    "analyze": cmd_analyze,
+    "audit": cmd_audit,
+    "export": cmd_export,
+    "report": cmd_report,
+    "experiment": cmd_experiment,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,10 +64,20 @@ class LabelConfig:
     gt_weight: float = 0.0  # alpha: weight of the ground-truth cross-entropy; the paper: 0
     label_smoothing: float = 0.0  # generation 1 (ground truth) only
     refinery_bn_train: bool = False  # the 2018 release's behaviour: refinery BatchNorm in train mode
-    source: str = "live"  # live: refinery forward per step | store: bake, then train from the store | static: one label per image
+    source: str = (
+        "live"  # live: refinery forward per step | store: bake, then train from the store | static: one label per image
+    )
     store: str | None = None  # an existing label store to train from (see `label-refinery bake`)
     top_k: int = 5  # classes kept per crop in a label store
     store_dtype: str = "fp16"  # probabilities in a label store: fp16 | uint8
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """Mixing as function matching (Beyer et al. 2022): see mixing.py. Labelled after mixing."""
+
+    kind: str = "off"  # off | mixup | cutmix
+    alpha: float = 1.0  # mixing ratio ~ Beta(alpha, alpha)
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     jitter: JitterConfig = field(default_factory=JitterConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 
 
@@ -263,7 +274,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval_every >= 1, f"eval_every must be >= 1 epochs, got {cfg.eval_every}")
     _check(cfg.save_every >= 0, f"save_every must be >= 0 steps, got {cfg.save_every}")
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
-    _check(ch.refined_epochs is None or ch.refined_epochs >= 1, f"chain.refined_epochs must be >= 1, got {ch.refined_epochs}")
+    _check(
+        ch.refined_epochs is None or ch.refined_epochs >= 1,
+        f"chain.refined_epochs must be >= 1, got {ch.refined_epochs}",
+    )
     _check(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}")
@@ -272,17 +286,38 @@ def validate(cfg: Config) -> None:
     _check(d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1, got {d.image_size}")
     _check(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _check(d.val_split >= 0, f"data.val_split must be >= 0 images, got {d.val_split}")
+    _check(cfg.mix.kind in ("off", "mixup", "cutmix"), f"mix.kind must be off, mixup or cutmix, got {cfg.mix.kind!r}")
+    _check(cfg.mix.alpha > 0, f"mix.alpha must be > 0, got {cfg.mix.alpha}")
+    _check(
+        cfg.mix.kind == "off" or (lab.source == "live" and not lab.store),
+        f"--mix {cfg.mix.kind} needs labels.source=live: the refinery must label the mixed crop (function matching), "
+        "and a label store holds labels of unmixed crops",
+    )
     _check(0 <= d.label_noise < 1, f"data.label_noise must be a share in [0, 1), got {d.label_noise}")
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
-    _check(o.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine, step or constant, got {o.schedule!r}")
+    _check(
+        o.schedule in ("cosine", "step", "constant"),
+        f"optim.schedule must be cosine, step or constant, got {o.schedule!r}",
+    )
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")
-    _check(all(0 < m < o.epochs for m in o.milestones), f"optim.milestones must lie in 1..epochs-1, got {list(o.milestones)}")
-    _check(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, f"data.crop_scale must satisfy 0 < low <= high <= 1, got {list(d.crop_scale)}")
-    _check(0 < d.crop_ratio[0] <= d.crop_ratio[1], f"data.crop_ratio must satisfy 0 < low <= high, got {list(d.crop_ratio)}")
+    _check(
+        all(0 < m < o.epochs for m in o.milestones),
+        f"optim.milestones must lie in 1..epochs-1, got {list(o.milestones)}",
+    )
+    _check(
+        0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+        f"data.crop_scale must satisfy 0 < low <= high <= 1, got {list(d.crop_scale)}",
+    )
+    _check(
+        0 < d.crop_ratio[0] <= d.crop_ratio[1],
+        f"data.crop_ratio must satisfy 0 < low <= high, got {list(d.crop_ratio)}",
+    )
     _check(lab.temperature > 0, f"labels.temperature must be > 0, got {lab.temperature}")
     _check(0 <= lab.gt_weight <= 1, f"labels.gt_weight must be in [0, 1], got {lab.gt_weight}")
     _check(0 <= lab.label_smoothing < 1, f"labels.label_smoothing must be in [0, 1), got {lab.label_smoothing}")
-    _check(lab.source in ("live", "store", "static"), f"labels.source must be live, store or static, got {lab.source!r}")
+    _check(
+        lab.source in ("live", "store", "static"), f"labels.source must be live, store or static, got {lab.source!r}"
+    )
     _check(lab.top_k >= 1, f"labels.top_k must be >= 1, got {lab.top_k}")
     _check(lab.store_dtype in ("fp16", "uint8"), f"labels.store_dtype must be fp16 or uint8, got {lab.store_dtype!r}")
     _check(not (lab.store and lab.source == "static"), "labels.store and labels.source=static exclude each other")
@@ -300,7 +335,10 @@ def validate(cfg: Config) -> None:
         not (j.enabled and (lab.store or lab.source != "live")),
         "jitter needs a live refinery (labels.source=live): a label store only holds labels of the un-jittered crops",
     )
-    _check(not (j.enabled and lab.refinery_bn_train), "jitter cannot run with labels.refinery_bn_train: the attack would move the refinery's BatchNorm statistics")
+    _check(
+        not (j.enabled and lab.refinery_bn_train),
+        "jitter cannot run with labels.refinery_bn_train: the attack would move the refinery's BatchNorm statistics",
+    )
     _check(ch.generations >= 1, f"chain.generations must be >= 1, got {ch.generations}")
     _check(
         not ch.models or len(ch.models) == ch.generations,

@@ -191,5 +191,7 @@ def per_process_batch(global_batch: int) -> int:
     """``optim.batch_size`` is the global batch; each process takes an equal part of it."""
     w = world()
     if global_batch % w:
-        raise UserError(f"optim.batch_size {global_batch} does not split evenly over {w} processes; use a multiple of {w}")
+        raise UserError(
+            f"optim.batch_size {global_batch} does not split evenly over {w} processes; use a multiple of {w}"
+        )
     return global_batch // w

@@ -49,7 +49,10 @@ def lr_schedule(cfg: OptimConfig, steps_per_epoch: int) -> Callable[[int], float
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with (Nesterov) momentum and L2 weight decay on all parameters."""
     return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
     )
 
@@ -94,10 +97,14 @@ class Meters:
     def over_processes(self) -> "Meters":
         """Counts summed over processes; seconds are wall time, the slowest process's, not a sum."""
         images, loss_sum, correct, agree = distributed.sum_over_processes(self.as_list()[:4])
-        return Meters(int(images), float(loss_sum), int(correct), int(agree), distributed.max_over_processes(self.seconds))
+        return Meters(
+            int(images), float(loss_sum), int(correct), int(agree), distributed.max_over_processes(self.seconds)
+        )
 
     @torch.no_grad()
-    def add(self, logits: torch.Tensor, refined: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, seconds: float) -> None:
+    def add(
+        self, logits: torch.Tensor, refined: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, seconds: float
+    ) -> None:
         """Count one step: top-1 against ground truth and against the refined labels, the loss, the time."""
         top1 = logits.argmax(1)
         self.correct += int((top1 == targets).sum())
@@ -173,7 +180,9 @@ def train_one_epoch(
         if after_step is not None:
             after_step(step, m)
         if step % 20 == 0 and not shown.disable:
-            shown.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
+            shown.set_postfix(
+                loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}"
+            )
     n, loss_sum, correct, agree = distributed.sum_over_processes([m.images, m.loss_sum, m.correct, m.agree])
     seconds = time.perf_counter() - start
     if n == 0:
@@ -195,7 +204,9 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     return lr
 
 
-def _backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+def _backward_and_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()

@@ -114,7 +114,9 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     """Read and check an experiment file: arm names unique, references to earlier arms, every
     arm's config valid (before anything trains)."""
     p = Path(path)
-    raw = read_yaml_mapping(p, "experiment file", "a mapping with out, seeds, base, arms (see label_refinery/experiment.py)")
+    raw = read_yaml_mapping(
+        p, "experiment file", "a mapping with out, seeds, base, arms (see label_refinery/experiment.py)"
+    )
     keys = ("out", "seeds", "base", "arms", "reference", "analyze", "ensembles")
     unknown = sorted(set(raw) - set(keys))
     if unknown:
@@ -138,8 +140,15 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     seeds = tuple(int(s) for s in raw.get("seeds", [0, 1, 2]))
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"experiment file {p}: seeds must be a non-empty list of distinct integers, got {list(seeds)}")
-    exp = Experiment(Path(out or raw.get("out") or f"runs/{p.stem}"), seeds, raw.get("base") or {}, tuple(arms),
-                     _as_list(raw.get("reference")), bool(raw.get("analyze", True)), _as_list(raw.get("ensembles")))
+    exp = Experiment(
+        Path(out or raw.get("out") or f"runs/{p.stem}"),
+        seeds,
+        raw.get("base") or {},
+        tuple(arms),
+        _as_list(raw.get("reference")),
+        bool(raw.get("analyze", True)),
+        _as_list(raw.get("ensembles")),
+    )
     for arm in exp.arms:
         exp.config(arm, exp.seeds[0])  # every arm's config must be valid before anything trains
     refs = list(exp.references) + list(exp.ensembles) + [a.refinery for a in exp.arms if a.refinery]
@@ -151,8 +160,14 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     return exp
 
 
-def run_experiment(exp: Experiment, *, seeds: list[int] | None = None, arms: list[str] | None = None,
-                   progress: bool = False, log: Callable[[str], None] = print) -> str:
+def run_experiment(
+    exp: Experiment,
+    *,
+    seeds: list[int] | None = None,
+    arms: list[str] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> str:
     """Run (or resume) the arms over the seeds, seed by seed; returns the results' markdown."""
     from .chain import run_chain
     from .generation import load_data
@@ -163,14 +178,20 @@ def run_experiment(exp: Experiment, *, seeds: list[int] | None = None, arms: lis
         for arm in chosen:
             cfg = exp.config(arm, seed)
             if arm.refinery and not (exp._ref_path(arm.refinery, seed) / META).is_file():
-                raise UserError(f"arm {arm.name!r} (seed {seed}) is refined by {arm.refinery}, which is not finished: run that arm first")
-            key = json.dumps({k: v for k, v in vars(cfg.data).items() if k not in ("crop_scale", "crop_ratio", "flip")}, default=str)
+                raise UserError(
+                    f"arm {arm.name!r} (seed {seed}) is refined by {arm.refinery}, which is not finished: run that arm first"
+                )
+            key = json.dumps(
+                {k: v for k, v in vars(cfg.data).items() if k not in ("crop_scale", "crop_ratio", "flip")}, default=str
+            )
             if key not in datasets:
                 datasets[key] = load_data(cfg)
             folder, start = exp.folder(seed, arm.name), time.time()
             log(f"== seed {seed}, arm {arm.name} -> {folder}")
             run_chain(cfg, folder, progress=progress, log=log, dataset=datasets[key])
-            if exp.analyze and not all((g / "analysis.json").is_file() for g in folder.glob("gen*") if (g / META).is_file()):
+            if exp.analyze and not all(
+                (g / "analysis.json").is_file() for g in folder.glob("gen*") if (g / META).is_file()
+            ):
                 from .analyze import analyze_run
 
                 analyze_run(folder, images=1000, crops_per_image=2, examples=0, log=log, dataset=datasets[key])
@@ -201,11 +222,15 @@ def measure_ensemble(exp: Experiment, ref: str, device: str = "cpu", log: Callab
     singles = [json.loads((f / META).read_text())["metrics"] for f in folders.values()]
     for split_name, split in (("val", ds.val), ("test", ds.test)):
         if split is not None:
-            row[f"{split_name}_top1"] = evaluate(ProbabilityEnsemble(models), split.iter_batches(512, device=device))["top1"]
+            row[f"{split_name}_top1"] = evaluate(ProbabilityEnsemble(models), split.iter_batches(512, device=device))[
+                "top1"
+            ]
             row[f"single_{split_name}_top1"] = sum(m[f"{split_name}_top1"] for m in singles) / len(singles)
     cache[ref] = row
     write_json(cache_path, cache)
-    log(f"ensemble of {len(models)} x {ref}: test top-1 {row['test_top1']:.2f} (single models {row['single_test_top1']:.2f})")
+    log(
+        f"ensemble of {len(models)} x {ref}: test top-1 {row['test_top1']:.2f} (single models {row['single_test_top1']:.2f})"
+    )
     return row
 
 
@@ -217,8 +242,11 @@ def ensembles_table(exp: Experiment) -> str:
     if not rows:
         return ""
     head = "| models | seeds | ensemble val top-1 | single val top-1 (mean) | ensemble test top-1 | single test top-1 (mean) |"
-    body = [f"| {ref} | {r['models']} | {r.get('val_top1', float('nan')):.2f} | {r.get('single_val_top1', float('nan')):.2f} | "
-            f"{r['test_top1']:.2f} | {r['single_test_top1']:.2f} |" for ref, r in rows]
+    body = [
+        f"| {ref} | {r['models']} | {r.get('val_top1', float('nan')):.2f} | {r.get('single_val_top1', float('nan')):.2f} | "
+        f"{r['test_top1']:.2f} | {r['single_test_top1']:.2f} |"
+        for ref, r in rows
+    ]
     return "\n".join([head, "|---|---:|---:|---:|---:|---:|", *body])
 
 
@@ -232,8 +260,14 @@ def collect(exp: Experiment) -> list[dict]:
                 if not (gen / META).is_file():
                     continue
                 meta = json.loads((gen / META).read_text())
-                row = {"seed": seed, "arm": arm.name, "generation": meta["generation"], "model": meta["model"],
-                       "labels": _labels(meta, arm), **meta["metrics"]}
+                row = {
+                    "seed": seed,
+                    "arm": arm.name,
+                    "generation": meta["generation"],
+                    "model": meta["model"],
+                    "labels": _labels(meta, arm),
+                    **meta["metrics"],
+                }
                 if (gen / "analysis.json").is_file():
                     analysis = json.loads((gen / "analysis.json").read_text())
                     row |= {k: analysis[k] for k, _, src in METRICS if src == "analysis" and k in analysis}
@@ -268,8 +302,38 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 # Student's t quantile t(0.975, df) for df = 1..30 (two-sided 95 %); beyond 30 the normal 1.96 is
 # within 2 % of it. Tabulated to keep scipy out of the library's dependencies.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -315,8 +379,12 @@ def results_table(rows: list[dict]) -> str:
     rule = "|---|---:|---|---|" + "---:|" * len(metrics) + "---:|"
     body = []
     for (arm, gen), rs in groups.items():
-        cells = [_cell([100 * r[k] if k.endswith("mass_crops") else r[k] for r in rs if k in r], len(rs)) for k, _ in metrics]
-        body.append(f"| {arm} | {gen} | {rs[0]['model']} | {rs[0]['labels']} | " + " | ".join(cells) + f" | {len(rs)} |")
+        cells = [
+            _cell([100 * r[k] if k.endswith("mass_crops") else r[k] for r in rs if k in r], len(rs)) for k, _ in metrics
+        ]
+        body.append(
+            f"| {arm} | {gen} | {rs[0]['model']} | {rs[0]['labels']} | " + " | ".join(cells) + f" | {len(rs)} |"
+        )
     return "\n".join([head, rule, *body])
 
 
@@ -335,23 +403,33 @@ def deltas_table(rows: list[dict], reference: str) -> str:
         dv = [r["val_top1"] - b["val_top1"] for r, b in pairs if "val_top1" in r and "val_top1" in b]
         dt = [r["test_top1"] - b["test_top1"] for r, b in pairs]
         dg = [r["gap"] - b["gap"] for r, b in pairs]
-        body.append(f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_delta_cell(dv, len(dt))} | {_delta_cell(dt)} | {_delta_cell(dg)} | "
-                    f"{sum(d > 0 for d in dt)}/{len(dt)} |")
+        body.append(
+            f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_delta_cell(dv, len(dt))} | {_delta_cell(dt)} | {_delta_cell(dg)} | "
+            f"{sum(d > 0 for d in dt)}/{len(dt)} |"
+        )
     return "\n".join([head, *body])
 
 
 def write_results(exp: Experiment) -> str:
     rows = collect(exp)
-    text = [f"# Results: {exp.out}", "",
-            "Mean ± sample std over seeds (initialisation, crops and batch order; the training subset and the validation "
-            "split are the same images for every seed). Top-1 and gap in %. Output columns: the generation's own "
-            "predictions on training crops, i.e. the labels it gives the next generation (mass in % of label mass).", "",
-            results_table(rows) if rows else "(no finished generation yet)"]
+    text = [
+        f"# Results: {exp.out}",
+        "",
+        "Mean ± sample std over seeds (initialisation, crops and batch order; the training subset and the validation "
+        "split are the same images for every seed). Top-1 and gap in %. Output columns: the generation's own "
+        "predictions on training crops, i.e. the labels it gives the next generation (mass in % of label mass).",
+        "",
+        results_table(rows) if rows else "(no finished generation yet)",
+    ]
     for ref in exp.references if rows else ():
         text += ["", f"Paired differences to {ref} (same seed), mean [95 % t-interval]:", "", deltas_table(rows, ref)]
     if ensembles_table(exp):
-        text += ["", "Ensemble ceilings (the seeds' models of one arm and generation, probabilities averaged):", "",
-                 ensembles_table(exp)]
+        text += [
+            "",
+            "Ensemble ceilings (the seeds' models of one arm and generation, probabilities averaged):",
+            "",
+            ensembles_table(exp),
+        ]
     md = "\n".join(text) + "\n"
     exp.out.mkdir(parents=True, exist_ok=True)
     write_json(exp.out / "results.json", rows)

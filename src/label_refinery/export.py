@@ -36,11 +36,18 @@ def write_csv(path: Path, rows) -> int:
 
 
 @torch.no_grad()
-
-
 @torch.no_grad()
-def export_run(run: str | Path, out: str | Path, *, fmt: str = "csv", generation: int | None = None, top_k: int = 5,
-               batch_size: int = 256, device: str = "cpu", progress: bool = False) -> Path:
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "csv",
+    generation: int | None = None,
+    top_k: int = 5,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Path:
     """Per training image (evaluation view): the top-k refined classes and probabilities of one
     generation (default: the last); ``npz`` also holds the full ``[N, C]`` matrix, the shape
     cleanlab's ``pred_probs`` takes. These are in-sample probabilities (the models saw these images),
@@ -59,7 +66,9 @@ def export_run(run: str | Path, out: str | Path, *, fmt: str = "csv", generation
         raise UserError(f"{run} has generations 1..{len(gens)}, not {generation}")
     k = min(top_k, ds.num_classes)
     ids, ys, probs = [], [], []
-    for i, y, p in refined([models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export"):
+    for i, y, p in refined(
+        [models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export"
+    ):
         ids.append(i)
         ys.append(y)
         probs.append(p[0] if fmt == "npz" else p[0].topk(k, 1))
@@ -70,8 +79,15 @@ def export_run(run: str | Path, out: str | Path, *, fmt: str = "csv", generation
         full = torch.cat(probs)
         top = full.topk(k, 1)
         buf = io.BytesIO()
-        np.savez_compressed(buf, ids=ids_t.numpy(), targets=y_t.numpy(), probs=full.numpy(), top_idx=top.indices.numpy(),
-                            top_prob=top.values.numpy(), classes=np.array(ds.classes))
+        np.savez_compressed(
+            buf,
+            ids=ids_t.numpy(),
+            targets=y_t.numpy(),
+            probs=full.numpy(),
+            top_idx=top.indices.numpy(),
+            top_prob=top.values.numpy(),
+            classes=np.array(ds.classes),
+        )
         atomic_write(out, buf.getvalue())
         return out
     idx = torch.cat([t.indices for t in probs])

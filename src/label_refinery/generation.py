@@ -77,7 +77,9 @@ def resolve_seed(cfg: Config) -> Config:
     elif sidecar is not None:
         seed = 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
-        seed = int(json.loads((Path(cfg.labels.store) / "manifest.json").read_text()).get("sampler", {}).get("seed") or 0)
+        seed = int(
+            json.loads((Path(cfg.labels.store) / "manifest.json").read_text()).get("sampler", {}).get("seed") or 0
+        )
     return replace(cfg, seed=seed)
 
 
@@ -88,9 +90,13 @@ def checkpoint_data(checkpoint, dataset: str | None = None, data_dir: str | None
     data_cfg = meta["config"]["data"]
     same = dataset in (None, data_cfg["dataset"])
     ds = load_dataset(
-        dataset or data_cfg["dataset"], data_dir or data_cfg["data_dir"], meta["image_size"],
-        data_cfg["train_subset"] if same else None, val_split=data_cfg.get("val_split", 0) if same else 0,
-        label_noise=data_cfg.get("label_noise", 0.0) if same else 0.0, noise_seed=data_cfg.get("label_noise_seed", 0),
+        dataset or data_cfg["dataset"],
+        data_dir or data_cfg["data_dir"],
+        meta["image_size"],
+        data_cfg["train_subset"] if same else None,
+        val_split=data_cfg.get("val_split", 0) if same else 0,
+        label_noise=data_cfg.get("label_noise", 0.0) if same else 0.0,
+        noise_seed=data_cfg.get("label_noise_seed", 0),
     )
     if list(ds.classes) != list(meta["classes"]):
         raise UserError(f"{checkpoint.path} was trained on other classes than {ds.name}'s")
@@ -101,7 +107,9 @@ def checkpoint_data(checkpoint, dataset: str | None = None, data_dir: str | None
 
 def load_data(cfg: Config) -> ImageDataset:
     d = cfg.data
-    return load_dataset(d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers, d.val_split, d.label_noise, d.label_noise_seed)
+    return load_dataset(
+        d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers, d.val_split, d.label_noise, d.label_noise_seed
+    )
 
 
 def _epoch_line(desc: str, epochs: int, row: dict) -> str:
@@ -109,7 +117,8 @@ def _epoch_line(desc: str, epochs: int, row: dict) -> str:
     return (
         f"{desc} epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}  "
         f"train top-1 (crops) {row['train_top1_crops']:.2f}  {test}"
-        + (f"val top-1 {row['val_top1']:.2f}  " if "val_top1" in row else "") + f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+        + (f"val top-1 {row['val_top1']:.2f}  " if "val_top1" in row else "")
+        + f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
     )
 
 
@@ -135,8 +144,14 @@ class _Run:
     def evaluate_on(self, split, desc: str, progress: bool) -> dict:
         distributed.sync_buffers(self.student)  # every process evaluates rank 0's BatchNorm statistics
         shard = distributed.shard()
-        return evaluate(self.student, split.iter_batches(512, device=self.device, shard=shard), channels_last=self.cfg.channels_last,
-                        total=split.num_batches(512, shard=shard), progress=progress, desc=desc)
+        return evaluate(
+            self.student,
+            split.iter_batches(512, device=self.device, shard=shard),
+            channels_last=self.cfg.channels_last,
+            total=split.num_batches(512, shard=shard),
+            progress=progress,
+            desc=desc,
+        )
 
     def save(self, epoch: int, batch: int, meters: Meters | None) -> None:
         """Checkpoint the position ``(epoch, batch)``; ``meters``: the epoch so far, this process's part."""
@@ -154,7 +169,9 @@ def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -
     # the label source first: building a refinery draws a random init before loading its weights, which
     # must not move the student's random stream (the oracle test: one-hot labels through a refinery
     # reproduce generation 1's weights exactly)
-    labels = build_label_source(cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress)
+    labels = build_label_source(
+        cfg, ds, folder=folder, sampler=crops, device=device, fingerprint=fingerprint, log=log, progress=progress
+    )
     torch.manual_seed(cfg.seed)
     student = create_model(cfg.model, ds.in_chans, ds.num_classes, cfg.pretrained)
     distributed.seed_rank(cfg.seed)  # the same init everywhere, then each process its own dropout stream
@@ -163,9 +180,19 @@ def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     per_process = distributed.per_process_batch(cfg.optim.batch_size)
     return _Run(
-        cfg=cfg, folder=folder, ds=ds, device=device, student=student, model=torch.compile(model) if cfg.compile else model,
-        labels=labels, step=build_step(cfg, ds, labels, scaler), optimizer=make_optimizer(student, cfg.optim),
-        scaler=scaler, fingerprint=fingerprint, refinery_sha=labels.describe().get("sha256"), crops=crops,
+        cfg=cfg,
+        folder=folder,
+        ds=ds,
+        device=device,
+        student=student,
+        model=torch.compile(model) if cfg.compile else model,
+        labels=labels,
+        step=build_step(cfg, ds, labels, scaler),
+        optimizer=make_optimizer(student, cfg.optim),
+        scaler=scaler,
+        fingerprint=fingerprint,
+        refinery_sha=labels.describe().get("sha256"),
+        crops=crops,
         steps=ds.train.num_batches(per_process, drop_last=True, shard=distributed.shard()),
     )
 
@@ -174,20 +201,37 @@ def _train_epoch(run: _Run, epoch: int, pos: state.Position, desc: str, progress
     """One epoch (the rest of it when resuming inside it), then the test split; returns the metrics row."""
     cfg, steps = run.cfg, run.steps
     first = pos.batch if epoch == pos.epoch else 0
-    batches = run.ds.train.iter_batches(distributed.per_process_batch(cfg.optim.batch_size), epoch=epoch, crops=run.crops,
-                                        order_seed=cfg.seed, device=run.device, drop_last=True, shard=distributed.shard(), start_batch=first)
+    batches = run.ds.train.iter_batches(
+        distributed.per_process_batch(cfg.optim.batch_size),
+        epoch=epoch,
+        crops=run.crops,
+        order_seed=cfg.seed,
+        device=run.device,
+        drop_last=True,
+        shard=distributed.shard(),
+        start_batch=first,
+    )
 
     def after_step(step: int, meters: Meters) -> None:
         if cfg.save_every and step % cfg.save_every == 0 and step % steps:
             run.save(step // steps, step % steps, meters)
 
     row = train_one_epoch(
-        run.model, run.labels, batches, run.optimizer, lr_schedule(cfg.optim, steps), run.step, first_step=epoch * steps + first,
-        meters=pos.meters if epoch == pos.epoch else None, after_step=after_step,
+        run.model,
+        run.labels,
+        batches,
+        run.optimizer,
+        lr_schedule(cfg.optim, steps),
+        run.step,
+        first_step=epoch * steps + first,
+        meters=pos.meters if epoch == pos.epoch else None,
+        after_step=after_step,
         bar={"total": steps - first, "desc": f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}", "disable": not progress},
     )
     row = {"epoch": epoch, **row}
-    if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.optim.epochs:  # evaluated every eval_every epochs and at the end
+    if (
+        epoch + 1
+    ) % cfg.eval_every and epoch + 1 < cfg.optim.epochs:  # evaluated every eval_every epochs and at the end
         return row
     test = run.evaluate_on(run.ds.test, f"{desc} test", progress)
     row |= {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
@@ -236,12 +280,17 @@ def train_generation(
             atomic_write(folder / "label-noise.csv", run.ds.label_changes.to_csv().encode())
     pos = state.resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
     if pos.batch:
-        log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} ({folder})")
+        log(
+            f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} "
+            f"({folder})"
+        )
     elif pos.epoch:
         log(f"generation {generation}: resuming after epoch {pos.epoch} ({folder})")
     history = metrics_upto(folder / "metrics.jsonl", pos.epoch - 1) if main else []
     epochs = cfg.optim.epochs
-    for epoch in tqdm(range(pos.epoch, epochs), initial=pos.epoch, total=epochs, desc=desc, unit="epoch", disable=not progress):
+    for epoch in tqdm(
+        range(pos.epoch, epochs), initial=pos.epoch, total=epochs, desc=desc, unit="epoch", disable=not progress
+    ):
         row = _train_epoch(run, epoch, pos, desc, progress)
         if main:
             append_metrics(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
@@ -253,7 +302,12 @@ def train_generation(
     if main:
         metrics = final_metrics(history, clean, folder, epochs)
         student = run.student.to(memory_format=torch.contiguous_format)
-        meta = save_final(folder, student, final_meta(cfg, run.ds, student, generation, labels_info, metrics, run.fingerprint))
+        meta = save_final(
+            folder, student, final_meta(cfg, run.ds, student, generation, labels_info, metrics, run.fingerprint)
+        )
         (folder / STATE).unlink(missing_ok=True)
-        log(f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}")
+        log(
+            f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  "
+            f"test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}"
+        )
     return distributed.broadcast(meta)  # after rank 0 wrote the checkpoint the next generation reads

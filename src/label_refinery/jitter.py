@@ -51,7 +51,9 @@ class Jitter:
         self.cfg, self.refinery = cfg, refinery
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        step = cfg.step_size if cfg.step_size is not None else (cfg.eps if cfg.steps == 1 else 2.5 * cfg.eps / cfg.steps)
+        step = (
+            cfg.step_size if cfg.step_size is not None else (cfg.eps if cfg.steps == 1 else 2.5 * cfg.eps / cfg.steps)
+        )
         self.eps, self.step = cfg.eps / std_t, step / std_t  # [1, C, 1, 1] in normalised units
         self.lo, self.hi = (0.0 - mean_t) / std_t, (1.0 - mean_t) / std_t  # the valid pixel range
 

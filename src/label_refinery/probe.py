@@ -52,8 +52,11 @@ def _config(gen: Path) -> Config:
     return from_dict(Config, json.loads((gen / META).read_text())["config"])
 
 
-def load_run(run: str | Path, device: str = "cpu", dataset: ImageDataset | None = None,
-             ) -> tuple[list[Path], list[torch.nn.Module], ImageDataset, Config]:
+def load_run(
+    run: str | Path,
+    device: str = "cpu",
+    dataset: ImageDataset | None = None,
+) -> tuple[list[Path], list[torch.nn.Module], ImageDataset, Config]:
     """Generation folders, their models (eval mode), the run's dataset and generation 1's config.
     ``dataset``: the run's data, already loaded (checked like a fresh load)."""
     from .generation import load_data
@@ -74,13 +77,27 @@ def load_run(run: str | Path, device: str = "cpu", dataset: ImageDataset | None 
 
 
 @torch.no_grad()
-def refined(models, split, *, batch_size: int = 256, crops: CropSampler | None = None, epoch: int = 0,
-            device="cpu", progress: bool = False, desc: str = "") -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def refined(
+    models,
+    split,
+    *,
+    batch_size: int = 256,
+    crops: CropSampler | None = None,
+    epoch: int = 0,
+    device="cpu",
+    progress: bool = False,
+    desc: str = "",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per batch, in index order: ``(ids [B], targets [B], probabilities [G, B, C])`` of every model on
     the same views (crop ``epoch`` of each image if ``crops`` is given, else evaluation views)."""
     total = split.num_batches(batch_size)
-    for batch in tqdm(split.iter_batches(batch_size, epoch=epoch, crops=crops, device=device), total=total, desc=desc,
-                      leave=False, disable=not progress):
+    for batch in tqdm(
+        split.iter_batches(batch_size, epoch=epoch, crops=crops, device=device),
+        total=total,
+        desc=desc,
+        leave=False,
+        disable=not progress,
+    ):
         probs = torch.stack([refine(m, batch.images) for m in models])  # [G, B, C]
         yield batch.indices.cpu(), batch.targets.cpu(), probs.cpu()
 
@@ -94,10 +111,21 @@ def views(models, split, crops_per_image: int, sampler, device, progress: bool):
     parts = list(refined(models, split, device=device, progress=progress, desc="images"))
     ids, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     p_img = torch.cat([p[2] for p in parts], 1)
-    p_crops = torch.stack([
-        torch.cat([p[2] for p in refined(models, split, crops=sampler, epoch=k, device=device, progress=progress, desc=f"crops {k + 1}")], 1)
-        for k in range(crops_per_image)
-    ], 2)
+    p_crops = torch.stack(
+        [
+            torch.cat(
+                [
+                    p[2]
+                    for p in refined(
+                        models, split, crops=sampler, epoch=k, device=device, progress=progress, desc=f"crops {k + 1}"
+                    )
+                ],
+                1,
+            )
+            for k in range(crops_per_image)
+        ],
+        2,
+    )
     return ids, y, p_img, p_crops
 
 

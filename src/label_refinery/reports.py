@@ -44,8 +44,10 @@ def img_tag(data: bytes, alt: str, cls: str = "") -> str:
 
 def page(title: str, body: str) -> str:
     # The script marks the title once every picture has decoded: a headless browser check reads it.
-    check = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
-             "document.title+=' ['+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length+' images]';});</script>")
+    check = (
+        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+        "document.title+=' ['+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length+' images]';});</script>"
+    )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>{check}</head><body>{body}</body></html>\n"
 
 
@@ -60,6 +62,7 @@ def _cell(v) -> str:
 
 
 # ---- audit ------------------------------------------------------------------------------------------
+
 
 def audit_html(rows: list[dict], pictures: list[dict], *, run: str, generations: int) -> str:
     """The audit page: per suspicious image its picture, given label, reasons, every generation's
@@ -77,13 +80,16 @@ def audit_html(rows: list[dict], pictures: list[dict], *, run: str, generations:
             f"<td class='reason'>{html.escape(r['reasons']) or '–'}</td><td>{tops}</td><td class='crops'>{crops}</td></tr>"
         )
     head = "<tr><th>rank</th><th>image</th><th>given label</th><th>why</th><th>refined top-3</th><th>crops (top-3)</th></tr>"
-    body = (f"<h1>Label audit of {html.escape(run)}</h1><p>The {len(rows)} training images whose given label the refined "
-            f"labels of {generations} generation(s) support least; audit.csv ranks all of them.</p>"
-            f"<table>{head}{''.join(trs)}</table>")
+    body = (
+        f"<h1>Label audit of {html.escape(run)}</h1><p>The {len(rows)} training images whose given label the refined "
+        f"labels of {generations} generation(s) support least; audit.csv ranks all of them.</p>"
+        f"<table>{head}{''.join(trs)}</table>"
+    )
     return page(f"label audit: {run}", body)
 
 
 # ---- run report -------------------------------------------------------------------------------------
+
 
 def _plots(metas: list[dict], analyses: list[dict | None]) -> dict[str, bytes]:
     from matplotlib.figure import Figure  # no pyplot: no global backend switch, no figure registry
@@ -119,7 +125,9 @@ def _plots(metas: list[dict], analyses: list[dict | None]) -> dict[str, bytes]:
         ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black")
-        ax.set(xticks=range(len(names)), yticks=range(len(names)), title=f"soft confusion, generation {last['generation']}")
+        ax.set(
+            xticks=range(len(names)), yticks=range(len(names)), title=f"soft confusion, generation {last['generation']}"
+        )
         ax.set_xticklabels(names, rotation=45, ha="right")
         ax.set_yticklabels(names)
         ax.set_xlabel("refined label mass")
@@ -137,23 +145,39 @@ def _examples_html(folder: Path) -> str:
     classes = json.loads((folder / "analysis" / "examples.json").read_text())["classes"]
 
     def labels(idx, prob) -> str:
-        return "<br>".join(f"gen {g + 1}: " + ", ".join(f"{html.escape(classes[int(i)])} {float(p):.2f}" for i, p in zip(idx[g], prob[g]))
-                           for g in range(len(idx)))
+        return "<br>".join(
+            f"gen {g + 1}: "
+            + ", ".join(f"{html.escape(classes[int(i)])} {float(p):.2f}" for i, p in zip(idx[g], prob[g]))
+            for g in range(len(idx))
+        )
 
     rows = []
     for e in range(len(ex["images"])):
-        cells = [f"<figure>{img_tag(png(ex['images'][e]), 'image', 'pic')}<br><b>{html.escape(classes[int(ex['targets'][e])])}</b>"
-                 f"<br>{labels(ex['top_idx'][:, e], ex['top_prob'][:, e])}</figure>"]
+        cells = [
+            f"<figure>{img_tag(png(ex['images'][e]), 'image', 'pic')}<br><b>{html.escape(classes[int(ex['targets'][e])])}</b>"
+            f"<br>{labels(ex['top_idx'][:, e], ex['top_prob'][:, e])}</figure>"
+        ]
         for k in range(ex["crops"].shape[1]):
-            cells.append(f"<figure>{img_tag(png(ex['crops'][e, k]), 'crop', 'pic')}<br>crop {k + 1}<br>"
-                         f"{labels(ex['crop_top_idx'][:, e, k], ex['crop_top_prob'][:, e, k])}</figure>")
+            cells.append(
+                f"<figure>{img_tag(png(ex['crops'][e, k]), 'crop', 'pic')}<br>crop {k + 1}<br>"
+                f"{labels(ex['crop_top_idx'][:, e, k], ex['crop_top_prob'][:, e, k])}</figure>"
+            )
         rows.append("<div>" + "".join(cells) + "</div>")
     return "<h2>Images, crops and their refined labels</h2>" + "".join(rows)
 
 
-COLUMNS = [("generation", "gen"), ("model", "model"), ("train_top1_crops", "train top-1 (crops)"),
-           ("train_top1_clean", "train top-1 (clean)"), ("test_top1", "test top-1"), ("test_top5", "test top-5"), ("gap", "gap"),
-           ("entropy_crops", "entropy (crops)"), ("agreement_crops", "crop top-1 = label"), ("kl_from_previous_crops", "KL to previous")]
+COLUMNS = [
+    ("generation", "gen"),
+    ("model", "model"),
+    ("train_top1_crops", "train top-1 (crops)"),
+    ("train_top1_clean", "train top-1 (clean)"),
+    ("test_top1", "test top-1"),
+    ("test_top5", "test top-5"),
+    ("gap", "gap"),
+    ("entropy_crops", "entropy (crops)"),
+    ("agreement_crops", "crop top-1 = label"),
+    ("kl_from_previous_crops", "KL to previous"),
+]
 
 
 def report_run(run: str | Path) -> Path:
@@ -163,9 +187,22 @@ def report_run(run: str | Path) -> Path:
     folder = Path(run)
     gens = generations(folder)
     metas = [json.loads((g / META).read_text()) for g in gens]
-    analyses = [json.loads((g / "analysis.json").read_text()) if (g / "analysis.json").is_file() else None for g in gens]
-    rows = [{"generation": m["generation"], "model": m["model"], **m["metrics"], **{k: v for k, v in (a or {}).items() if k in
-             ("entropy_crops", "agreement_crops", "kl_from_previous_crops")}} for m, a in zip(metas, analyses)]
+    analyses = [
+        json.loads((g / "analysis.json").read_text()) if (g / "analysis.json").is_file() else None for g in gens
+    ]
+    rows = [
+        {
+            "generation": m["generation"],
+            "model": m["model"],
+            **m["metrics"],
+            **{
+                k: v
+                for k, v in (a or {}).items()
+                if k in ("entropy_crops", "agreement_crops", "kl_from_previous_crops")
+            },
+        }
+        for m, a in zip(metas, analyses)
+    ]
     for r in rows:
         if isinstance(r.get("agreement_crops"), float):
             r["agreement_crops"] *= 100
@@ -173,20 +210,31 @@ def report_run(run: str | Path) -> Path:
     (folder / "figures").mkdir(exist_ok=True)
     for name, data in figures.items():
         atomic_write(folder / "figures" / name, data)
-    md = [f"# Label Refinery report: {folder.name}", "", "| " + " | ".join(t for _, t in COLUMNS) + " |",
-          "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    md = [
+        f"# Label Refinery report: {folder.name}",
+        "",
+        "| " + " | ".join(t for _, t in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
     md += ["| " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
     md += [""] + [f"![{n}](figures/{n})" for n in figures]
     if not any(analyses):
         md += ["", f"Label statistics and example figures appear after `label-refinery analyze {folder}`."]
     pairs = analyses[-1]["ambiguous_pairs"] if analyses[-1] else []
     if pairs:
-        md += ["", "Most ambiguous class pairs (refined mass exchanged, last generation): "
-               + "; ".join(f"{p['a']} / {p['b']} {p['mass']:.2f}" for p in pairs)]
+        md += [
+            "",
+            "Most ambiguous class pairs (refined mass exchanged, last generation): "
+            + "; ".join(f"{p['a']} / {p['b']} {p['mass']:.2f}" for p in pairs),
+        ]
     atomic_write(folder / "report.md", ("\n".join(md) + "\n").encode())
-    body = (f"<h1>Label Refinery report: {html.escape(folder.name)}</h1>" + _table(rows, COLUMNS)
-            + "".join(f"<figure>{img_tag(d, n)}</figure>" for n, d in figures.items())
-            + (f"<p>{html.escape(md[-1])}</p>" if pairs else "") + _examples_html(folder))
+    body = (
+        f"<h1>Label Refinery report: {html.escape(folder.name)}</h1>"
+        + _table(rows, COLUMNS)
+        + "".join(f"<figure>{img_tag(d, n)}</figure>" for n, d in figures.items())
+        + (f"<p>{html.escape(md[-1])}</p>" if pairs else "")
+        + _examples_html(folder)
+    )
     atomic_write(folder / "report.html", page(f"report: {folder.name}", body).encode())
     return folder / "report.html"
 

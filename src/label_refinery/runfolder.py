@@ -31,7 +31,6 @@ from .models import count_parameters
 _NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every", "eval_every")
 
 
-
 def comparable(cfg_dict: dict) -> dict:
     out = json.loads(json.dumps(cfg_dict))
     for key in _NOT_COMPARED:
@@ -115,7 +114,9 @@ def check_same_refinery(folder: Path, recorded: str | None, cfg: Config) -> None
         )
 
 
-def final_meta(cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict, fingerprint: str) -> dict:
+def final_meta(
+    cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict, fingerprint: str
+) -> dict:
     return {
         "generation": generation,
         "model": cfg.model,

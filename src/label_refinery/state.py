@@ -35,12 +35,16 @@ def resume(folder: Path, student, optimizer, scaler, refinery_sha: str | None, d
     try:
         tensors, meta, _ = load_tensors(folder / STATE)
     except UserError as err:
-        raise UserError(f"{err}. The training state {folder / STATE} is damaged: delete it to restart this generation") from None
+        raise UserError(
+            f"{err}. The training state {folder / STATE} is damaged: delete it to restart this generation"
+        ) from None
     if meta.get("refinery_sha256") != refinery_sha:
         raise UserError(f"{folder / STATE} was trained with another refinery; delete {folder} to start over")
     if meta.get("dataset_fingerprint") != data_fingerprint:
-        raise UserError(f"{folder / STATE} was trained on other data (dataset fingerprints differ); delete {folder} to start over")
-    student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        raise UserError(
+            f"{folder / STATE} was trained on other data (dataset fingerprints differ); delete {folder} to start over"
+        )
+    student.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors, meta["optimizer"])
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
@@ -62,7 +66,9 @@ def _rng_states() -> dict[str, torch.Tensor]:
     return states
 
 
-def save(folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str) -> None:
+def save(
+    folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str
+) -> None:
     """Model, optimizer, grad scaler, RNG and position in one atomically replaced file (rank 0 writes).
 
     Every process calls it (their RNG states are gathered); rank 0 writes. ``pos.meters`` must

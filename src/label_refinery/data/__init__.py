@@ -65,11 +65,11 @@ def load_dataset(
         ds = PREFIXED[prefix](arg, image_size=image_size, workers=workers)
     else:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
-    if (train_subset or val_split) and not hasattr(ds.train, "subset"):
-        raise UserError(f"train_subset and val_split need a dataset that can be subset, not {name}")
     if val_split:
         if not 0 < val_split < len(ds.train):
-            raise UserError(f"val_split must be in 1..{len(ds.train) - 1} images (the training split has {len(ds.train)}), got {val_split}")
+            raise UserError(
+                f"val_split must be in 1..{len(ds.train) - 1} images (the training split has {len(ds.train)}), got {val_split}"
+            )
         order = np.random.default_rng(VAL_SEED).permutation(len(ds.train))
         ds.val = ds.train.subset(np.sort(order[:val_split]))
         ds.train = ds.train.subset(np.sort(order[val_split:]))
@@ -81,7 +81,9 @@ def load_dataset(
     if label_noise:
         if not 0 < label_noise < 1:
             raise UserError(f"label_noise must be a share in [0, 1), got {label_noise}")
-        ds.train.targets, ds.label_changes = symmetric_noise(ds.train.targets, ds.train.ids, ds.num_classes, label_noise, noise_seed)
+        ds.train.targets, ds.label_changes = symmetric_noise(
+            ds.train.targets, ds.train.ids, ds.num_classes, label_noise, noise_seed
+        )
     return ds
 
 

@@ -34,6 +34,7 @@ class Batch:
     crops: torch.Tensor | None = None
     epoch: int = 0
     label_images: torch.Tensor | None = None  # what the refinery labels when not ``images`` (jittering that keeps R(x))
+    mix_lam: float | None = None  # mixed with its reverse at this ratio (mixing.py); ground truth mixes alike
 
 
 class Split(Protocol):
@@ -46,6 +47,7 @@ class Split(Protocol):
 
     targets: torch.Tensor  # [N] int64
     ids: torch.Tensor  # [N] int64: each image's index, the key of its crops and refined labels
+    distractors: torch.Tensor | None  # [N] int64: a second object's class per image (fashion-scenes), else None
 
     def __len__(self) -> int: ...
 
@@ -65,6 +67,18 @@ class Split(Protocol):
     def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int: ...
 
     def fingerprint(self) -> str: ...
+
+    def subset(self, positions) -> "Split":
+        """The images at ``positions``, keeping their ids (so their crops and labels stay the same)."""
+        ...
+
+    def image_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Heights and widths of the images (scalars when all have one size): what crops are cut from."""
+        ...
+
+    def path(self, position: int) -> str:
+        """The file of the image at ``position`` ('' for in-memory data)."""
+        ...
 
 
 @dataclass
@@ -123,6 +137,14 @@ def batch_slices(n: int, batch_size: int, drop_last: bool, shard: tuple[int, int
         if lo < hi:
             out.append(slice(lo, hi))
     return out
+
+
+def epoch_batches(n: int, batch_size: int, *, epoch: int, order_seed: int | None, drop_last: bool,
+                  shard: tuple[int, int], start_batch: int = 0) -> list[np.ndarray]:
+    """The positions of each of this shard's batches in ``epoch``, from batch ``start_batch`` on: the
+    one batching rule of every split (seeded order, equal shards of each global batch)."""
+    order = epoch_order(n, order_seed, epoch)
+    return [order[sl] for sl in batch_slices(n, batch_size, drop_last, shard)[start_batch:]]
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:

@@ -98,7 +98,11 @@ def locate(data_dir: str | None = None, download: bool = True) -> dict[str, Path
         if all(found.values()):
             return found  # type: ignore[return-value]
     if data_dir:
-        state = "does not exist" if not Path(data_dir).expanduser().exists() else "does not hold the four Fashion-MNIST files"
+        state = (
+            "does not exist"
+            if not Path(data_dir).expanduser().exists()
+            else "does not hold the four Fashion-MNIST files"
+        )
         raise UserError(f"--data-dir {data_dir} {state}.\n" + HOW_TO_GET)
     if download:
         folder = _torchvision_download()

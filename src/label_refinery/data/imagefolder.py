@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .base import Batch, ImageDataset, batch_slices, epoch_order, normalize
+from .base import Batch, ImageDataset, batch_slices, epoch_batches, normalize
 from .crops import CropSampler
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -36,7 +36,8 @@ def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     samples = []
     for i, name in enumerate(classes):
         files = sorted(
-            p for p in (folder / name).rglob("*")
+            p
+            for p in (folder / name).rglob("*")
             if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.is_file()
         )
         if not files:
@@ -99,6 +100,19 @@ class FolderSplit:
         # an image's index (the key of its crops and labels) is its position in the sorted file list
         self.ids = torch.arange(len(samples)) if ids is None else torch.as_tensor(ids).long()
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.distractors = None  # a folder records one class per image
+
+    def image_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Heights and widths from the files' headers (no decode)."""
+        sizes = []
+        for path, _ in self.samples:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        wh = np.array(sizes, dtype=np.int64).reshape(-1, 2)
+        return wh[:, 1], wh[:, 0]
+
+    def path(self, position: int) -> str:
+        return str(self.samples[position][0])
 
     def subset(self, positions) -> "FolderSplit":
         """The images at ``positions``, keeping their ids (so their crops and labels stay the same)."""
@@ -123,9 +137,9 @@ class FolderSplit:
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
     ) -> Iterator[Batch]:
-        order = epoch_order(len(self), order_seed, epoch)
-        slices = batch_slices(len(self), batch_size, drop_last, shard)[start_batch:]
-        keys = [[(int(p), epoch) for p in order[sl]] for sl in slices]
+        positions = epoch_batches(len(self), batch_size, epoch=epoch, order_seed=order_seed, drop_last=drop_last,
+                                  shard=shard, start_batch=start_batch)
+        keys = [[(int(p), epoch) for p in pos] for pos in positions]
         loader = torch.utils.data.DataLoader(
             _Views(self.samples, self.ids, self.size, crops),
             batch_sampler=keys,
@@ -136,7 +150,13 @@ class FolderSplit:
         try:
             for images, pos, boxes in loader:
                 views = images.to(device, non_blocking=True).float().div_(255.0)
-                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), self.ids[pos], boxes if crops else None, epoch)
+                yield Batch(
+                    normalize(views, self.mean, self.std),
+                    self.targets[pos].to(device),
+                    self.ids[pos],
+                    boxes if crops else None,
+                    epoch,
+                )
         except UserError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             message = str(err).strip().splitlines()[-1]
             raise UserError(message.split("UserError: ", 1)[-1]) from None

@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import Batch, batch_slices, epoch_order, normalize
+from .base import Batch, batch_slices, epoch_batches, normalize
 from .crops import CropSampler, apply_crops, resize_images
 
 
@@ -19,23 +19,31 @@ class TensorSplit:
     crops and refined labels. Crops are cut per sample on batched tensors (:func:`apply_crops`).
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean, std, size: int, ids=None):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean, std, size: int, ids=None, distractors=None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("images must be uint8 [N, C, H, W]")
         self.images = images.contiguous()
         self.targets = targets.long()
         self.ids = torch.arange(len(images)) if ids is None else torch.as_tensor(ids).long()
         self.mean, self.std, self.size = tuple(mean), tuple(std), size
+        self.distractors = None if distractors is None else torch.as_tensor(distractors).long()  # fashion-scenes
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, positions) -> "TensorSplit":
         pos = torch.as_tensor(positions).long()
-        sub = TensorSplit(self.images[pos], self.targets[pos], self.mean, self.std, self.size, self.ids[pos])
-        if hasattr(self, "distractors"):  # fashion-scenes: each scene's distractor class
-            sub.distractors = self.distractors[pos]
-        return sub
+        distractors = None if self.distractors is None else self.distractors[pos]
+        return TensorSplit(
+            self.images[pos], self.targets[pos], self.mean, self.std, self.size, self.ids[pos], distractors
+        )
+
+    def image_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        H, W = self.images.shape[-2:]
+        return np.array(H), np.array(W)
+
+    def path(self, position: int) -> str:
+        return ""
 
     def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int:
         return len(batch_slices(len(self), batch_size, drop_last, shard))
@@ -52,10 +60,10 @@ class TensorSplit:
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
     ) -> Iterator[Batch]:
-        order = torch.from_numpy(epoch_order(len(self), order_seed, epoch))
         H, W = self.images.shape[-2:]
-        for sl in batch_slices(len(self), batch_size, drop_last, shard)[start_batch:]:
-            pos = order[sl]
+        positions = epoch_batches(len(self), batch_size, epoch=epoch, order_seed=order_seed, drop_last=drop_last,
+                                  shard=shard, start_batch=start_batch)
+        for pos in map(torch.from_numpy, positions):
             raw = self.images[pos].to(device, non_blocking=True).float().div_(255.0)  # [B, C, H, W]
             ids = self.ids[pos]
             if crops is None:

@@ -31,7 +31,9 @@ def _resized(images: torch.Tensor, sides: np.ndarray) -> list[np.ndarray]:
     out: list[np.ndarray] = [None] * len(images)  # type: ignore[list-item]
     for side in np.unique(sides):
         idx = np.nonzero(sides == side)[0]
-        small = F.interpolate(images[idx].float(), size=(int(side), int(side)), mode="bilinear", antialias=True, align_corners=False)
+        small = F.interpolate(
+            images[idx].float(), size=(int(side), int(side)), mode="bilinear", antialias=True, align_corners=False
+        )
         small = small.round().clamp(0, 255).byte().numpy()
         for k, i in enumerate(idx):
             out[i] = small[k, 0]
@@ -73,6 +75,5 @@ def load(data_dir: str | None = None, image_size: int | None = None, download: b
     mean, std = channel_stats(splits["train"][0])
     out = {}
     for name, (scenes, targets, distractors) in splits.items():
-        out[name] = TensorSplit(scenes, targets, mean, std, size)
-        out[name].distractors = distractors  # [N] distractor class of each scene
+        out[name] = TensorSplit(scenes, targets, mean, std, size, distractors=distractors)  # [N] distractor classes
     return ImageDataset("fashion-scenes", items.classes, 1, size, mean, std, out["train"], out["test"])

@@ -27,6 +27,7 @@ from torch import nn
 from ..data.base import Batch
 from ..errors import UserError
 from ..losses import one_hot_labels
+from ..mixing import mix_labels
 
 
 def refine(model: nn.Module, images: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -49,7 +50,8 @@ class GroundTruth:
         self.num_classes, self.smoothing = num_classes, smoothing
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        return one_hot_labels(batch.targets, self.num_classes, self.smoothing)  # [B, C]
+        q = one_hot_labels(batch.targets, self.num_classes, self.smoothing)  # [B, C]
+        return mix_labels(q, batch.mix_lam)  # a mixed batch (mixing.py) gets its labels mixed alike
 
     def describe(self) -> dict:
         return {"kind": "ground-truth", "label_smoothing": self.smoothing}
@@ -66,7 +68,9 @@ class LiveRefinery:
         provenance: what to record about the refinery (path, SHA-256, architecture).
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0, bn_train: bool = False, provenance: dict | None = None):
+    def __init__(
+        self, model: nn.Module, temperature: float = 1.0, bn_train: bool = False, provenance: dict | None = None
+    ):
         self.model = model.requires_grad_(False).eval()
         if bn_train:
             for m in self.model.modules():
@@ -129,7 +133,9 @@ def check_compatible(refinery: LiveRefinery, ds) -> None:
         )
     if p.get("classes") is not None and list(p["classes"]) != list(ds.classes):
         diff = [f"{a!r} vs {b!r}" for a, b in zip(p["classes"], ds.classes) if a != b][:3]
-        raise UserError(f"the refinery's classes differ from the dataset's ({', '.join(diff)}); use a refinery trained on the same classes")
+        raise UserError(
+            f"the refinery's classes differ from the dataset's ({', '.join(diff)}); use a refinery trained on the same classes"
+        )
     if p.get("in_chans") is not None and p["in_chans"] != ds.in_chans:
         raise UserError(
             f"the refinery {name} takes {p['in_chans']}-channel images but the dataset has {ds.in_chans} channels; "

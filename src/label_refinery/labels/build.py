@@ -24,6 +24,7 @@ from ..engine import Step
 from ..errors import UserError
 from ..jitter import Jitter
 from ..losses import make_loss
+from ..mixing import Mix
 from . import GroundTruth, LiveRefinery, check_compatible
 from .store import StoredLabels, bake
 
@@ -44,25 +45,55 @@ def store_provenance(refinery: LiveRefinery, fingerprint: str, image_size: int) 
 
 def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: Callable[[str], None]) -> LiveRefinery:
     refinery = LiveRefinery.from_checkpoint(
-        cfg.refinery, device, cfg.channels_last, temperature=cfg.labels.temperature, bn_train=cfg.labels.refinery_bn_train
+        cfg.refinery,
+        device,
+        cfg.channels_last,
+        temperature=cfg.labels.temperature,
+        bn_train=cfg.labels.refinery_bn_train,
     )
     check_compatible(refinery, ds)
     theirs = refinery.provenance.get("dataset_fingerprint")
     if theirs and theirs != fingerprint:
-        log(f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)")
+        log(
+            f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)"
+        )
     return refinery
 
 
-def bake_labels(cfg: Config, ds: ImageDataset, refinery: LiveRefinery, out, *, sampler: CropSampler, static: bool, device,
-                fingerprint: str, batch_size: int = 512, bf16: bool = False, progress: bool = False,
-                log: Callable[[str], None] = print) -> dict:
+def bake_labels(
+    cfg: Config,
+    ds: ImageDataset,
+    refinery: LiveRefinery,
+    out,
+    *,
+    sampler: CropSampler,
+    static: bool,
+    device,
+    fingerprint: str,
+    batch_size: int = 512,
+    bf16: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Bake ``refinery``'s labels of the run's crops (``static``: one per image) into ``out``: the one
     bake path of ``label-refinery bake`` and of ``train``/``chain`` with ``--label-source store|static``."""
     return bake(
-        refinery.model, ds.train, out, num_classes=ds.num_classes, sampler=None if static else sampler,
-        epochs=1 if static else cfg.optim.epochs, top_k=min(cfg.labels.top_k, ds.num_classes), prob_dtype=cfg.labels.store_dtype,
-        batch_size=batch_size, device=device, channels_last=cfg.channels_last, bf16=bf16, temperature=cfg.labels.temperature,
-        provenance=store_provenance(refinery, fingerprint, ds.image_size), progress=progress, log=log,
+        refinery.model,
+        ds.train,
+        out,
+        num_classes=ds.num_classes,
+        sampler=None if static else sampler,
+        epochs=1 if static else cfg.optim.epochs,
+        top_k=min(cfg.labels.top_k, ds.num_classes),
+        prob_dtype=cfg.labels.store_dtype,
+        batch_size=batch_size,
+        device=device,
+        channels_last=cfg.channels_last,
+        bf16=bf16,
+        temperature=cfg.labels.temperature,
+        provenance=store_provenance(refinery, fingerprint, ds.image_size),
+        progress=progress,
+        log=log,
     )
 
 
@@ -73,14 +104,32 @@ def is_ground_truth(cfg: Config) -> bool:
 
 def build_step(cfg: Config, ds: ImageDataset, labels, scaler=None) -> Step:
     """The generation's training step: its loss (a temperature never applies to ground truth) and the
-    batch transform before labelling (adversarial jittering, which attacks the live refinery)."""
-    lab, transform = cfg.labels, None
+    batch transforms before labelling: mixing (mixing.py), then adversarial jittering (which attacks
+    the live refinery)."""
+    lab, transforms = cfg.labels, []
+    if cfg.mix.kind != "off":  # config.validate refuses it with a label store
+        transforms.append(Mix(cfg.mix.kind, cfg.mix.alpha, cfg.seed))
     if cfg.jitter.enabled:
         if is_ground_truth(cfg) or lab.store or lab.source != "live":
-            raise UserError("jitter needs a live refinery (--refinery CKPT, labels.source=live): it labels the jittered crops")
-        transform = Jitter(cfg.jitter, labels, ds.mean, ds.std)
+            raise UserError(
+                "jitter needs a live refinery (--refinery CKPT, labels.source=live): it labels the jittered crops"
+            )
+        transforms.append(Jitter(cfg.jitter, labels, ds.mean, ds.std))
     temperature = 1.0 if is_ground_truth(cfg) else lab.temperature
-    return Step(make_loss(temperature, lab.gt_weight), transform, cfg.channels_last, cfg.amp, scaler)
+    return Step(make_loss(temperature, lab.gt_weight), _compose(transforms), cfg.channels_last, cfg.amp, scaler)
+
+
+def _compose(transforms: list):
+    """The batch transforms in order; None for none."""
+    if len(transforms) <= 1:
+        return transforms[0] if transforms else None
+
+    def composed(student, batch):
+        for transform in transforms:
+            batch = transform(student, batch)
+        return batch
+
+    return composed
 
 
 def build_label_source(
@@ -99,8 +148,16 @@ def build_label_source(
 
     def open_store(path, sha: str | None) -> StoredLabels:
         return StoredLabels.open(
-            path, split=ds.train, num_classes=ds.num_classes, dataset_fingerprint=fingerprint, image_size=ds.image_size,
-            sampler=sampler, epochs=cfg.optim.epochs, temperature=lab.temperature, device=device, refinery_sha256=sha,
+            path,
+            split=ds.train,
+            num_classes=ds.num_classes,
+            dataset_fingerprint=fingerprint,
+            image_size=ds.image_size,
+            sampler=sampler,
+            epochs=cfg.optim.epochs,
+            temperature=lab.temperature,
+            device=device,
+            refinery_sha256=sha,
         )
 
     if lab.store:
@@ -115,7 +172,17 @@ def build_label_source(
     static = lab.source == "static"
     store_dir = Path(folder) / STORE_DIRS[lab.source]
     if distributed.is_main():  # one process bakes; under torchrun the others wait for its manifest
-        bake_labels(cfg, ds, refinery, store_dir, sampler=sampler, static=static, device=device, fingerprint=fingerprint,
-                    progress=progress, log=log)
+        bake_labels(
+            cfg,
+            ds,
+            refinery,
+            store_dir,
+            sampler=sampler,
+            static=static,
+            device=device,
+            fingerprint=fingerprint,
+            progress=progress,
+            log=log,
+        )
     distributed.wait_for(store_dir / "manifest.json")
     return open_store(store_dir, refinery.provenance["sha256"])

@@ -73,27 +73,13 @@ def sampler_spec(sampler: CropSampler | None) -> dict | None:
 def crop_digest(sampler: CropSampler, split: Split, epoch: int, sizes=None) -> str:
     """SHA-256 of the crops of every image of ``split`` in ``epoch`` (replay check).
 
-    ``sizes``: ``image_sizes(split)``, to read image folders' headers once for many epochs.
+    ``sizes``: ``split.image_sizes()``, to read image folders' headers once for many epochs.
     """
     import hashlib
 
-    heights, widths = sizes if sizes is not None else image_sizes(split)
+    heights, widths = sizes if sizes is not None else split.image_sizes()
     crops = sampler.sample_batch(split.ids.numpy(), epoch, heights, widths)
     return hashlib.sha256(np.ascontiguousarray(crops).tobytes()).hexdigest()
-
-
-def image_sizes(split: Split) -> tuple[np.ndarray, np.ndarray]:
-    if hasattr(split, "images"):  # in memory: one size
-        H, W = split.images.shape[-2:]
-        return np.array(H), np.array(W)
-    from PIL import Image
-
-    sizes = []
-    for path, _ in split.samples:
-        with Image.open(path) as img:
-            sizes.append(img.size)
-    wh = np.array(sizes, dtype=np.int64)
-    return wh[:, 1], wh[:, 0]
 
 
 def quantize(p: torch.Tensor, prob_dtype: str) -> np.ndarray:
@@ -148,9 +134,13 @@ class _Bake:
         resuming = (out / "bake.json").is_file() and all((out / f"{a}.npy").is_file() for a in ARRAYS)
         if resuming:
             if _comparable(json.loads((out / "bake.json").read_text())) != _comparable(spec):
-                raise UserError(f"{out} holds an unfinished bake with other settings; delete it or bake into another folder")
+                raise UserError(
+                    f"{out} holds an unfinished bake with other settings; delete it or bake into another folder"
+                )
             if not np.array_equal(np.load(out / "ids.npy"), ids):
-                raise UserError(f"{out} holds an unfinished bake of other images; delete it or bake into another folder")
+                raise UserError(
+                    f"{out} holds an unfinished bake of other images; delete it or bake into another folder"
+                )
             self.indices, self.probs = _open(out / "indices.npy", "r+"), _open(out / "probs.npy", "r+")
             if self.indices.shape != shape or self.probs.shape != shape:
                 raise UserError(f"{out} has arrays of the wrong shape for this bake; delete it and bake again")
@@ -167,14 +157,30 @@ class _Bake:
             self.probs = fmt.open_memmap(out / "probs.npy", "w+", np.dtype(spec["prob_dtype_numpy"]), shape)
             self.epoch, self.batch, self.batch_size = 0, 0, None
 
-    def fill(self, model, split: Split, sampler: CropSampler | None, batch_size: int, device, channels_last: bool, progress: bool) -> int:
+    def fill(
+        self,
+        model,
+        split: Split,
+        sampler: CropSampler | None,
+        batch_size: int,
+        device,
+        channels_last: bool,
+        progress: bool,
+    ) -> int:
         """Label the remaining (epoch, batch) crops into the arrays; returns how many images."""
         spec, rows_of = self.spec, row_lookup(split.ids.numpy())
         if self.batch_size not in (None, batch_size):  # batches were counted in another size: redo the epoch
             self.batch = 0
         self.batch_size = batch_size
         initial = self.epoch * len(split) + min(self.batch * batch_size, len(split))
-        bar = tqdm(total=spec["epochs"] * len(split), initial=initial, desc="bake", unit="img", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=spec["epochs"] * len(split),
+            initial=initial,
+            desc="bake",
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         done, last_flush = 0, time.perf_counter()
         for epoch in range(self.epoch, spec["epochs"]):
             first = self.batch if epoch == self.epoch else 0
@@ -231,13 +237,60 @@ def bake(
         ...      sampler=CropSampler(1, (0.25, 1)), epochs=10)
     """
     out = Path(out)
+    spec = _store_spec(split, sampler, epochs, top_k, num_classes, prob_dtype, bf16, temperature, provenance)
+    if (out / "manifest.json").is_file():
+        manifest = json.loads((out / "manifest.json").read_text())
+        if _comparable(manifest) != _comparable(spec):
+            raise UserError(
+                f"{out} holds a finished label store with other settings; delete it or bake into another folder"
+            )
+        log(f"label store {out}: finished earlier, reusing it")
+        return manifest
+    state = _Bake(out, spec, split.ids.numpy())
+    if state.epoch or state.batch:
+        log(f"label store {out}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
+    model = model.requires_grad_(False).eval().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    done = state.fill(model, split, sampler, batch_size, device, channels_last, progress)
+    seconds = time.perf_counter() - start
+    sizes = split.image_sizes() if sampler is not None else None
+    digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
+    manifest = {
+        **spec,
+        "shape": list(state.indices.shape),
+        "crop_digests": digests,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bake_images_per_s": done / seconds if done else None,
+    }
+    write_json(out / "manifest.json", manifest)
+    log(
+        f"label store {out}: {epochs} x {len(split)} crops, top-{top_k}, "
+        f"{estimate_bytes(epochs, len(split), num_classes, top_k, prob_dtype) / 2**20:.1f} MiB"
+    )
+    return manifest
+
+
+def _store_spec(
+    split: Split,
+    sampler: CropSampler | None,
+    epochs: int,
+    top_k: int,
+    num_classes: int,
+    prob_dtype: str,
+    bf16: bool,
+    temperature: float,
+    provenance: dict | None,
+) -> dict:
+    """What a store holds (the manifest without its results), checked before baking."""
     if sampler is None and epochs != 1:
         raise ValueError("static labels have one epoch")
     if not 1 <= top_k <= num_classes:
         raise UserError(f"top_k must be in 1..{num_classes}, got {top_k}")
     if prob_dtype not in PROB_DTYPES:
         raise UserError(f"prob_dtype must be one of {', '.join(PROB_DTYPES)}, got {prob_dtype!r}")
-    spec = {
+    return {
         "format": FORMAT,
         "views": "crops" if sampler is not None else "static",
         "sampler": sampler_spec(sampler),
@@ -252,29 +305,6 @@ def bake(
         "temperature": temperature,
         **(provenance or {}),
     }
-    if (out / "manifest.json").is_file():
-        manifest = json.loads((out / "manifest.json").read_text())
-        if _comparable(manifest) != _comparable(spec):
-            raise UserError(f"{out} holds a finished label store with other settings; delete it or bake into another folder")
-        log(f"label store {out}: finished earlier, reusing it")
-        return manifest
-    state = _Bake(out, spec, split.ids.numpy())
-    if state.epoch or state.batch:
-        log(f"label store {out}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
-    model = model.requires_grad_(False).eval().to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    done = state.fill(model, split, sampler, batch_size, device, channels_last, progress)
-    seconds = time.perf_counter() - start
-    sizes = image_sizes(split) if sampler is not None else None
-    digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
-    manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "bake_images_per_s": done / seconds if done else None}
-    write_json(out / "manifest.json", manifest)
-    log(f"label store {out}: {epochs} x {len(split)} crops, top-{top_k}, "
-        f"{estimate_bytes(epochs, len(split), num_classes, top_k, prob_dtype) / 2**20:.1f} MiB")
-    return manifest
 
 
 def _refine(model: torch.nn.Module, batch: Batch, channels_last: bool, bf16: bool, temperature: float) -> torch.Tensor:
@@ -292,7 +322,11 @@ class StoredLabels:
     def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
         self.path = Path(path)
         if not (self.path / "manifest.json").is_file():
-            hint = "the bake did not finish: re-run the same bake command to complete it" if (self.path / "bake.json").is_file() else "is this a label store folder?"
+            hint = (
+                "the bake did not finish: re-run the same bake command to complete it"
+                if (self.path / "bake.json").is_file()
+                else "is this a label store folder?"
+            )
             raise UserError(f"{self.path} has no manifest.json ({hint})")
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         if self.manifest.get("format") != FORMAT:
@@ -309,12 +343,24 @@ class StoredLabels:
         self.device = torch.device(device)
 
     @classmethod
-    def open(cls, path, *, split: Split, num_classes: int, dataset_fingerprint: str, image_size: int, sampler: CropSampler,
-             epochs: int, temperature: float = 1.0, device="cpu", refinery_sha256: str | None = None) -> "StoredLabels":
+    def open(
+        cls,
+        path,
+        *,
+        split: Split,
+        num_classes: int,
+        dataset_fingerprint: str,
+        image_size: int,
+        sampler: CropSampler,
+        epochs: int,
+        temperature: float = 1.0,
+        device="cpu",
+        refinery_sha256: str | None = None,
+    ) -> "StoredLabels":
         """A store checked against the run: same data, classes, crops, enough epochs, same refinery."""
         store = cls(path, device)
         m, where = store.manifest, store.path
-        sizes = image_sizes(split) if not store.static else None
+        sizes = split.image_sizes() if not store.static else None
         problems = []
         if m.get("dataset_fingerprint") != dataset_fingerprint:
             problems.append("it was baked for other data (dataset fingerprints differ)")
@@ -330,7 +376,9 @@ class StoredLabels:
             problems.append("it was baked by another refinery than --refinery")
         if not store.static:
             if m["sampler"] != sampler_spec(sampler):
-                problems.append(f"its crops come from another sampler ({m['sampler']} there, {sampler_spec(sampler)} here: seed and crop settings must match)")
+                problems.append(
+                    f"its crops come from another sampler ({m['sampler']} there, {sampler_spec(sampler)} here: seed and crop settings must match)"
+                )
             elif m["epochs"] < epochs:
                 problems.append(f"it holds {m['epochs']} epochs, the run needs {epochs}")
             elif any(m["crop_digests"][e] != crop_digest(sampler, split, e, sizes) for e in {0, epochs - 1}):

@@ -56,7 +56,9 @@ def _tv(arch: str):
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "cnn-small": lambda in_chans, num_classes, width=1.0: CNNSmall(in_chans, num_classes, float(width)),
-    "resnet-cifar": lambda in_chans, num_classes, depth=20, width=16: ResNetCifar(in_chans, num_classes, int(depth), int(width)),
+    "resnet-cifar": lambda in_chans, num_classes, depth=20, width=16: ResNetCifar(
+        in_chans, num_classes, int(depth), int(width)
+    ),
     "alexnet": _paper(AlexNetBN),
     "mobilenet": _paper(MobileNetV1),
     **{f"mobilenet-{w}": _paper(MobileNetV1, float(w)) for w in ("0.75", "0.5", "0.25")},
@@ -111,10 +113,21 @@ def _replace_first_conv(model: nn.Module, in_chans: int) -> None:
             if isinstance(child, nn.Conv2d):
                 if child.in_channels == in_chans:
                     return
-                new = nn.Conv2d(in_chans, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                child.dilation, child.groups, child.bias is not None, child.padding_mode)
+                new = nn.Conv2d(
+                    in_chans,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                    child.padding_mode,
+                )
                 with torch.no_grad():
-                    new.weight.copy_(child.weight.mean(1, keepdim=True).expand_as(new.weight) * (child.in_channels / in_chans))
+                    new.weight.copy_(
+                        child.weight.mean(1, keepdim=True).expand_as(new.weight) * (child.in_channels / in_chans)
+                    )
                     if child.bias is not None:
                         new.bias.copy_(child.bias)
                 setattr(parent, child_name, new)
@@ -145,7 +158,9 @@ def _torchvision(arch: str, in_chans: int, num_classes: int, pretrained: str | N
             try:
                 model.load_state_dict(load_state_dict_file(pretrained))
             except RuntimeError as err:
-                raise UserError(f"{pretrained} does not hold torchvision {arch} weights: {str(err).splitlines()[0]}") from err
+                raise UserError(
+                    f"{pretrained} does not hold torchvision {arch} weights: {str(err).splitlines()[0]}"
+                ) from err
         _replace_last_linear(model, num_classes)
     _replace_first_conv(model, in_chans)
     return model
@@ -222,7 +237,11 @@ def check_input_size(name: str, in_chans: int, num_classes: int, size: int) -> N
         with torch.device("meta"):
             create_model(name, in_chans, num_classes).eval()(torch.zeros(2, in_chans, size, size))
     except RuntimeError as err:
-        hint = f" Use {name.partition(':')[0]}:small=true (built for 28-64 px inputs) or a larger --image-size." if name.partition(":")[0] in BUILTIN else " Use a larger --image-size."
+        hint = (
+            f" Use {name.partition(':')[0]}:small=true (built for 28-64 px inputs) or a larger --image-size."
+            if name.partition(":")[0] in BUILTIN
+            else " Use a larger --image-size."
+        )
         raise UserError(f"model {name!r} cannot take {size}x{size} images: {str(err).splitlines()[0]}.{hint}") from None
 
 
@@ -230,4 +249,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["AlexNetBN", "CNNSmall", "Darknet19", "MobileNetV1", "ResNetCifar", "XnorResNet50", "check_input_size", "check_model_name", "count_parameters", "create_model", "load_state_dict_file", "model_names"]
+__all__ = [
+    "AlexNetBN",
+    "CNNSmall",
+    "Darknet19",
+    "MobileNetV1",
+    "ResNetCifar",
+    "XnorResNet50",
+    "check_input_size",
+    "check_model_name",
+    "count_parameters",
+    "create_model",
+    "load_state_dict_file",
+    "model_names",
+]

@@ -56,8 +56,15 @@ def scaled(channels: int, width: float) -> int:
     return max(8, round(channels * float(width)))
 
 
-def conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, pool: nn.Module | None = None,
-                 act: nn.Module | None = None) -> nn.Sequential:
+def conv_bn_relu(
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int = 1,
+    groups: int = 1,
+    pool: nn.Module | None = None,
+    act: nn.Module | None = None,
+) -> nn.Sequential:
     """conv (no bias) -> BN -> [pool] -> activation: the release's block order (pool before ReLU)."""
     layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if pool is not None:
@@ -106,8 +113,12 @@ class AlexNetBN(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c5 * 36, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(c5 * 36, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes, bias=False),
         )
 
@@ -117,8 +128,21 @@ class AlexNetBN(nn.Module):
 
 # MobileNet v1 body (Howard et al. 2017, Table 1): (output channels, stride) of each
 # depthwise-separable layer after the 32-channel stride-2 stem.
-MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-                (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+MOBILENET_V1 = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
 
 
 class MobileNetV1(nn.Module):
@@ -146,8 +170,31 @@ class MobileNetV1(nn.Module):
 
 # Darknet-19 (YOLO9000, Table 6): channels of each convolution (3x3 unless marked 1x1 by a
 # negative number), "M" a 2x2 max-pool.
-DARKNET19 = (32, "M", 64, "M", 128, -64, 128, "M", 256, -128, 256, "M",
-             512, -256, 512, -256, 512, "M", 1024, -512, 1024, -512, 1024)
+DARKNET19 = (
+    32,
+    "M",
+    64,
+    "M",
+    128,
+    -64,
+    128,
+    "M",
+    256,
+    -128,
+    256,
+    "M",
+    512,
+    -256,
+    512,
+    -256,
+    512,
+    "M",
+    1024,
+    -512,
+    1024,
+    -512,
+    1024,
+)
 
 
 class Darknet19(nn.Module):

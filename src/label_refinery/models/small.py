@@ -32,7 +32,10 @@ class CNNSmall(nn.Module):
             nn.AdaptiveAvgPool2d(4),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * c3, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(16 * c3, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
 
@@ -67,7 +70,9 @@ class ResNetCifar(nn.Module):
         if (depth - 2) % 6 or depth < 8:
             raise ValueError(f"resnet-cifar depth must be 6n+2 (8, 14, 20, 32, 44, 56, ...), got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         blocks, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for i in range(n):

@@ -97,9 +97,12 @@ class XnorResNet50(nn.Module):
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, width: float = 1.0, small: bool = False):
         super().__init__()
         base = scaled(64, width)
-        stem_conv = nn.Conv2d(in_chans, base, 3, 1, 1, bias=False) if small else nn.Conv2d(in_chans, base, 7, 2, 3, bias=False)
-        self.stem = nn.Sequential(stem_conv, nn.BatchNorm2d(base), nn.ReLU(inplace=True),
-                                  nn.Identity() if small else nn.MaxPool2d(3, 2, 1))
+        stem_conv = (
+            nn.Conv2d(in_chans, base, 3, 1, 1, bias=False) if small else nn.Conv2d(in_chans, base, 7, 2, 3, bias=False)
+        )
+        self.stem = nn.Sequential(
+            stem_conv, nn.BatchNorm2d(base), nn.ReLU(inplace=True), nn.Identity() if small else nn.MaxPool2d(3, 2, 1)
+        )
         blocks, cin = [], base
         for stage, count in enumerate((3, 4, 6, 3)):
             mid = base * 2**stage
@@ -107,8 +110,13 @@ class XnorResNet50(nn.Module):
                 blocks.append(XnorBottleneck(cin, mid, 2 if (stage > 0 and i == 0) else 1))
                 cin = 4 * mid
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(cin, num_classes),
+        )
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
