@@ -47,10 +47,11 @@ browser:
 demo: setup data
 	$(VENV)/bin/label-refinery chain --dataset fashion-mnist --model cnn-small --generations 2 --epochs 3 --out $(DEMO_OUT)
 
-# Sets up what the tests need (the venv, Fashion-MNIST, Chromium), then runs them; -ra (pyproject)
-# prints the reason of every skip. About 8 minutes on 2 busy CPU cores (README, "Two commands").
+# Sets up what the tests need (the venv, Fashion-MNIST, Chromium), then runs them in one process per
+# core (pytest-xdist; a test file stays in one process, so its module fixtures are built once); -ra
+# (pyproject) prints the reason of every skip. Timings: README, "Two commands".
 test: setup data browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # The 3-generation chain recorded in the README's results.
 chain: setup data
