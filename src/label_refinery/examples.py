@@ -2,8 +2,16 @@
 
 EXAMPLES = {
     "chain": """examples:
-  # the embedded default: ground truth, then one self-refinement, on Fashion-MNIST (2 CPU cores: ~11 min)
+  # the embedded default: ground truth, then one self-refinement, on Fashion-MNIST (2 CPU cores: ~11 min).
+  # Two generations by default: in our studies further self-refinements lost accuracy (docs/results.md)
   label-refinery chain --dataset fashion-mnist --model cnn-small --generations 2 --epochs 10
+
+  # where self-refinement paid in our study (make demo): a small training set that generation 1
+  # over-fits, trained patiently; --val-split holds out images to choose settings on
+  label-refinery chain --train-subset 2000 --val-split 5000 --epochs 150 --eval-every 50
+
+  # function matching: mixup labelled after mixing; refined generations get a longer schedule
+  label-refinery chain --mix mixup --epochs 30 --refined-epochs 60
 
   # a bigger refinery for a small student: generation 1 is a ResNet on ground truth,
   # generation 2 a cnn-small refined by it, generation 3 refined by generation 2

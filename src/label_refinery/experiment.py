@@ -351,21 +351,17 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * std / math.sqrt(n)
 
 
-def _delta_cell(values: list[float], seeds: int | None = None) -> str:
-    """``mean [low, high]``: a paired difference with its 95 % t-interval."""
+def _cell(values: list[float], seeds: int | None = None, interval: bool = False) -> str:
+    """``mean ± std``, or with ``interval`` a paired difference as ``mean [low, high]`` (its 95 %
+    t-interval); ``(n=K)`` when only K of the row's ``seeds`` have the value."""
     if not values:
         return ""
-    mean, half = t_interval(values)
-    text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" if len(values) > 1 else f"{mean:+.2f}"
-    return text + (f" (n={len(values)})" if seeds is not None and len(values) < seeds else "")
-
-
-def _cell(values: list[float], seeds: int | None = None) -> str:
-    """``mean ± std``; ``(n=K)`` when only K of the row's ``seeds`` have the value."""
-    if not values:
-        return ""
-    mean, std = mean_std(values)
-    text = f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    if interval:
+        mean, half = t_interval(values)
+        text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" if len(values) > 1 else f"{mean:+.2f}"
+    else:
+        mean, std = mean_std(values)
+        text = f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
     return text + (f" (n={len(values)})" if seeds is not None and len(values) < seeds else "")
 
 
@@ -404,7 +400,7 @@ def deltas_table(rows: list[dict], reference: str) -> str:
         dt = [r["test_top1"] - b["test_top1"] for r, b in pairs]
         dg = [r["gap"] - b["gap"] for r, b in pairs]
         body.append(
-            f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_delta_cell(dv, len(dt))} | {_delta_cell(dt)} | {_delta_cell(dg)} | "
+            f"| {arm} | {gen} | {pairs[0][0]['labels']} | {_cell(dv, len(dt), interval=True)} | {_cell(dt, interval=True)} | {_cell(dg, interval=True)} | "
             f"{sum(d > 0 for d in dt)}/{len(dt)} |"
         )
     return "\n".join([head, *body])
