@@ -42,10 +42,17 @@ browser:
 	elif ( $(call apt_install,chromium) ) >/dev/null; then echo "Chromium: installed from Debian"; \
 	else echo "note: Chromium not installed (needs root or sudo): the HTML-in-a-browser check will skip"; fi
 
-# The default chain on the embedded default: ground truth, then one self-refinement (about 4 minutes on
-# 2 CPU cores, plus the install). Two generations: the README's claims study found later ones lose accuracy.
+# The demo: a chain on the embedded default in the setting where self-refinement paid in our study
+# (docs/results.md): 2,000 Fashion-MNIST training images that generation 1 over-fits, 150 epochs per
+# generation, 5,000 held-out validation images. It is seed 0 of configs/pays/fmnist-2k-patient.yaml.
+# About 6 minutes on 2 CPU cores after the install (README).
+DEMO_FLAGS := --dataset fashion-mnist --model cnn-small --train-subset 2000 --val-split 5000 --epochs 150 --eval-every 50 --generations 2
 demo: setup data
-	$(VENV)/bin/label-refinery chain --dataset fashion-mnist --model cnn-small --generations 2 --epochs 3 --out $(DEMO_OUT)
+	$(VENV)/bin/label-refinery chain $(DEMO_FLAGS) --out $(DEMO_OUT)
+	@echo "What this shows: generation 2, trained only on generation 1's per-crop refined labels, against generation 1 on the"
+	@echo "same 2,000 images. Over 5 seeds of this setting refined labels gained +0.26 [+0.00, +0.52] test top-1 points (95 % interval;"
+	@echo "4 of 5 seeds better) and narrowed the train/test gap by 1.8 points; label smoothing 0.1 gained as much. Evidence and the"
+	@echo "settings where refinement did not pay: docs/results.md"
 
 # Sets up what the tests need (the venv, Fashion-MNIST, Chromium), then runs them in one process per
 # core (pytest-xdist; a test file stays in one process, so its module fixtures are built once); -ra
@@ -53,11 +60,11 @@ demo: setup data
 test: setup data browser
 	$(PY) -m pytest -q -n auto --dist loadfile
 
-# The 3-generation chain recorded in the README's results.
+# The 3-generation chain recorded in docs/benchmarks.md.
 chain: setup data
 	$(VENV)/bin/label-refinery chain --dataset fashion-mnist --model cnn-small --generations 3 --epochs 10 --out runs/fmnist-chain
 
-# The claims study of the README (issue 8): 8 arms x 3 seeds on Fashion-MNIST and on fashion-scenes.
+# The claims study of docs/claims-study.md (issue 8): 8 arms x 3 seeds on Fashion-MNIST and on fashion-scenes.
 # Resumable: re-run to continue. About 2 hours on 2 CPU cores with the two experiments in parallel.
 claims: setup data
 	@mkdir -p runs

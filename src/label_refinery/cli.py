@@ -19,215 +19,7 @@ from typing import Sequence
 
 from .errors import UserError
 from .examples import EXAMPLES
-
-# (flags, dotted config key, argparse options)
-TRAIN_FLAGS = [
-    (["--dataset"], "data.dataset", dict(help="fashion-mnist, digits, or imagefolder:PATH")),
-    (["--data-dir"], "data.data_dir", dict(help="folder to look for dataset files first")),
-    (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
-    (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
-    (
-        ["--val-split"],
-        "data.val_split",
-        dict(type=int, help="hold out this many training images as a validation split (val top-1 beside test top-1)"),
-    ),
-    (
-        ["--label-noise"],
-        "data.label_noise",
-        dict(
-            type=float,
-            metavar="RATE",
-            help="flip this share of the training labels to another class (seeded, saved as label-noise.csv)",
-        ),
-    ),
-    (
-        ["--crop-scale"],
-        "data.crop_scale",
-        dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's"),
-    ),
-    (
-        ["--crop-ratio"],
-        "data.crop_ratio",
-        dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height"),
-    ),
-    (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
-    (["--workers"], "data.workers", dict(type=int, help="loader processes for image folders")),
-    (
-        ["--model"],
-        "model",
-        dict(
-            help="cnn-small, resnet-cifar[:depth=20,width=16]; the paper's alexnet, mobilenet[-0.75|-0.5|-0.25], "
-            "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
-            "inputs); timm:NAME, torchvision:NAME"
-        ),
-    ),
-    (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
-    (
-        ["--refinery"],
-        "refinery",
-        dict(help="checkpoint (generation folder or model.safetensors) that labels the crops"),
-    ),
-    (
-        ["--seed"],
-        "seed",
-        dict(
-            type=int,
-            help="init, batch order and crops (a chain adds generation - 1); "
-            "default: 0 on ground truth, the refinery's seed + 1 with --refinery",
-        ),
-    ),
-    (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),
-    (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
-    (
-        ["--amp"],
-        "amp",
-        dict(
-            choices=["off", "bf16", "fp16"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler)"
-        ),
-    ),
-    (["--compile"], "compile", dict(action="store_true", help="torch.compile the student's training forward")),
-    (
-        ["--eval-every"],
-        "eval_every",
-        dict(type=int, metavar="EPOCHS", help="evaluate test (and val) every EPOCHS epochs; the last epoch always"),
-    ),
-    (
-        ["--save-every"],
-        "save_every",
-        dict(type=int, metavar="STEPS", help="also checkpoint every STEPS steps inside an epoch (0: epoch ends)"),
-    ),
-    (["--epochs"], "optim.epochs", dict(type=int, help="epochs per generation")),
-    (["--batch-size"], "optim.batch_size", dict(type=int, help="images per step")),
-    (["--lr"], "optim.lr", dict(type=float, help="peak learning rate")),
-    (["--momentum"], "optim.momentum", dict(type=float)),
-    (["--no-nesterov"], "optim.nesterov", dict(action="store_false")),
-    (["--weight-decay"], "optim.weight_decay", dict(type=float)),
-    (["--schedule"], "optim.schedule", dict(choices=["cosine", "step", "constant"])),
-    (
-        ["--milestones"],
-        "optim.milestones",
-        dict(type=int, nargs="+", help="epochs where step decay multiplies lr by gamma"),
-    ),
-    (["--gamma"], "optim.gamma", dict(type=float)),
-    (["--warmup-epochs"], "optim.warmup_epochs", dict(type=float)),
-    (["--temperature"], "labels.temperature", dict(type=float, help="softmax temperature T (the paper: 1)")),
-    (["--gt-weight"], "labels.gt_weight", dict(type=float, help="weight of ground-truth CE mixed in (the paper: 0)")),
-    (["--label-smoothing"], "labels.label_smoothing", dict(type=float, help="for ground-truth generations")),
-    (
-        ["--refinery-bn-train"],
-        "labels.refinery_bn_train",
-        dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode"),
-    ),
-    (
-        ["--labels"],
-        "labels.store",
-        dict(metavar="STORE|static", help="train from a baked label store, or 'static': one refined label per image"),
-    ),
-    (
-        ["--label-source"],
-        "labels.source",
-        dict(
-            choices=["live", "store", "static"],
-            help="refined labels from a refinery forward per step (live), a store baked first (store), or one label per image (static)",
-        ),
-    ),
-    (["--top-k"], "labels.top_k", dict(type=int, help="classes kept per crop in a label store")),
-    (["--store-dtype"], "labels.store_dtype", dict(choices=["fp16", "uint8"], help="probabilities in a label store")),
-    (
-        ["--mix"],
-        "mix.kind",
-        dict(choices=["off", "mixup", "cutmix"], help="mix each batch with its reverse; labelled after mixing"),
-    ),
-    (["--mix-alpha"], "mix.alpha", dict(type=float, help="mixing ratio ~ Beta(alpha, alpha)")),
-    (
-        ["--jitter"],
-        "jitter.enabled",
-        dict(action="store_true", help="adversarial jittering of part of each batch (needs a live refinery)"),
-    ),
-    (["--jitter-eps"], "jitter.eps", dict(help="L-inf radius in pixel units, e.g. 2/255")),
-    (["--jitter-fraction"], "jitter.fraction", dict(type=float, help="share of each batch jittered")),
-    (["--jitter-steps"], "jitter.steps", dict(type=int, help="1: one sign step; more: projected steps")),
-    (["--jitter-step-size"], "jitter.step_size", dict(help="per step, pixel units (default: eps, or 2.5 eps / steps)")),
-    (
-        ["--jitter-grad"],
-        "jitter.grad",
-        dict(choices=["student", "refinery"], help="whose input gradient makes the step"),
-    ),
-    (
-        ["--no-jitter-relabel"],
-        "jitter.relabel",
-        dict(action="store_false", help="keep the clean crop's refined label for the jittered crop"),
-    ),
-]
-BAKE_KEYS = {
-    "refinery",
-    "seed",
-    "device",
-    "channels_last",
-    "optim.epochs",
-    "labels.temperature",
-    "labels.top_k",
-    "labels.store_dtype",
-}
-CHAIN_FLAGS = [
-    (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
-    (
-        ["--refined-epochs"],
-        "chain.refined_epochs",
-        dict(type=int, help="epochs of the refined generations (default: --epochs, as generation 1)"),
-    ),
-    (
-        ["--models"],
-        "chain.models",
-        dict(
-            nargs="+",
-            metavar="MODEL",
-            help="one architecture per generation, e.g. --models resnet-cifar cnn-small cnn-small",
-        ),
-    ),
-]
-
-
-GROUPS = {
-    "chain": "chain",
-    "data": "data and crops",
-    "optim": "optimisation",
-    "labels": "labels and loss",
-    "jitter": "adversarial jittering",
-    "mix": "mixing (function matching)",
-    "": "model and run",
-}
-
-
-def _default_of(key: str):
-    from .config import Config
-
-    node = Config()
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def _add_flags(parser: argparse.ArgumentParser, table) -> None:
-    """Flags grouped by config section; help shows the config key and its default."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for flags, key, opts in table:
-        section = key.split(".")[0] if "." in key else ""
-        group = groups.setdefault(section, parser.add_argument_group(GROUPS[section]))
-        opts = dict(opts)
-        if opts.get("action") not in ("store_true", "store_false"):
-            opts.setdefault("metavar", flags[0][2:].upper().replace("-", "_"))
-        default = _default_of(key)
-        shown = (
-            " ".join(map(str, default))
-            if isinstance(default, tuple)
-            else f"{default:.4g}"
-            if isinstance(default, float)
-            else default
-        )
-        opts["help"] = (opts.get("help", "") + f" [{key}; default: {shown if shown != '' else 'none'}]").strip()
-        group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, **opts)
-
+from .flags import BAKE_KEYS, CHAIN_FLAGS, TRAIN_FLAGS, add_flags
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config; flags override it")
@@ -244,6 +36,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# fmt: off
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="label-refinery",
@@ -253,133 +46,72 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
-    chain = sub.add_parser(
-        "chain",
-        help="run generations 1..N, each refined by the one before",
-        epilog=EXAMPLES["chain"],
-        formatter_class=fmt,
-    )
+    chain = sub.add_parser("chain", help="run generations 1..N, each refined by the one before", epilog=EXAMPLES["chain"], formatter_class=fmt)
     _add_common(chain)
-    _add_flags(chain, CHAIN_FLAGS + TRAIN_FLAGS)
-    train = sub.add_parser(
-        "train",
-        help="train one generation (ground truth, or --refinery CKPT)",
-        epilog=EXAMPLES["train"],
-        formatter_class=fmt,
-    )
+    add_flags(chain, CHAIN_FLAGS + TRAIN_FLAGS)
+    train = sub.add_parser("train", help="train one generation (ground truth, or --refinery CKPT)", epilog=EXAMPLES["train"], formatter_class=fmt)
     _add_common(train)
-    _add_flags(train, TRAIN_FLAGS)
-    bake = sub.add_parser(
-        "bake",
-        help="label every training crop with a refinery into a label store",
-        epilog=EXAMPLES["bake"],
-        formatter_class=fmt,
-    )
-    bake.add_argument("--config", help="YAML config; flags override it")
-    bake.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
-    bake.add_argument("--out", required=True, help="store folder")
-    bake.add_argument(
-        "--static",
-        action="store_true",
-        help="one label per image (its evaluation view) instead of per crop; --epochs is then ignored",
-    )
-    bake.add_argument("--estimate", action="store_true", help="print the store's size and stop")
-    bake.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=512,
-        dest="bake_batch_size",
-        help="images per refinery forward [default: 512]",
-    )
-    bake.add_argument(
-        "--bf16", action="store_true", help="refinery in bfloat16 autocast (faster on GPUs; top-k may change slightly)"
-    )
-    bake.add_argument("--no-progress", action="store_true")
-    _add_flags(bake, [f for f in TRAIN_FLAGS if f[1] in BAKE_KEYS or f[1].startswith("data.")])
-    ev = sub.add_parser(
-        "evaluate", help="top-1/top-5 of a checkpoint", epilog=EXAMPLES["evaluate"], formatter_class=fmt
-    )
-    ev.add_argument("checkpoint", help="generation folder or model.safetensors")
-    ev.add_argument(
-        "--split",
-        choices=["test", "train", "val", "both"],
-        default="test",
-        help="val: the checkpoint's held-out validation images (data.val_split); both: train and test",
-    )
-    ev.add_argument("--dataset", help="default: the checkpoint's dataset")
-    ev.add_argument("--data-dir")
-    ev.add_argument("--batch-size", type=_positive_int, default=512)
-    ev.add_argument("--device", default="auto")
+    add_flags(train, TRAIN_FLAGS)
+    _add_bake_and_evaluate(sub, fmt)
     _add_label_tools(sub, fmt)
     chain.add_argument("--report", action="store_true", help="at the end, run `analyze` and `report` on the chain")
     return parser
 
 
+def _add_bake_and_evaluate(sub, fmt) -> None:
+    """bake and evaluate: a label store for a run, top-1 of a checkpoint."""
+    bake = sub.add_parser("bake", help="label every training crop with a refinery into a label store", epilog=EXAMPLES["bake"], formatter_class=fmt)
+    bake.add_argument("--config", help="YAML config; flags override it")
+    bake.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    bake.add_argument("--out", required=True, help="store folder")
+    bake.add_argument("--static", action="store_true", help="one label per image (its evaluation view) instead of per crop; --epochs is then ignored")
+    bake.add_argument("--estimate", action="store_true", help="print the store's size and stop")
+    bake.add_argument("--batch-size", type=_positive_int, default=512, dest="bake_batch_size", help="images per refinery forward [default: 512]")
+    bake.add_argument("--bf16", action="store_true", help="refinery in bfloat16 autocast (faster on GPUs; top-k may change slightly)")
+    bake.add_argument("--no-progress", action="store_true")
+    add_flags(bake, [f for f in TRAIN_FLAGS if f[1] in BAKE_KEYS or f[1].startswith("data.")])
+    ev = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint", epilog=EXAMPLES["evaluate"], formatter_class=fmt)
+    ev.add_argument("checkpoint", help="generation folder or model.safetensors")
+    ev.add_argument("--split", choices=["test", "train", "val", "both"], default="test",
+                    help="val: the checkpoint's held-out validation images (data.val_split); both: train and test")
+    ev.add_argument("--dataset", help="default: the checkpoint's dataset")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--batch-size", type=_positive_int, default=512)
+    ev.add_argument("--device", default="auto")
+
+
 def _add_label_tools(sub, fmt) -> None:
     """analyze, audit, export, report: they read a finished run folder."""
-    an = sub.add_parser(
-        "analyze",
-        help="label statistics per generation (analysis.json)",
-        epilog=EXAMPLES["analyze"],
-        formatter_class=fmt,
-    )
+    an = sub.add_parser("analyze", help="label statistics per generation (analysis.json)", epilog=EXAMPLES["analyze"], formatter_class=fmt)
     an.add_argument("run", help="chain folder (gen1/, gen2/, ...) or one generation's folder")
-    an.add_argument(
-        "--images", type=_positive_int, default=2000, help="training images, a fixed seeded choice [default: 2000]"
-    )
+    an.add_argument("--images", type=_positive_int, default=2000, help="training images, a fixed seeded choice [default: 2000]")
     an.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
-    au = sub.add_parser(
-        "audit",
-        help="rank training images whose labels look wrong, ambiguous or incomplete",
-        epilog=EXAMPLES["audit"],
-        formatter_class=fmt,
-    )
+    au = sub.add_parser("audit", help="rank training images whose labels look wrong, ambiguous or incomplete", epilog=EXAMPLES["audit"], formatter_class=fmt)
     au.add_argument("run", help="chain folder or one generation's folder")
     au.add_argument("--out", help="output folder [default: RUN/audit]")
     au.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
     au.add_argument("--html-rows", type=_positive_int, default=100, help="images shown in audit.html [default: 100]")
-    ex = sub.add_parser(
-        "export",
-        help="refined labels per training image as csv, npz or parquet",
-        epilog=EXAMPLES["export"],
-        formatter_class=fmt,
-    )
+    ex = sub.add_parser("export", help="refined labels per training image as csv, npz or parquet", epilog=EXAMPLES["export"], formatter_class=fmt)
     ex.add_argument("run", help="chain folder or one generation's folder")
-    ex.add_argument(
-        "--format",
-        choices=["csv", "npz", "parquet"],
-        default="csv",
-        dest="fmt",
-        help="csv/parquet: top-k per image; npz: also the full [N, C] matrix [default: csv]",
-    )
+    ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt",
+                    help="csv/parquet: top-k per image; npz: also the full [N, C] matrix [default: csv]")
     ex.add_argument("--generation", type=_positive_int, help="whose labels [default: the last]")
     ex.add_argument("--top-k", type=_positive_int, default=5, help="classes per image [default: 5]")
     ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
-    rep = sub.add_parser(
-        "report",
-        help="markdown + HTML report with plots, from the run folder's files",
-        epilog=EXAMPLES["report"],
-        formatter_class=fmt,
-    )
+    rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
     rep.add_argument("run", help="chain folder or one generation's folder")
-    xp = sub.add_parser(
-        "experiment",
-        help="a grid of chains over seeds: mean ± std tables",
-        epilog=EXAMPLES["experiment"],
-        formatter_class=fmt,
-    )
+    xp = sub.add_parser("experiment", help="a grid of chains over seeds: mean ± std tables", epilog=EXAMPLES["experiment"], formatter_class=fmt)
     xp.add_argument("file", help="experiment YAML (base config, arms, seeds)")
     xp.add_argument("--out", help="results folder [default: the file's `out`]")
     xp.add_argument("--seeds", type=int, nargs="+", help="run these seeds only [default: the file's]")
     xp.add_argument("--arms", nargs="+", help="run these arms only, in the file's order [default: all]")
-    xp.add_argument(
-        "--threads", type=_positive_int, help="CPU threads of this process (e.g. 1 with two processes on 2 cores)"
-    )
+    xp.add_argument("--threads", type=_positive_int, help="CPU threads of this process (e.g. 1 with two processes on 2 cores)")
     xp.add_argument("--table", action="store_true", help="only rebuild results.md/json from the finished runs")
     xp.add_argument("--no-progress", action="store_true", help="no progress bars")
     for p in (an, au, ex):
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+# fmt: on
 
 
 def _positive_int(text: str) -> int:

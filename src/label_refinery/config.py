@@ -95,7 +95,7 @@ class JitterConfig:
 
 @dataclass(frozen=True)
 class ChainConfig:
-    generations: int = 2  # ground truth, then one refinement: further generations lost accuracy in the README's study
+    generations: int = 2  # ground truth, then one refinement: further generations lost accuracy (docs/claims-study.md)
     models: tuple[str, ...] = ()  # one architecture per generation; empty: `model` for all
     refined_epochs: int | None = None  # epochs of the refined generations (a refinery labels them); None: optim.epochs
 
@@ -269,7 +269,7 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Precise errors for values that cannot work."""
-    o, d, lab, ch = cfg.optim, cfg.data, cfg.labels, cfg.chain
+    o, d, ch = cfg.optim, cfg.data, cfg.chain
     _check(cfg.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, got {cfg.amp!r}")
     _check(cfg.eval_every >= 1, f"eval_every must be >= 1 epochs, got {cfg.eval_every}")
     _check(cfg.save_every >= 0, f"save_every must be >= 0 steps, got {cfg.save_every}")
@@ -286,13 +286,6 @@ def validate(cfg: Config) -> None:
     _check(d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1, got {d.image_size}")
     _check(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _check(d.val_split >= 0, f"data.val_split must be >= 0 images, got {d.val_split}")
-    _check(cfg.mix.kind in ("off", "mixup", "cutmix"), f"mix.kind must be off, mixup or cutmix, got {cfg.mix.kind!r}")
-    _check(cfg.mix.alpha > 0, f"mix.alpha must be > 0, got {cfg.mix.alpha}")
-    _check(
-        cfg.mix.kind == "off" or (lab.source == "live" and not lab.store),
-        f"--mix {cfg.mix.kind} needs labels.source=live: the refinery must label the mixed crop (function matching), "
-        "and a label store holds labels of unmixed crops",
-    )
     _check(0 <= d.label_noise < 1, f"data.label_noise must be a share in [0, 1), got {d.label_noise}")
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
     _check(
@@ -312,6 +305,12 @@ def validate(cfg: Config) -> None:
         0 < d.crop_ratio[0] <= d.crop_ratio[1],
         f"data.crop_ratio must satisfy 0 < low <= high, got {list(d.crop_ratio)}",
     )
+    _validate_labels_and_transforms(cfg)
+
+
+def _validate_labels_and_transforms(cfg: Config) -> None:
+    """The label source, the loss and the batch transforms (mixing, jittering), and their combinations."""
+    lab, j, ch = cfg.labels, cfg.jitter, cfg.chain
     _check(lab.temperature > 0, f"labels.temperature must be > 0, got {lab.temperature}")
     _check(0 <= lab.gt_weight <= 1, f"labels.gt_weight must be in [0, 1], got {lab.gt_weight}")
     _check(0 <= lab.label_smoothing < 1, f"labels.label_smoothing must be in [0, 1), got {lab.label_smoothing}")
@@ -325,7 +324,13 @@ def validate(cfg: Config) -> None:
         not (lab.refinery_bn_train and (lab.source != "live" or lab.store)),
         "labels.refinery_bn_train needs a live refinery (labels.source=live, no labels.store)",
     )
-    j = cfg.jitter
+    _check(cfg.mix.kind in ("off", "mixup", "cutmix"), f"mix.kind must be off, mixup or cutmix, got {cfg.mix.kind!r}")
+    _check(cfg.mix.alpha > 0, f"mix.alpha must be > 0, got {cfg.mix.alpha}")
+    _check(
+        cfg.mix.kind == "off" or (lab.source == "live" and not lab.store),
+        f"--mix {cfg.mix.kind} needs labels.source=live: the refinery must label the mixed crop (function matching), "
+        "and a label store holds labels of unmixed crops",
+    )
     _check(0 <= j.eps <= 1, f"jitter.eps is in pixel units of [0, 1] images (e.g. 2/255 = 0.0078), got {j.eps}")
     _check(0 < j.fraction <= 1, f"jitter.fraction must be in (0, 1], got {j.fraction}")
     _check(j.steps >= 1, f"jitter.steps must be >= 1, got {j.steps}")

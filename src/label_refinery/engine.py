@@ -180,9 +180,7 @@ def train_one_epoch(
         if after_step is not None:
             after_step(step, m)
         if step % 20 == 0 and not shown.disable:
-            shown.set_postfix(
-                loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}"
-            )
+            shown.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
     n, loss_sum, correct, agree = distributed.sum_over_processes([m.images, m.loss_sum, m.correct, m.agree])
     seconds = time.perf_counter() - start
     if n == 0:

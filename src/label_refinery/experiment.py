@@ -27,13 +27,12 @@ Layout: ``OUT/seed{S}/{ARM}/`` is a chain run folder (resumable like ``chain``);
 holds every finished row and ``OUT/results.md`` the tables, rewritten after every finished arm. Re-run
 the same command to resume; several processes may share an experiment if they take different seeds
 (``--seeds``). Test numbers are in the tables for the end of a study: choose settings by ``val top-1``
-(``data.val_split``), as the README's study does.
+(``data.val_split``), as docs/results.md does.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Callable
 from .checkpoint import META, atomic_write, write_json
 from .config import Config, from_dict, merge, read_yaml_mapping, validate
 from .errors import UserError
+from .stats import mean_std, t_interval
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
 METRICS = [  # (key, title, source): source "meta" is meta.json's metrics, "analysis" is analysis.json
@@ -278,9 +278,11 @@ def collect(exp: Experiment) -> list[dict]:
 def _labels(meta: dict, arm: Arm) -> str:
     """How a generation was labelled, in words for the table."""
     lab, cfg = meta["labels"], meta["config"]
+    mix = cfg.get("mix", {}).get("kind", "off")
+    mixed = f", {mix} (alpha {cfg['mix']['alpha']:g})" if mix != "off" else ""
     if lab["kind"] == "ground-truth":
         smooth = cfg["labels"].get("label_smoothing", 0)
-        return f"ground truth, smoothing {smooth:g}" if smooth else "ground truth"
+        return (f"ground truth, smoothing {smooth:g}" if smooth else "ground truth") + mixed
     g = meta["generation"]
     source = arm.refinery if g == 1 and arm.refinery else f"{arm.name}/gen{g - 1}"
     kind = {"static": "static", "store": "per-crop store"}.get(cfg["labels"]["source"], "per-crop")
@@ -290,65 +292,8 @@ def _labels(meta: dict, arm: Arm) -> str:
         words += f", KD T={cfg['labels']['temperature']:g}, soft {1 - gt:g} / gt {gt:g}"
     if cfg.get("jitter", {}).get("enabled"):
         words += ", jitter"
+    words += mixed
     return words
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-
-
-# Student's t quantile t(0.975, df) for df = 1..30 (two-sided 95 %); beyond 30 the normal 1.96 is
-# within 2 % of it. Tabulated to keep scipy out of the library's dependencies.
-_T975 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95 % Student-t confidence interval (``inf`` for one value).
-
-    Example:
-        >>> m, h = t_interval([0.5, 0.7, 0.3, 0.6, 0.4])
-        >>> round(m, 2), round(h, 3)
-        (0.5, 0.196)
-    """
-    mean, std = mean_std(values)
-    n = len(values)
-    if n < 2:
-        return mean, math.inf
-    return mean, (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * std / math.sqrt(n)
 
 
 def _cell(values: list[float], seeds: int | None = None, interval: bool = False) -> str:

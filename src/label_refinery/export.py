@@ -76,36 +76,40 @@ def export_run(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npz":
-        full = torch.cat(probs)
-        top = full.topk(k, 1)
-        buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            ids=ids_t.numpy(),
-            targets=y_t.numpy(),
-            probs=full.numpy(),
-            top_idx=top.indices.numpy(),
-            top_prob=top.values.numpy(),
-            classes=np.array(ds.classes),
-        )
-        atomic_write(out, buf.getvalue())
-        return out
-    idx = torch.cat([t.indices for t in probs])
-    val = torch.cat([t.values for t in probs])
-    columns = {"index": ids_t.tolist(), "given": [ds.classes[int(t)] for t in y_t]}
+        _write_npz(out, ids_t, y_t, torch.cat(probs), k, ds.classes)
+    else:
+        _write_table(out, fmt, ids_t, y_t, probs, k, ds.classes)
+    return out
+
+
+def _write_npz(out: Path, ids: torch.Tensor, y: torch.Tensor, full: torch.Tensor, k: int, classes: list[str]) -> None:
+    """The full ``[N, C]`` matrix (cleanlab's ``pred_probs``) with ids, targets and the top-k."""
+    top = full.topk(k, 1)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, ids=ids.numpy(), targets=y.numpy(), probs=full.numpy(), top_idx=top.indices.numpy(),
+                        top_prob=top.values.numpy(), classes=np.array(classes))  # fmt: skip
+    atomic_write(out, buf.getvalue())
+
+
+def _write_table(
+    out: Path, fmt: str, ids: torch.Tensor, y: torch.Tensor, tops: list, k: int, classes: list[str]
+) -> None:
+    """One row per image: index, given label, then class and probability of each of the top k (csv, parquet)."""
+    idx = torch.cat([t.indices for t in tops])
+    val = torch.cat([t.values for t in tops])
+    columns = {"index": ids.tolist(), "given": [classes[int(t)] for t in y]}
     for j in range(k):
-        columns[f"class_{j + 1}"] = [ds.classes[int(t)] for t in idx[:, j]]
+        columns[f"class_{j + 1}"] = [classes[int(t)] for t in idx[:, j]]
         columns[f"prob_{j + 1}"] = [round(float(v), 6) for v in val[:, j]]
     if fmt == "csv":
         write_csv(out, (dict(zip(columns, vals)) for vals in zip(*columns.values())))
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.table(columns), sink)
-        atomic_write(out, sink.getvalue().to_pybytes())
-    return out
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    atomic_write(out, sink.getvalue().to_pybytes())
 
 
 __all__ = ["export_run", "write_csv"]

@@ -241,6 +241,23 @@ def _train_epoch(run: _Run, epoch: int, pos: state.Position, desc: str, progress
     return row
 
 
+def _finish(
+    run: _Run, history: list[dict], generation: int, labels_info: dict, desc: str, progress: bool, log
+) -> dict | None:
+    """After the last epoch: clean train top-1, the final checkpoint and meta.json (rank 0 writes)."""
+    clean = run.evaluate_on(run.ds.train, f"{desc} train (clean)", progress)  # every process takes part
+    if not distributed.is_main():
+        return None
+    metrics = final_metrics(history, clean, run.folder, run.cfg.optim.epochs)
+    student = run.student.to(memory_format=torch.contiguous_format)
+    meta = final_meta(run.cfg, run.ds, student, generation, labels_info, metrics, run.fingerprint)
+    meta = save_final(run.folder, student, meta)
+    (run.folder / STATE).unlink(missing_ok=True)
+    log(f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  "
+        f"test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}")  # fmt: skip
+    return meta
+
+
 def train_generation(
     cfg: Config,
     folder: str | Path,
@@ -280,10 +297,7 @@ def train_generation(
             atomic_write(folder / "label-noise.csv", run.ds.label_changes.to_csv().encode())
     pos = state.resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
     if pos.batch:
-        log(
-            f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} "
-            f"({folder})"
-        )
+        log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} ({folder})")  # fmt: skip
     elif pos.epoch:
         log(f"generation {generation}: resuming after epoch {pos.epoch} ({folder})")
     history = metrics_upto(folder / "metrics.jsonl", pos.epoch - 1) if main else []
@@ -298,16 +312,5 @@ def train_generation(
         run.save(epoch + 1, 0, None)
         log(_epoch_line(desc, epochs, row))
 
-    clean, meta = run.evaluate_on(run.ds.train, f"{desc} train (clean)", progress), None
-    if main:
-        metrics = final_metrics(history, clean, folder, epochs)
-        student = run.student.to(memory_format=torch.contiguous_format)
-        meta = save_final(
-            folder, student, final_meta(cfg, run.ds, student, generation, labels_info, metrics, run.fingerprint)
-        )
-        (folder / STATE).unlink(missing_ok=True)
-        log(
-            f"{desc} done: train top-1 (clean) {metrics['train_top1_clean']:.2f}  "
-            f"test top-1 {metrics['test_top1']:.2f}  gap {metrics['gap']:.2f}"
-        )
+    meta = _finish(run, history, generation, labels_info, desc, progress, log)
     return distributed.broadcast(meta)  # after rank 0 wrote the checkpoint the next generation reads

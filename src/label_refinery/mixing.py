@@ -1,6 +1,6 @@
 """Mixing as function matching: mixup and cutmix of the crops, labelled after mixing.
 
-Beyer et al. 2022 ("Knowledge distillation: a good teacher is patient and consistent", Sec. 3) found
+Beyer et al. 2022 (arXiv 2106.05237, Sec. 3: distillation that is "patient and consistent") found
 that distillation works best when the refinery labels *exactly* the image the student sees, mixed
 images included ("function matching"). Here mixing is a batch transform that runs before the label
 source (docs/design.md), so a live refinery labels the mixed crop; generation 1 mixes its one-hot

@@ -239,13 +239,7 @@ def bake(
     out = Path(out)
     spec = _store_spec(split, sampler, epochs, top_k, num_classes, prob_dtype, bf16, temperature, provenance)
     if (out / "manifest.json").is_file():
-        manifest = json.loads((out / "manifest.json").read_text())
-        if _comparable(manifest) != _comparable(spec):
-            raise UserError(
-                f"{out} holds a finished label store with other settings; delete it or bake into another folder"
-            )
-        log(f"label store {out}: finished earlier, reusing it")
-        return manifest
+        return _finished_store(out, spec, log)
     state = _Bake(out, spec, split.ids.numpy())
     if state.epoch or state.batch:
         log(f"label store {out}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
@@ -257,18 +251,22 @@ def bake(
     seconds = time.perf_counter() - start
     sizes = split.image_sizes() if sampler is not None else None
     digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
-    manifest = {
-        **spec,
-        "shape": list(state.indices.shape),
-        "crop_digests": digests,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "bake_images_per_s": done / seconds if done else None,
-    }
+    manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "bake_images_per_s": done / seconds if done else None}  # fmt: skip
     write_json(out / "manifest.json", manifest)
     log(
         f"label store {out}: {epochs} x {len(split)} crops, top-{top_k}, "
         f"{estimate_bytes(epochs, len(split), num_classes, top_k, prob_dtype) / 2**20:.1f} MiB"
     )
+    return manifest
+
+
+def _finished_store(out: Path, spec: dict, log: Callable[[str], None]) -> dict:
+    """A store baked earlier with the same settings, reused as it is; another one is refused."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    if _comparable(manifest) != _comparable(spec):
+        raise UserError(f"{out} holds a finished label store with other settings; delete it or bake into another folder")
+    log(f"label store {out}: finished earlier, reusing it")
     return manifest
 
 
