@@ -1,6 +1,7 @@
 """One epoch of training, and evaluation; both return named metrics.
 
-The training step reads top to bottom: batch, refined labels, forward, loss, backward, step, meters.
+The training step reads top to bottom: batch, transform (what the student sees), refined labels of
+exactly those crops, forward, loss, backward, step, meters (:func:`train_one_epoch`).
 """
 
 from __future__ import annotations
