@@ -45,14 +45,14 @@ browser:
 # The demo: a chain on the embedded default in the setting where self-refinement paid in our study
 # (docs/results.md): 2,000 Fashion-MNIST training images that generation 1 over-fits, 150 epochs per
 # generation, 5,000 held-out validation images. It is seed 0 of configs/pays/fmnist-2k-patient.yaml.
-# About 6 minutes on 2 CPU cores after the install (README).
+# 6 min 38 s on 2 CPU cores after the install (README).
 DEMO_FLAGS := --dataset fashion-mnist --model cnn-small --train-subset 2000 --val-split 5000 --epochs 150 --eval-every 50 --generations 2
 demo: setup data
 	$(VENV)/bin/label-refinery chain $(DEMO_FLAGS) --out $(DEMO_OUT)
-	@echo "What this shows: generation 2, trained only on generation 1's per-crop refined labels, against generation 1 on the"
-	@echo "same 2,000 images. Over 5 seeds of this setting refined labels gained +0.26 [+0.00, +0.52] test top-1 points (95 % interval;"
-	@echo "4 of 5 seeds better) and narrowed the train/test gap by 1.8 points; label smoothing 0.1 gained as much. Evidence and the"
-	@echo "settings where refinement did not pay: docs/results.md"
+	@echo "What this shows: generation 2, trained only on generation 1's per-crop refined labels, against generation 1 on the same"
+	@echo "2,000 images. Over 5 seeds of this setting refined labels gained +0.26 [+0.00, +0.52] test top-1 points (4 of 5 seeds)"
+	@echo "and narrowed the train/test gap by 1.8 points: small next to one run's noise, so a single run may land either side;"
+	@echo "label smoothing 0.1 gained as much. Evidence, and the settings where refinement lost: docs/results.md"
 
 # Sets up what the tests need (the venv, Fashion-MNIST, Chromium), then runs them in one process per
 # core (pytest-xdist; a test file stays in one process, so its module fixtures are built once); -ra
