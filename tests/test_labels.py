@@ -130,3 +130,23 @@ def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
     assert meta["labels"]["kind"] == "live-refinery"
     a, b = load_checkpoint(tmp_path / "gen1").state_dict, load_checkpoint(tmp_path / "oracle").state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refinery_temperature_sharpens_the_refinerys_softmax_alone(tmp_path):
+    """labels.refinery_temperature applies to the refinery's softmax only (the loss keeps labels.temperature)."""
+    from label_refinery import load_config, train_generation
+    from label_refinery.labels.build import build_label_source, build_step
+
+    ds = load_dataset("digits")
+    base = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "device": "cpu"}
+    train_generation(load_config(overrides=base), tmp_path / "g1", dataset=ds, log=lambda _: None)
+    cfg = load_config(overrides={**base, "refinery": str(tmp_path / "g1"), "labels.refinery_temperature": 0.5})
+    labels = build_label_source(cfg, ds, folder=tmp_path / "g2", sampler=CropSampler(1), device="cpu",
+                                fingerprint=ds.fingerprint(), log=lambda _: None)
+    batch = next(ds.train.iter_batches(16, crops=CropSampler(1), order_seed=1))
+    with torch.no_grad():
+        logits = labels.model(batch.images)
+    assert torch.allclose(labels(batch), F.softmax(logits / 0.5, 1), atol=1e-6)  # sharper than T = 1
+    z = torch.randn(16, 10)
+    q = labels(batch)
+    assert torch.allclose(build_step(cfg, ds, labels).loss(z, q, batch.targets), -(q * F.log_softmax(z, 1)).sum(1).mean())

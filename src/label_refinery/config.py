@@ -62,6 +62,9 @@ class OptimConfig:
 class LabelConfig:
     temperature: float = 1.0  # T of refinery and student softmax; the paper: 1
     gt_weight: float = 0.0  # alpha: weight of the ground-truth cross-entropy; the paper: 0
+    # the refinery's softmax alone (the student's stays at `temperature`): < 1 sharpens the refined labels.
+    # Not in the paper; None: `temperature`. See docs/results.md (noisy labels)
+    refinery_temperature: float | None = None
     label_smoothing: float = 0.0  # generation 1 (ground truth) only
     refinery_bn_train: bool = False  # the 2018 release's behaviour: refinery BatchNorm in train mode
     source: str = (
@@ -312,6 +315,10 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
     """The label source, the loss and the batch transforms (mixing, jittering), and their combinations."""
     lab, j, ch = cfg.labels, cfg.jitter, cfg.chain
     _check(lab.temperature > 0, f"labels.temperature must be > 0, got {lab.temperature}")
+    _check(
+        lab.refinery_temperature is None or lab.refinery_temperature > 0,
+        f"labels.refinery_temperature must be > 0, got {lab.refinery_temperature}",
+    )
     _check(0 <= lab.gt_weight <= 1, f"labels.gt_weight must be in [0, 1], got {lab.gt_weight}")
     _check(0 <= lab.label_smoothing < 1, f"labels.label_smoothing must be in [0, 1), got {lab.label_smoothing}")
     _check(

@@ -43,6 +43,7 @@ TRAIN_FLAGS = [
     (["--gamma"], "optim.gamma", dict(type=float)),
     (["--warmup-epochs"], "optim.warmup_epochs", dict(type=float)),
     (["--temperature"], "labels.temperature", dict(type=float, help="softmax temperature T (the paper: 1)")),
+    (["--refinery-temperature"], "labels.refinery_temperature", dict(type=float, help="temperature of the refinery's softmax alone; < 1 sharpens the refined labels (not in the paper)")),
     (["--gt-weight"], "labels.gt_weight", dict(type=float, help="weight of ground-truth CE mixed in (the paper: 0)")),
     (["--label-smoothing"], "labels.label_smoothing", dict(type=float, help="for ground-truth generations")),
     (["--refinery-bn-train"], "labels.refinery_bn_train", dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode")),
@@ -60,7 +61,7 @@ TRAIN_FLAGS = [
     (["--jitter-grad"], "jitter.grad", dict(choices=["student", "refinery"], help="whose input gradient makes the step")),
     (["--no-jitter-relabel"], "jitter.relabel", dict(action="store_false", help="keep the clean crop's refined label for the jittered crop")),
 ]
-BAKE_KEYS = {"refinery", "seed", "device", "channels_last", "optim.epochs", "labels.temperature", "labels.top_k", "labels.store_dtype"}
+BAKE_KEYS = {"refinery", "seed", "device", "channels_last", "optim.epochs", "labels.temperature", "labels.refinery_temperature", "labels.top_k", "labels.store_dtype"}
 CHAIN_FLAGS = [
     (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
     (["--refined-epochs"], "chain.refined_epochs", dict(type=int, help="epochs of the refined generations (default: --epochs, as generation 1)")),

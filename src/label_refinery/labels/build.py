@@ -43,12 +43,18 @@ def store_provenance(refinery: LiveRefinery, fingerprint: str, image_size: int) 
     }
 
 
+def refinery_temperature(cfg: Config) -> float:
+    """The temperature of the refinery's softmax: ``labels.refinery_temperature``, else ``labels.temperature``."""
+    lab = cfg.labels
+    return lab.temperature if lab.refinery_temperature is None else lab.refinery_temperature
+
+
 def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: Callable[[str], None]) -> LiveRefinery:
     refinery = LiveRefinery.from_checkpoint(
         cfg.refinery,
         device,
         cfg.channels_last,
-        temperature=cfg.labels.temperature,
+        temperature=refinery_temperature(cfg),
         bn_train=cfg.labels.refinery_bn_train,
     )
     check_compatible(refinery, ds)
@@ -90,7 +96,7 @@ def bake_labels(
         device=device,
         channels_last=cfg.channels_last,
         bf16=bf16,
-        temperature=cfg.labels.temperature,
+        temperature=refinery_temperature(cfg),
         provenance=store_provenance(refinery, fingerprint, ds.image_size),
         progress=progress,
         log=log,
@@ -155,7 +161,7 @@ def build_label_source(
             image_size=ds.image_size,
             sampler=sampler,
             epochs=cfg.optim.epochs,
-            temperature=lab.temperature,
+            temperature=refinery_temperature(cfg),
             device=device,
             refinery_sha256=sha,
         )
