@@ -292,6 +292,8 @@ def _labels(meta: dict, arm: Arm) -> str:
         words += f", KD T={cfg['labels']['temperature']:g}, soft {1 - gt:g} / gt {gt:g}"
     if cfg.get("jitter", {}).get("enabled"):
         words += ", jitter"
+    if cfg["labels"].get("refinery_temperature") is not None:
+        words += f", refinery T={cfg['labels']['refinery_temperature']:g}"
     words += mixed
     return words
 
