@@ -71,15 +71,13 @@ def resolve_seed(cfg: Config) -> Config:
     if cfg.seed is not None:
         return cfg
     seed = 0
-    sidecar = resolve(cfg.refinery).parent / META if cfg.refinery else None
-    if sidecar is not None and sidecar.is_file():  # a refinery from elsewhere, without meta.json: seed 1
-        seed = int((json.loads(sidecar.read_text()).get("config") or {}).get("seed") or 0) + 1
-    elif sidecar is not None:
-        seed = 1
+    if cfg.refinery:  # the refinery's recorded seed + 1 (a refinery from elsewhere, without meta.json: 0 + 1)
+        sidecar = resolve(cfg.refinery).parent / META
+        config = json.loads(sidecar.read_text()).get("config") or {} if sidecar.is_file() else {}
+        seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
-        seed = int(
-            json.loads((Path(cfg.labels.store) / "manifest.json").read_text()).get("sampler", {}).get("seed") or 0
-        )
+        manifest = json.loads((Path(cfg.labels.store) / "manifest.json").read_text())
+        seed = int(manifest.get("sampler", {}).get("seed") or 0)
     return replace(cfg, seed=seed)
 
 

@@ -139,14 +139,15 @@ def apply_crops(images: torch.Tensor, crops: torch.Tensor, size: int | tuple[int
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     c = crops.to(device=images.device, dtype=torch.float32)
-    shrink = torch.maximum(c[:, 2] / out_h, c[:, 3] / out_w)  # [B] input pixels per output pixel
-    k = torch.ceil(shrink - 1e-6).clamp_(min=1).long()  # [B] supersampling factor per axis
+    # [B] supersampling factor per axis, from the crops as given (on the CPU: no device sync per batch)
+    shrink = torch.maximum(crops[:, 2].double() / out_h, crops[:, 3].double() / out_w).cpu()
+    k = torch.ceil(shrink - 1e-6).clamp_(min=1).long()
     if bool((k == 1).all()):
         out = _sample(images, c, out_h, out_w)
     else:
         out = images.new_empty(images.shape[0], images.shape[1], out_h, out_w)
         for kv in k.unique().tolist():
-            rows = (k == kv).nonzero().squeeze(1)
+            rows = (k == kv).nonzero().squeeze(1).to(images.device)
             fine = _sample(images[rows], c[rows], out_h * kv, out_w * kv)  # [b, C, kh, kw]
             out[rows] = F.avg_pool2d(fine, kv) if kv > 1 else fine
     flip = c[:, 4].bool()[:, None, None, None]
