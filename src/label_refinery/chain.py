@@ -64,9 +64,12 @@ def summary_row(meta: dict, out: Path) -> dict:
     if labels["kind"] == "ground-truth":
         refinery = "ground truth"
     else:
-        path = Path(labels["path"]).resolve()
-        inside = path.parent.parent == out.resolve() and path.parent.name.startswith("gen")
-        refinery = f"{path.parent.name if inside else labels['path']} ({labels['model']})"
+        names = []
+        for given in labels["path"] if isinstance(labels["path"], list) else [labels["path"]]:  # a list: an ensemble
+            path = Path(given).resolve()
+            inside = path.parent.parent == out.resolve() and path.parent.name.startswith("gen")
+            names.append(path.parent.name if inside else given)
+        refinery = f"{' + '.join(names)} ({labels['model']})"
     return {"generation": meta["generation"], "model": meta["model"], "refinery": refinery, **meta["metrics"]}
 
 

@@ -107,7 +107,8 @@ class ChainConfig:
 class Config:
     model: str = "cnn-small"
     pretrained: str | None = None  # "hub" or a local weights file for timm/torchvision models
-    refinery: str | None = None  # checkpoint labelling this run (train), or generation 1 (chain)
+    # checkpoint labelling this run (train), or generation 1 (chain); several: their probabilities averaged
+    refinery: str | tuple[str, ...] | None = None
     # init, batch order and crops; a chain uses seed + generation - 1. None (the default): 0 on ground
     # truth, else the refinery's own seed + 1, so a student never replays its refinery's crops and init
     seed: int | None = None
@@ -123,6 +124,13 @@ class Config:
     jitter: JitterConfig = field(default_factory=JitterConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
+
+
+def refinery_paths(cfg: Config) -> tuple[str, ...]:
+    """The checkpoints ``cfg.refinery`` names: none, one, or an ensemble's members (in order)."""
+    if cfg.refinery is None:
+        return ()
+    return (cfg.refinery,) if isinstance(cfg.refinery, str) else tuple(cfg.refinery)
 
 
 def valid_keys(cls=Config, prefix: str = "") -> list[str]:
@@ -146,6 +154,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
             return None
         inner = [a for a in args if a is not type(None)]
+        several = [a for a in inner if typing.get_origin(a) is tuple]
+        if several and isinstance(value, (list, tuple)):  # "one or several": a list of one is the one
+            value = _coerce(value, several[0], key)
+            return value[0] if len(value) == 1 and str in inner else value
         return _coerce(value, inner[0], key)
     if origin is tuple:
         if isinstance(value, str):  # "a b" or "a,b" (use spaces when items contain commas)
@@ -327,6 +339,9 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
     _check(lab.top_k >= 1, f"labels.top_k must be >= 1, got {lab.top_k}")
     _check(lab.store_dtype in ("fp16", "uint8"), f"labels.store_dtype must be fp16 or uint8, got {lab.store_dtype!r}")
     _check(not (lab.store and lab.source == "static"), "labels.store and labels.source=static exclude each other")
+    paths = refinery_paths(cfg)
+    _check(all(p for p in paths), "refinery: an empty checkpoint path")
+    _check(len(set(paths)) == len(paths), f"refinery: a checkpoint is named twice in the ensemble {list(paths)}")
     _check(
         not (lab.refinery_bn_train and (lab.source != "live" or lab.store)),
         "labels.refinery_bn_train needs a live refinery (labels.source=live, no labels.store)",

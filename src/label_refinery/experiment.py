@@ -18,7 +18,11 @@ and the seeds::
       - {name: kd, refinery: big/gen1, seed_offset: 1, set: {labels: {temperature: 4, gt_weight: 0.1}, chain: {generations: 1}}}
 
 ``refinery: ARM/genK`` labels the arm's generation 1 with another arm's generation K of the same
-seed (that arm must come earlier). Seed ``S`` runs every arm with ``config seed = base seed + 1000 * S
+seed (that arm must come earlier). A list (``refinery: [big/gen1, self/gen1]``) is a refinery
+ensemble, averaged in probability; ``ARM/genK@others`` stands for that generation of every *other*
+seed of the experiment (a leave-one-out ensemble of independently trained models: seed S's student
+is refined by the models of the other seeds, never its own paired generation 1). Arms refined
+across seeds run after every seed of the arms they need. Seed ``S`` runs every arm with ``config seed = base seed + 1000 * S
 + seed_offset`` (a chain adds ``g - 1`` for its generation ``g``): with ``seed_offset: 1`` an arm refined
 by ``self/gen1`` starts from the same initialisation, crops and batch order as ``self/gen2``, so
 the two differ only in their labels.
@@ -60,7 +64,7 @@ METRICS = [  # (key, title, source): source "meta" is meta.json's metrics, "anal
 class Arm:
     name: str
     changes: dict = field(default_factory=dict)  # nested config keys on top of the base
-    refinery: str | None = None  # "ARM/genK" of the same seed, labelling generation 1
+    refinery: tuple[str, ...] = ()  # "ARM/genK" (same seed) or "ARM/genK@others" each; several: an ensemble
     seed_offset: int = 0
 
 
@@ -87,7 +91,8 @@ class Experiment:
         values = merge(self.base, arm.changes)
         values["seed"] = int(values.get("seed") or 0) + SEED_STRIDE * seed + arm.seed_offset
         if arm.refinery:
-            values["refinery"] = str(self._ref_path(arm.refinery, seed))
+            paths = [str(p) for p in self.refinery_paths(arm, seed)]
+            values["refinery"] = paths[0] if len(paths) == 1 else paths
         cfg = from_dict(Config, values)
         validate(cfg)
         return cfg
@@ -95,6 +100,34 @@ class Experiment:
     def _ref_path(self, ref: str, seed: int) -> Path:
         name, gen = _split_ref(ref)
         return self.folder(seed, name) / gen
+
+    def refinery_paths(self, arm: Arm, seed: int) -> list[Path]:
+        """The generation folders labelling ``arm``'s generation 1 for ``seed`` (several: an ensemble)."""
+        out = []
+        for ref in arm.refinery:
+            base, others = _split_others(ref)
+            out += (
+                [self._ref_path(base, s) for s in self.seeds if s != seed] if others else [self._ref_path(base, seed)]
+            )
+        return out
+
+
+def _split_others(ref: str) -> tuple[str, bool]:
+    """``ARM/genK@others`` -> (``ARM/genK``, True); ``ARM/genK`` -> (itself, False)."""
+    base, at, what = ref.partition("@")
+    if at and what != "others":
+        raise UserError(f"a refinery reference is ARM/genK or ARM/genK@others, got {ref!r}")
+    return base, bool(at)
+
+
+def stages(exp: "Experiment", arms: list[Arm]) -> list[list[Arm]]:
+    """``arms`` grouped so that an arm refined across seeds (``@others``) runs after every seed of the
+    arms it needs; within a stage, arms keep their order and run seed by seed."""
+    level: dict[str, int] = {}
+    for arm in exp.arms:  # references point to earlier arms, so one pass suffices
+        need = [(_split_ref(_split_others(r)[0])[0], _split_others(r)[1]) for r in arm.refinery]
+        level[arm.name] = max([level[n] + int(others) for n, others in need], default=0)
+    return [[a for a in arms if level[a.name] == k] for k in sorted({level[a.name] for a in arms})]
 
 
 def _as_list(value) -> tuple[str, ...]:
@@ -133,10 +166,12 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
         name = str(a["name"])
         if name in seen or "/" in name:
             raise UserError(f"arm names must be unique and contain no '/': {name!r}")
-        if a.get("refinery") and _split_ref(str(a["refinery"]))[0] not in seen:
-            raise UserError(f"arm {name!r}: its refinery {a['refinery']!r} must be an earlier arm's generation")
+        refs = _as_list(a.get("refinery"))
+        for ref in refs:
+            if _split_ref(_split_others(ref)[0])[0] not in seen:
+                raise UserError(f"arm {name!r}: its refinery {ref!r} must be an earlier arm's generation")
         seen.add(name)
-        arms.append(Arm(name, a.get("set") or {}, a.get("refinery"), int(a.get("seed_offset", 0))))
+        arms.append(Arm(name, a.get("set") or {}, refs, int(a.get("seed_offset", 0))))
     seeds = tuple(int(s) for s in raw.get("seeds", [0, 1, 2]))
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"experiment file {p}: seeds must be a non-empty list of distinct integers, got {list(seeds)}")
@@ -151,7 +186,9 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     )
     for arm in exp.arms:
         exp.config(arm, exp.seeds[0])  # every arm's config must be valid before anything trains
-    refs = list(exp.references) + list(exp.ensembles) + [a.refinery for a in exp.arms if a.refinery]
+    if any(_split_others(r)[1] for a in exp.arms for r in a.refinery) and len(exp.seeds) < 2:
+        raise UserError(f"experiment file {p}: a refinery ARM/genK@others needs at least 2 seeds")
+    refs = list(exp.references) + list(exp.ensembles) + [_split_others(r)[0] for a in exp.arms for r in a.refinery]
     for ref in refs:
         name, gen = _split_ref(ref)
         have = exp.config(exp.arm(name), exp.seeds[0]).chain.generations
@@ -174,29 +211,33 @@ def run_experiment(
 
     chosen = [exp.arm(a) for a in arms] if arms else list(exp.arms)
     datasets: dict = {}
-    for seed in seeds if seeds is not None else exp.seeds:
-        for arm in chosen:
-            cfg = exp.config(arm, seed)
-            if arm.refinery and not (exp._ref_path(arm.refinery, seed) / META).is_file():
-                raise UserError(
-                    f"arm {arm.name!r} (seed {seed}) is refined by {arm.refinery}, which is not finished: run that arm first"
-                )
-            key = json.dumps(
-                {k: v for k, v in vars(cfg.data).items() if k not in ("crop_scale", "crop_ratio", "flip")}, default=str
+    order = [
+        (s, a) for stage in stages(exp, chosen) for s in (seeds if seeds is not None else exp.seeds) for a in stage
+    ]
+    for seed, arm in order:
+        cfg = exp.config(arm, seed)
+        missing = [str(p) for p in exp.refinery_paths(arm, seed) if not (p / META).is_file()]
+        if missing:
+            raise UserError(
+                f"arm {arm.name!r} (seed {seed}) is refined by {', '.join(arm.refinery)}, and {missing[0]} is not "
+                "finished: run that arm first (with @others: for every seed)"
             )
-            if key not in datasets:
-                datasets[key] = load_data(cfg)
-            folder, start = exp.folder(seed, arm.name), time.time()
-            log(f"== seed {seed}, arm {arm.name} -> {folder}")
-            run_chain(cfg, folder, progress=progress, log=log, dataset=datasets[key])
-            if exp.analyze and not all(
-                (g / "analysis.json").is_file() for g in folder.glob("gen*") if (g / META).is_file()
-            ):
-                from .analyze import analyze_run
+        key = json.dumps(
+            {k: v for k, v in vars(cfg.data).items() if k not in ("crop_scale", "crop_ratio", "flip")}, default=str
+        )
+        if key not in datasets:
+            datasets[key] = load_data(cfg)
+        folder, start = exp.folder(seed, arm.name), time.time()
+        log(f"== seed {seed}, arm {arm.name} -> {folder}")
+        run_chain(cfg, folder, progress=progress, log=log, dataset=datasets[key])
+        if exp.analyze and not all(
+            (g / "analysis.json").is_file() for g in folder.glob("gen*") if (g / META).is_file()
+        ):
+            from .analyze import analyze_run
 
-                analyze_run(folder, images=1000, crops_per_image=2, examples=0, log=log, dataset=datasets[key])
-            log(f"== seed {seed}, arm {arm.name}: {time.time() - start:.0f} s")
-            write_results(exp)
+            analyze_run(folder, images=1000, crops_per_image=2, examples=0, log=log, dataset=datasets[key])
+        log(f"== seed {seed}, arm {arm.name}: {time.time() - start:.0f} s")
+        write_results(exp)
     for ref in exp.ensembles:
         measure_ensemble(exp, ref, log=log)
     return write_results(exp)
@@ -265,7 +306,7 @@ def collect(exp: Experiment) -> list[dict]:
                     "arm": arm.name,
                     "generation": meta["generation"],
                     "model": meta["model"],
-                    "labels": _labels(meta, arm),
+                    "labels": _labels(meta, arm, len(exp.seeds)),
                     **meta["metrics"],
                 }
                 if (gen / "analysis.json").is_file():
@@ -275,7 +316,12 @@ def collect(exp: Experiment) -> list[dict]:
     return rows
 
 
-def _labels(meta: dict, arm: Arm) -> str:
+def _describe_ref(ref: str, seeds: int) -> str:
+    base, others = _split_others(ref)
+    return f"the ensemble of {base} of the other {seeds - 1} seeds" if others else base
+
+
+def _labels(meta: dict, arm: Arm, seeds: int) -> str:
     """How a generation was labelled, in words for the table."""
     lab, cfg = meta["labels"], meta["config"]
     mix = cfg.get("mix", {}).get("kind", "off")
@@ -284,7 +330,10 @@ def _labels(meta: dict, arm: Arm) -> str:
         smooth = cfg["labels"].get("label_smoothing", 0)
         return (f"ground truth, smoothing {smooth:g}" if smooth else "ground truth") + mixed
     g = meta["generation"]
-    source = arm.refinery if g == 1 and arm.refinery else f"{arm.name}/gen{g - 1}"
+    if g == 1 and arm.refinery:
+        source = " + ".join(_describe_ref(r, seeds) for r in arm.refinery)
+    else:
+        source = f"{arm.name}/gen{g - 1}"
     kind = {"static": "static", "store": "per-crop store"}.get(cfg["labels"]["source"], "per-crop")
     words = f"{kind} from {source}"
     if cfg["labels"]["temperature"] != 1 or cfg["labels"]["gt_weight"]:

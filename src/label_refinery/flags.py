@@ -9,7 +9,7 @@ import argparse
 # (flags, dotted config key, argparse options); one row a line, so the table reads as a table
 # fmt: off
 TRAIN_FLAGS = [
-    (["--dataset"], "data.dataset", dict(help="fashion-mnist, digits, or imagefolder:PATH")),
+    (["--dataset"], "data.dataset", dict(help="fashion-mnist, fashion-scenes, fashion-pairs (100 classes), digits, or imagefolder:PATH")),
     (["--data-dir"], "data.data_dir", dict(help="folder to look for dataset files first")),
     (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
@@ -23,7 +23,8 @@ TRAIN_FLAGS = [
                                           "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
                                           "inputs); timm:NAME, torchvision:NAME")),
     (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
-    (["--refinery"], "refinery", dict(help="checkpoint (generation folder or model.safetensors) that labels the crops")),
+    (["--refinery"], "refinery", dict(action="append", metavar="CKPT", help="checkpoint (generation folder or model.safetensors) that labels the crops; "
+                                          "repeat for an ensemble averaged in probability (--refinery A --refinery B)")),
     (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1); "
                                           "default: 0 on ground truth, the refinery's seed + 1 with --refinery")),
     (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),

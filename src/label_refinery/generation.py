@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, state
 from .checkpoint import META, STATE, atomic_write, resolve, save_final
-from .config import Config, save_config
+from .config import Config, refinery_paths, save_config
 from .data import CropSampler, ImageDataset, load_dataset
 from .engine import Meters, Step, evaluate, lr_schedule, make_optimizer, train_one_epoch
 from .errors import UserError
@@ -72,7 +72,7 @@ def resolve_seed(cfg: Config) -> Config:
         return cfg
     seed = 0
     if cfg.refinery:  # the refinery's recorded seed + 1 (a refinery from elsewhere, without meta.json: 0 + 1)
-        sidecar = resolve(cfg.refinery).parent / META
+        sidecar = resolve(refinery_paths(cfg)[0]).parent / META  # an ensemble: its first member's
         config = json.loads(sidecar.read_text()).get("config") or {} if sidecar.is_file() else {}
         seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for

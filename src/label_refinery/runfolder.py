@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from . import __version__
-from .checkpoint import META, STATE, atomic_write, resolve, sha256_file
+from .checkpoint import META, STATE, atomic_write, refinery_sha256
 from .config import Config, merge, to_dict
 from .data import ImageDataset
 from .errors import UserError
@@ -97,7 +97,7 @@ def metrics_upto(path: Path, last_epoch: int) -> list[dict]:
 def _current_refinery_sha(cfg: Config) -> str | None:
     """SHA-256 of the refinery this config names: its checkpoint, or the one a named store was baked by."""
     if cfg.refinery:
-        return sha256_file(resolve(cfg.refinery))
+        return refinery_sha256(cfg.refinery)
     if cfg.labels.store:
         manifest = Path(cfg.labels.store) / "manifest.json"
         return json.loads(manifest.read_text()).get("refinery_sha256") if manifest.is_file() else None

@@ -1,7 +1,7 @@
 """Datasets (a small registry), crops as values, batches.
 
 Names: ``fashion-mnist`` (default), ``fashion-scenes`` (48x48 scenes with a distractor item: labels
-that crops make incomplete), ``digits``, ``imagefolder:PATH``.
+that crops make incomplete), ``fashion-pairs`` (100 classes: two items stacked), ``digits``, ``imagefolder:PATH``.
 
 Example:
     >>> from label_refinery.data import load_dataset
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from . import digits, fashion_mnist, imagefolder, scenes
+from . import digits, fashion_mnist, imagefolder, pairs, scenes
 from .base import Batch, ImageDataset, Split
 from .crops import Crop, CropSampler, apply_crops
 from .noise import symmetric_noise
@@ -23,6 +23,7 @@ from .noise import symmetric_noise
 DATASETS = {
     "fashion-mnist": fashion_mnist.load,
     "fashion-scenes": scenes.load,
+    "fashion-pairs": pairs.load,
     "digits": digits.load,
 }
 PREFIXED = {"imagefolder": imagefolder.load}

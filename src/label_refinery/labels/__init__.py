@@ -2,7 +2,8 @@
 
 - :class:`GroundTruth`: one-hot targets, optionally smoothed (generation 1).
 - :class:`LiveRefinery`: ``softmax(refinery(images) / T)`` on exactly the student's crop tensor; the
-  refinery is frozen (``requires_grad_(False)``), in eval mode and run under ``inference_mode``.
+  refinery is frozen (``requires_grad_(False)``), in eval mode and run under ``inference_mode``. It
+  may be an ensemble of checkpoints, averaged in probability (``LiveRefinery.from_checkpoints``).
 - :class:`~label_refinery.labels.store.StoredLabels`: the same labels read from a baked label store
   (``store.py``), per crop or static (one per image).
 
@@ -101,6 +102,42 @@ class LiveRefinery:
             "dataset_fingerprint": ckpt.meta.get("dataset_fingerprint"),
         }
         return cls(model, provenance=prov, **kwargs)
+
+    @classmethod
+    def from_checkpoints(cls, paths, device="cpu", channels_last: bool = False, **kwargs) -> "LiveRefinery":
+        """One checkpoint, or several averaged in probability (a refinery ensemble).
+
+        The ensemble's refined labels are ``softmax(log(mean_m softmax(f_m(x))) / T)``: at ``T = 1`` the
+        members' mean probability on the student's crop (:class:`ProbabilityEnsemble`). Its members
+        must agree on what they see (classes, channels, view size, normalisation); its ``sha256`` is
+        :func:`~label_refinery.checkpoint.ensemble_sha256` of theirs, ``path`` the list of members."""
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        if len(paths) == 1:
+            return cls.from_checkpoint(paths[0], device, channels_last, **kwargs)
+        from ..checkpoint import ensemble_sha256
+        from ..models.ensemble import ProbabilityEnsemble
+
+        members = [cls.from_checkpoint(p, device, channels_last) for p in paths]
+        first = members[0].provenance
+        for m in members[1:]:
+            for key in ("classes", "in_chans", "image_size", "mean", "std"):
+                if m.provenance.get(key) != first.get(key):
+                    raise UserError(
+                        f"the refinery ensemble's members see different inputs: {m.provenance['path']} has {key} "
+                        f"{m.provenance.get(key)!r}, {first['path']} has {first.get(key)!r}; an ensemble averages "
+                        "models trained on the same kind of data"
+                    )
+        fingerprints = {m.provenance.get("dataset_fingerprint") for m in members}
+        prov = {
+            **{key: first.get(key) for key in ("classes", "in_chans", "image_size", "mean", "std")},
+            "path": [m.provenance["path"] for m in members],
+            "sha256": ensemble_sha256([m.provenance["sha256"] for m in members]),
+            "model": f"ensemble of {len(members)}: " + ", ".join(m.provenance["model"] for m in members),
+            "generation": max(int(m.provenance.get("generation") or 0) for m in members),
+            "dataset_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
+            "members": [{k: m.provenance.get(k) for k in ("path", "sha256", "model", "generation")} for m in members],
+        }
+        return cls(ProbabilityEnsemble([m.model for m in members]), provenance=prov, **kwargs)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         grad_free = torch.no_grad() if self.bn_train else torch.inference_mode()

@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 
 from .. import distributed
-from ..checkpoint import resolve, sha256_file
-from ..config import Config
+from ..checkpoint import refinery_sha256
+from ..config import Config, refinery_paths
 from ..data import CropSampler, ImageDataset
 from ..engine import Step
 from ..errors import UserError
@@ -50,8 +50,8 @@ def refinery_temperature(cfg: Config) -> float:
 
 
 def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: Callable[[str], None]) -> LiveRefinery:
-    refinery = LiveRefinery.from_checkpoint(
-        cfg.refinery,
+    refinery = LiveRefinery.from_checkpoints(
+        refinery_paths(cfg),
         device,
         cfg.channels_last,
         temperature=refinery_temperature(cfg),
@@ -167,7 +167,7 @@ def build_label_source(
         )
 
     if lab.store:
-        return open_store(lab.store, sha256_file(resolve(cfg.refinery)) if cfg.refinery else None)
+        return open_store(lab.store, refinery_sha256(cfg.refinery) if cfg.refinery else None)
     if is_ground_truth(cfg):
         if lab.source != "live":
             raise UserError(f"labels.source={lab.source} needs a refinery: pass --refinery CKPT (or --labels STORE)")
