@@ -1,15 +1,31 @@
 """Which training labels look wrong, ambiguous or incomplete: ``label-refinery audit RUN``.
 
-Audit score of an image: ``1 - p(given)``, with ``p(given)`` the refined probability of its given
-label averaged over generations and over its views (the whole image and ``crops_per_image`` fixed
-crops, half the weight each). Reasons, from the last generation's labels:
+    label-refinery audit runs/fmnist --folds 5     # held-out scores: 5 fold models (folds.py), then rank
+    label-refinery audit runs/fmnist               # in-sample: the chain's own generations (quicker, weaker)
+    label-refinery relabel runs/fmnist/audit/audit.csv --top 200 --out fixes.csv   # then train --label-overrides
 
-- **wrong**: the whole image's refined top-1 is another class, with probability >= 0.5;
-- **ambiguous**: the given label and another class are within 0.2 of each other at the top;
-- **incomplete**: at least half the crops' top-1 is not the given label while the whole image agrees;
-- **uncertain**: the whole image's refined labels have more than half the maximal entropy.
+**Probabilities.** Each training image gets one probability vector ``p`` ``[C]``: the mean, over
+its scoring models, of their refined labels on its views (the whole image with weight 1/2 and
+``crops_per_image`` fixed crops sharing the other 1/2). With ``--folds K`` the scoring models of an
+image are its fold chain's generations, which never trained on it (*held-out*, as confident
+learning asks); without, every generation of the chain (*in-sample*: they saw the image, so a
+memorised wrong label looks right). ``p`` for all images is written to ``audit/probs.npy``
+(float32 ``[N, C]``, memory-mapped: a million images x 1,000 classes is 4 GB on disk, little memory),
+which cleanlab's ``pred_probs`` also takes.
 
-Everything streams in batches: memory holds a few numbers per image and generation.
+**Rankings** (``quality.py``): ``self_confidence = p[given]`` and ``normalized_margin``; rows are
+ordered by ``--rank`` (default self-confidence, lowest first). ``issue`` is confident learning's flag
+(labelled ``i``, confidently another class), and ``audit/summary.json`` holds the calibrated confident
+joint's estimate of how many labels are wrong per (given, true) class pair.
+
+**Suggestion and reason** per image: the suggested label is ``argmax p`` with its probability; the
+``flag`` is the first that applies of
+
+- ``wrong``: confident learning flags it, or another class has ``p >= 0.5``;
+- ``ambiguous``: the given label and another class are the top two, within 0.2 of each other;
+- ``incomplete``: at least half the crops' top-1 is another class while the whole image agrees;
+- ``uncertain``: ``p`` has more than half the maximal entropy;
+- ``ok``.
 """
 
 from __future__ import annotations
@@ -17,39 +33,25 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from . import analysis
-from .checkpoint import atomic_write
+from . import quality
+from .checkpoint import atomic_write, load_checkpoint, write_json
 from .export import write_csv
 from .labels import refine
 from .probe import analysis_sampler, load_run, refined, to_pictures
 
-
-def _reasons(
-    given: float, top_idx: list[int], top_prob: list[float], ent: float, y: int, crop_wrong: float, classes: list[str]
-) -> list[str]:
-    """Human-readable reasons for one image from its last generation's whole-image labels: p(given),
-    the top-2 classes and probabilities, and the entropy."""
-    c1, c2 = (top_idx + [y])[:2]
-    p1, p2 = (top_prob + [0.0])[:2]
-    out = []
-    if c1 != y and p1 >= 0.5:
-        out.append(f"wrong: refined labels say '{classes[c1]}' ({p1:.2f}); given '{classes[y]}' gets {given:.2f}")
-    elif y in (c1, c2) and p1 - p2 < 0.2:
-        other, p_other = (c2, p2) if c1 == y else (c1, p1)
-        out.append(f"ambiguous: '{classes[y]}' {given:.2f} vs '{classes[other]}' {p_other:.2f}")
-    if crop_wrong >= 0.5 and c1 == y:
-        out.append(f"incomplete: {crop_wrong:.0%} of crops show something else")
-    if ent > 0.5 * math.log(len(classes)):
-        out.append("uncertain: refined labels are spread out")
-    return out
+RANKINGS = ("self_confidence", "normalized_margin")
 
 
 def audit_run(
     run: str | Path,
     *,
     out: str | Path | None = None,
+    folds: int = 0,
+    fold_generations: int = 1,
+    rank: str = "self_confidence",
     crops_per_image: int = 4,
     html_rows: int = 100,
     batch_size: int = 256,
@@ -57,104 +59,189 @@ def audit_run(
     progress: bool = False,
     log=print,
 ) -> Path:
-    """Score every training image; write ``audit.csv`` (all images, most suspicious first) and
-    ``audit.html`` (the top ``html_rows``); returns the output folder.
+    """Score every training image; write ``audit.csv`` (all images, most suspicious first),
+    ``audit.html`` (the top ``html_rows``, with accept/reject per row), ``probs.npy`` and
+    ``summary.json``; returns the output folder. ``folds``: held-out scores from that many fold
+    chains (:mod:`label_refinery.folds`); 0: the chain's own generations (in-sample)."""
+    from .errors import UserError
 
-    Memory: per image a handful of numbers and every generation's top-3 -- no class dimension, so
-    ImageNet-size datasets fit (about 100 bytes per image and generation)."""
+    if rank not in RANKINGS:
+        raise UserError(f"--rank must be one of {', '.join(RANKINGS)}, got {rank!r}")
     gens, models, ds, cfg = load_run(run, device)
     out = Path(out) if out else Path(run) / "audit"
-    n, g, targets, sampler = len(ds.train), len(models), ds.train.targets, analysis_sampler(cfg)
-    given, crop_wrong, top3, top3p, last_given, last_entropy = _stream_scores(
-        models, ds, sampler, crops_per_image, batch_size, device, progress
-    )
-    p_given_mean = (given / g).float()
-    score = 1 - p_given_mean
-    order = score.argsort(descending=True, stable=True)
-
-    def row(rank: int, i: int) -> dict:
-        y = int(targets[i])
-        idx, prob = top3[-1, i].tolist(), top3p[-1, i].tolist()
-        best_other = next((q for c_, q in zip(idx, prob) if c_ != y), 0.0)  # within the top-3: enough for a margin
-        return {
-            "rank": rank,
-            "index": int(ds.train.ids[i]),
-            "path": ds.train.path(i),
-            "given": ds.classes[y],
-            "score": round(float(score[i]), 4),
-            "p_given": round(float(p_given_mean[i]), 4),
-            "margin": round(float(last_given[i]) - best_other, 4),
-            "entropy": round(float(last_entropy[i]), 4),
-            "crop_disagreement": round(float(crop_wrong[i]), 4),
-            "reasons": "; ".join(
-                _reasons(float(last_given[i]), idx, prob, float(last_entropy[i]), y, float(crop_wrong[i]), ds.classes)
-            ),
-            **{
-                f"gen{j + 1}_top3": " ".join(
-                    f"{ds.classes[int(a)]}:{float(b):.2f}" for a, b in zip(top3[j, i], top3p[j, i])
-                )
-                for j in range(g)
-            },
-        }
-
     out.mkdir(parents=True, exist_ok=True)
-    wrong = write_csv(out / "audit.csv", (row(r, i) for r, i in enumerate(order.tolist(), 1)))
+    n, c = len(ds.train), ds.num_classes
+    if folds:
+        if folds < 2 or folds > n:
+            raise UserError(f"--folds must be in 2..{n}, got {folds}")
+        from .folds import train_folds
+
+        parts = train_folds(Path(run), gens[0], ds, folds, fold_generations, progress=progress, log=log)
+        scorers = [(pos, [load_checkpoint(g).build_model(device).eval() for g in folders]) for pos, folders in parts]
+    else:
+        scorers = [(np.arange(n), models)]
+    probs = np.lib.format.open_memmap(out / "probs.npy.tmp", mode="w+", dtype=np.float32, shape=(n, c))
+    crop_wrong = np.zeros(n, dtype=np.float32)
+    sampler = analysis_sampler(cfg)
+    for k, (positions, ms) in enumerate(scorers):
+        desc = f"audit: fold {k + 1}/{len(scorers)}" if folds else "audit"
+        _score(ms, ds.train.subset(positions), positions, probs, crop_wrong, sampler, crops_per_image, batch_size,
+               device, progress, desc)  # fmt: skip
+    probs.flush()
+    del probs
+    (out / "probs.npy.tmp").replace(out / "probs.npy")
+    probs = np.load(out / "probs.npy", mmap_mode="r")
+    y = ds.train.targets.numpy()
+    table = _table(probs, y, crop_wrong, c)
+    order = np.argsort(table[rank], kind="stable")  # lowest quality first
+    rows = (_row(r, i, table, ds) for r, i in enumerate(order.tolist(), 1))
+    write_csv(out / "audit.csv", rows)
+    summary = _summary(table, y, ds.classes, folds, fold_generations, len(gens), rank)
+    write_json(out / "summary.json", summary)
     from .reports import audit_html  # HTML and pictures live with the reports
 
-    top_rows = [row(r, i) for r, i in enumerate(order[:html_rows].tolist(), 1)]
-    pictures = _pictures(ds, order[:html_rows].tolist(), models, sampler, device)
-    atomic_write(out / "audit.html", audit_html(top_rows, pictures, run=str(run), generations=g).encode())
-    log(f"audit: {n} images scored, {wrong} look wrong -> {out}/audit.csv, {out}/audit.html")
+    top = order[:html_rows].tolist()
+    top_rows = [_row(r, i, table, ds) for r, i in enumerate(top, 1)]
+    scorer_of = np.zeros(n, dtype=np.int64)
+    for k, (positions, _) in enumerate(scorers):
+        scorer_of[positions] = k
+    pictures = _pictures(ds, top, [scorers[scorer_of[i]][1][-1] for i in top], sampler, device)
+    atomic_write(out / "audit.html", audit_html(top_rows, pictures, run=str(run), summary=summary).encode())
+    log(
+        f"audit ({summary['scores']}): {n} images scored, {summary['flagged']['wrong']} look wrong, confident "
+        f"learning estimates {summary['estimated_issues']:.0f} wrong labels -> {out}/audit.csv, {out}/audit.html"
+    )
     return out
 
 
-def _stream_scores(models, ds, sampler, crops_per_image: int, batch_size: int, device, progress: bool):
-    """One pass over the whole images and ``crops_per_image`` over crops: per image the sum over
-    generations and views of p(given), the last generation's crop disagreement, every generation's
-    top-3, and the last generation's p(given) and entropy on the whole image."""
-    n, g, k = len(ds.train), len(models), min(3, ds.num_classes)
-    given = torch.zeros(n, dtype=torch.float64)  # sum over generations and views of p(given)
-    crop_wrong = torch.zeros(n)  # share of crops (last generation) whose top-1 is not the given label
-    top3, top3p = torch.zeros(g, n, k, dtype=torch.long), torch.zeros(g, n, k)
-    last_given, last_entropy = torch.zeros(n), torch.zeros(n)  # last generation, whole image
-
-    def p_given(p, y):  # [G, B]: each generation's probability of the given labels
-        return p.gather(2, y.view(1, -1, 1).expand(p.shape[0], -1, 1))[..., 0]
-
-    start = 0  # `refined` yields the split in index order: positions start..start+B
-    for _, y, p in refined(
-        models, ds.train, batch_size=batch_size, device=device, progress=progress, desc="audit: images"
-    ):
-        pos = slice(start, start + len(y))
-        start += len(y)
-        pg = p_given(p, y)
-        given[pos] += 0.5 * pg.double().sum(0)
-        t = p.topk(k, -1)
-        top3[:, pos], top3p[:, pos] = t.indices, t.values
-        last_given[pos], last_entropy[pos] = pg[-1], analysis.entropy(p[-1])
-    for c in range(crops_per_image):
+def _score(models, split, positions, probs, crop_wrong, sampler, crops_per_image, batch_size, device, progress, desc):
+    """Write the view-averaged mean probability of ``models`` for ``split`` (the images at ``positions``
+    of the training split, in order) into ``probs``; the crops' disagreement with the given label
+    (share of crops whose top-1 is another class, by the models' mean) into ``crop_wrong``."""
+    start = 0
+    for _, _, p in refined(models, split, batch_size=batch_size, device=device, progress=progress, desc=desc):
+        pos = positions[start : start + p.shape[1]]
+        probs[pos] = 0.5 * p.mean(0).numpy()
+        start += p.shape[1]
+    for view in range(crops_per_image):
         start = 0
-        for _, y, p in refined(
-            models,
-            ds.train,
-            batch_size=batch_size,
-            crops=sampler,
-            epoch=c,
-            device=device,
-            progress=progress,
-            desc=f"audit: crops {c + 1}/{crops_per_image}",
-        ):
-            pos = slice(start, start + len(y))
-            start += len(y)
-            given[pos] += 0.5 / crops_per_image * p_given(p, y).double().sum(0)
-            crop_wrong[pos] += (p[-1].argmax(1) != y).float() / crops_per_image
-    return given, crop_wrong, top3, top3p, last_given, last_entropy
+        for _, y, p in refined(models, split, batch_size=batch_size, crops=sampler, epoch=view, device=device,
+                               progress=progress, desc=f"{desc} crops {view + 1}/{crops_per_image}"):  # fmt: skip
+            pos = positions[start : start + p.shape[1]]
+            mean = p.mean(0)
+            probs[pos] += 0.5 / crops_per_image * mean.numpy()
+            crop_wrong[pos] += (mean.argmax(1) != y).float().numpy() / crops_per_image
+            start += p.shape[1]
+    if crops_per_image == 0:  # the whole image alone carries all the weight
+        probs[positions] *= 2
+
+
+def _table(probs, y: np.ndarray, crop_wrong: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Per image ``[N]`` columns: the rankings, the confident-learning flag, top-3, entropy."""
+    n = len(y)
+    top_idx, top_p = np.zeros((n, 3), dtype=np.int64), np.zeros((n, 3), dtype=np.float32)
+    entropy = np.zeros(n, dtype=np.float32)
+    k = min(3, num_classes)
+    for s in quality.row_chunks(n):
+        block = torch.from_numpy(np.array(probs[s]))
+        t = block.topk(k, 1)
+        top_idx[s, :k], top_p[s, :k] = t.indices.numpy(), t.values.numpy()
+        entropy[s] = -(block * block.clamp_min(1e-12).log()).sum(1).numpy()
+    joint = quality.confident_joint(probs, y, num_classes)
+    return {
+        "self_confidence": quality.self_confidence(probs, y),
+        "normalized_margin": quality.normalized_margin(probs, y),
+        "issue": quality.label_issues(probs, y, num_classes),
+        "joint": joint,
+        "top_idx": top_idx,
+        "top_p": top_p,
+        "entropy": entropy,
+        "crop_wrong": crop_wrong,
+        "max_entropy": np.full(1, math.log(num_classes)),
+    }
+
+
+def flag_of(given: int, p_given: float, top_idx, top_p, entropy: float, crop_wrong: float, issue: bool,
+            max_entropy: float) -> str:  # fmt: skip
+    """The reason an image is shown (module docstring): wrong, ambiguous, incomplete, uncertain or ok."""
+    (c1, c2), (p1, p2) = top_idx[:2], top_p[:2]
+    if issue or (c1 != given and p1 >= 0.5):
+        return "wrong"
+    if given in (c1, c2) and p1 - p2 < 0.2 and c1 != c2:
+        return "ambiguous"
+    if crop_wrong >= 0.5 and c1 == given:
+        return "incomplete"
+    if entropy > 0.5 * max_entropy:
+        return "uncertain"
+    return "ok"
+
+
+def _reason(flag: str, given: int, p_given: float, top_idx, top_p, crop_wrong: float, classes: list[str]) -> str:
+    (c1, c2), (p1, p2) = top_idx[:2], top_p[:2]
+    if flag == "wrong":
+        return f"wrong: '{classes[c1]}' ({p1:.2f}) rather than the given '{classes[given]}' ({p_given:.2f})"
+    if flag == "ambiguous":
+        other, p_other = (c2, p2) if c1 == given else (c1, p1)
+        return f"ambiguous: '{classes[given]}' {p_given:.2f} vs '{classes[other]}' {p_other:.2f}"
+    if flag == "incomplete":
+        return f"incomplete: {crop_wrong:.0%} of crops show something else"
+    return "uncertain: the probabilities are spread out" if flag == "uncertain" else ""
+
+
+def _row(rank: int, i: int, t: dict, ds) -> dict:
+    y = int(ds.train.targets[i])
+    idx, prob = t["top_idx"][i].tolist(), t["top_p"][i].tolist()
+    p_given = float(t["self_confidence"][i])
+    flag = flag_of(y, p_given, idx, prob, float(t["entropy"][i]), float(t["crop_wrong"][i]), bool(t["issue"][i]),
+                   float(t["max_entropy"][0]))  # fmt: skip
+    return {
+        "rank": rank,
+        "index": int(ds.train.ids[i]),
+        "path": ds.train.path(i),
+        "given": ds.classes[y],
+        "suggested": ds.classes[idx[0]],
+        "suggested_p": round(prob[0], 4),
+        "flag": flag,
+        "self_confidence": round(p_given, 4),
+        "normalized_margin": round(float(t["normalized_margin"][i]), 4),
+        "issue": bool(t["issue"][i]),
+        "entropy": round(float(t["entropy"][i]), 4),
+        "crop_disagreement": round(float(t["crop_wrong"][i]), 4),
+        "top3": " ".join(f"{ds.classes[a]}:{b:.2f}" for a, b in zip(idx, prob) if b > 0 or a == idx[0]),
+        "reasons": _reason(flag, y, p_given, idx, prob, float(t["crop_wrong"][i]), ds.classes),
+    }
+
+
+def _summary(t: dict, y: np.ndarray, classes: list[str], folds: int, fold_gens: int, gens: int, rank: str) -> dict:
+    """Counts per flag, the confident joint's estimate of wrong labels per class pair, and what the scores cost."""
+    cal = quality.calibrated_joint(t["joint"], y, len(classes))
+    off = [
+        (float(cal[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and cal[i, j] > 0
+    ]
+    flags: dict[str, int] = {f: 0 for f in ("wrong", "ambiguous", "incomplete", "uncertain", "ok")}
+    for i in range(len(y)):
+        flags[flag_of(int(y[i]), float(t["self_confidence"][i]), t["top_idx"][i].tolist(), t["top_p"][i].tolist(),
+                      float(t["entropy"][i]), float(t["crop_wrong"][i]), bool(t["issue"][i]),
+                      float(t["max_entropy"][0]))] += 1  # fmt: skip
+    return {
+        "scores": f"held-out, {folds} folds" if folds else f"in-sample, {gens} generation(s)",
+        "training_runs": folds * fold_gens if folds else 0,
+        "images": int(len(y)),
+        "rank": rank,
+        "flagged": flags,
+        "confident_learning_issues": int(t["issue"].sum()),
+        "estimated_issues": float(sum(v for v, _, _ in off)),
+        "estimated_pairs": [
+            {"given": classes[i], "true": classes[j], "images": round(v, 1)}
+            for v, i, j in sorted(off, reverse=True)[:20]
+        ],
+    }
 
 
 @torch.no_grad()
 def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3) -> list[dict]:
     """For the HTML rows: each image's evaluation view and ``crops`` crops (uint8 ``[H, W, C]``), with
-    the last generation's top-3 on each crop."""
+    the top-3 of the model that scored it (``models[j]`` for ``positions[j]``) on each crop."""
     if not positions:
         return []
     sub = ds.train.subset(positions)
@@ -167,12 +254,12 @@ def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3)
     for k in range(crops):
         start = 0
         for batch in sub.iter_batches(64, epoch=k, crops=sampler, device=device):
-            top = refine(models[-1], batch.images).topk(min(3, ds.num_classes), 1)
             for j, img in enumerate(to_pictures(batch.images, ds)):
-                labels = [(ds.classes[int(a)], float(b)) for a, b in zip(top.indices[j], top.values[j])]
+                top = refine(models[start + j], batch.images[j : j + 1])[0].topk(min(3, ds.num_classes))
+                labels = [(ds.classes[int(a)], float(b)) for a, b in zip(top.indices, top.values)]
                 out[start + j]["crops"].append((img, labels))
             start += len(batch.indices)
     return out
 
 
-__all__ = ["audit_run"]
+__all__ = ["RANKINGS", "audit_run", "flag_of"]

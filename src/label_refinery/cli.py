@@ -91,6 +91,15 @@ def _add_label_tools(sub, fmt) -> None:
     au.add_argument("--out", help="output folder [default: RUN/audit]")
     au.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
     au.add_argument("--html-rows", type=_positive_int, default=100, help="images shown in audit.html [default: 100]")
+    au.add_argument("--folds", type=int, default=0, help="held-out scores: train K fold chains (each without one fold of the images) with the run's generation-1 config; costs K trainings on (K-1)/K of the data; 0: the chain's own generations, in-sample [default: 0]")
+    au.add_argument("--fold-generations", type=_positive_int, default=1, help="generations per fold chain (2: add a refined one, still held out) [default: 1]")
+    au.add_argument("--rank", choices=["self_confidence", "normalized_margin"], default="self_confidence", help="order of audit.csv, lowest first [default: self_confidence]")
+    rl = sub.add_parser("relabel", help="write a label-override file from an audit (--top N) or its reviewed CSV (--reviewed)", epilog=EXAMPLES["relabel"], formatter_class=fmt)
+    rl.add_argument("source", help="audit.csv (with --top) or the reviewed CSV that audit.html downloads (with --reviewed)")
+    rl.add_argument("--top", type=_positive_int, help="the first N flagged rows of audit.csv whose suggestion differs from the given label")
+    rl.add_argument("--reviewed", action="store_true", help="the rows marked accept in a reviewed CSV")
+    rl.add_argument("--flags", nargs="+", default=["wrong"], choices=["wrong", "ambiguous", "incomplete", "uncertain"], help="which flags --top takes [default: wrong]")
+    rl.add_argument("--out", required=True, help="the override file to write (then: train/chain --label-overrides FILE)")
     ex = sub.add_parser("export", help="refined labels per training image as csv, npz or parquet", epilog=EXAMPLES["export"], formatter_class=fmt)
     ex.add_argument("run", help="chain folder or one generation's folder")
     ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt",
@@ -270,11 +279,21 @@ def cmd_audit(args) -> None:
     audit_run(
         args.run,
         out=args.out,
+        folds=args.folds,
+        fold_generations=args.fold_generations,
+        rank=args.rank,
         crops_per_image=args.crops,
         html_rows=args.html_rows,
         device=str(resolve_device(args.device)),
         progress=_progress(args),
     )
+
+
+def cmd_relabel(args) -> None:
+    from .relabel import relabel
+
+    n = relabel(args.source, args.out, top=args.top, reviewed=args.reviewed, flags=tuple(args.flags))
+    print(f"{n} label(s) to change -> {args.out}; train on them with: label-refinery chain --label-overrides {args.out} ...")
 
 
 def cmd_export(args) -> None:
@@ -328,6 +347,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "analyze": cmd_analyze,
     "audit": cmd_audit,
+    "relabel": cmd_relabel,
     "export": cmd_export,
     "report": cmd_report,
     "experiment": cmd_experiment,

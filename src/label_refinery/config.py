@@ -38,6 +38,8 @@ class DataConfig:
     val_split: int = 0  # hold out this many training images (seeded) as a validation split, evaluated every epoch
     label_noise: float = 0.0  # flip this share of the training labels to another class (seeded; experiments)
     label_noise_seed: int = 0  # which labels are flipped, and to what
+    label_overrides: str | None = None  # CSV of index,label rows replacing training labels (label-refinery relabel)
+    holdout_fold: tuple[int, int] | None = None  # (k, K): train without fold k of K (the audit's held-out models)
     crop_scale: tuple[float, float] = (0.25, 1.0)  # crop area / image area; the paper's ImageNet runs: 0.08-1
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
     flip: bool = True  # horizontal flip with probability 0.5
@@ -302,6 +304,10 @@ def validate(cfg: Config) -> None:
     _check(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _check(d.val_split >= 0, f"data.val_split must be >= 0 images, got {d.val_split}")
     _check(0 <= d.label_noise < 1, f"data.label_noise must be a share in [0, 1), got {d.label_noise}")
+    _check(
+        d.holdout_fold is None or (d.holdout_fold[1] >= 2 and 0 <= d.holdout_fold[0] < d.holdout_fold[1]),
+        f"data.holdout_fold must be (k, K) with K >= 2 and 0 <= k < K, got {d.holdout_fold}",
+    )
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
     _check(
         o.schedule in ("cosine", "step", "constant"),

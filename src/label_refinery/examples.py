@@ -46,8 +46,17 @@ EXAMPLES = {
   label-refinery analyze runs/fmnist                   # writes runs/fmnist/genK/analysis.json and runs/fmnist/analysis/
   label-refinery analyze runs/fmnist --images 10000 --crops 8""",
     "audit": """examples:
-  label-refinery audit runs/fmnist                     # runs/fmnist/audit/audit.csv (every image) and audit.html (top 100)
-  label-refinery audit runs/fmnist --html-rows 300 --out audits/fmnist""",
+  label-refinery audit runs/fmnist --folds 5           # held-out: 5 fold models never trained on the images they score
+  label-refinery audit runs/fmnist                     # in-sample: the chain's own generations (no training; weaker)
+  label-refinery audit runs/fmnist --html-rows 300 --rank normalized_margin --out audits/fmnist
+
+  Writes audit.csv (every image, most suspicious first: suggested label, flag, reason), audit.html (the
+  top rows, accept/reject per row, "download reviewed CSV"), probs.npy ([N, C], cleanlab's pred_probs)
+  and summary.json (confident learning's estimate of wrong labels per class pair).""",
+    "relabel": """examples:
+  label-refinery relabel runs/fmnist/audit/audit.csv --top 200 --out fixes.csv   # the first 200 'wrong' rows
+  label-refinery relabel reviewed.csv --reviewed --out fixes.csv                 # the rows accepted in audit.html
+  label-refinery chain --label-overrides fixes.csv --out runs/fmnist-fixed        # retrain on the fixed labels""",
     "export": """examples:
   label-refinery export runs/fmnist --format npz       # ids, targets, probs [N, C] (cleanlab's pred_probs), top-k
   label-refinery export runs/fmnist --format csv --generation 2 --top-k 3""",

@@ -36,7 +36,6 @@ def write_csv(path: Path, rows) -> int:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def export_run(
     run: str | Path,
     out: str | Path,

@@ -15,6 +15,7 @@ TRAIN_FLAGS = [
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
     (["--val-split"], "data.val_split", dict(type=int, help="hold out this many training images as a validation split (val top-1 beside test top-1)")),
     (["--label-noise"], "data.label_noise", dict(type=float, metavar="RATE", help="flip this share of the training labels to another class (seeded, saved as label-noise.csv)")),
+    (["--label-overrides"], "data.label_overrides", dict(metavar="CSV", help="replace training labels from a CSV of index,label rows (label-refinery relabel); the dataset is never modified")),
     (["--crop-scale"], "data.crop_scale", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop area as a fraction of the image's")),
     (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),

@@ -95,6 +95,8 @@ def checkpoint_data(checkpoint, dataset: str | None = None, data_dir: str | None
         val_split=data_cfg.get("val_split", 0) if same else 0,
         label_noise=data_cfg.get("label_noise", 0.0) if same else 0.0,
         noise_seed=data_cfg.get("label_noise_seed", 0),
+        label_overrides=data_cfg.get("label_overrides") if same else None,
+        holdout_fold=tuple(data_cfg["holdout_fold"]) if same and data_cfg.get("holdout_fold") else None,
     )
     if list(ds.classes) != list(meta["classes"]):
         raise UserError(f"{checkpoint.path} was trained on other classes than {ds.name}'s")
@@ -106,7 +108,16 @@ def checkpoint_data(checkpoint, dataset: str | None = None, data_dir: str | None
 def load_data(cfg: Config) -> ImageDataset:
     d = cfg.data
     return load_dataset(
-        d.dataset, d.data_dir, d.image_size, d.train_subset, d.workers, d.val_split, d.label_noise, d.label_noise_seed
+        d.dataset,
+        d.data_dir,
+        d.image_size,
+        d.train_subset,
+        d.workers,
+        d.val_split,
+        d.label_noise,
+        d.label_noise_seed,
+        label_overrides=d.label_overrides,
+        holdout_fold=d.holdout_fold,
     )
 
 
@@ -293,6 +304,8 @@ def train_generation(
         save_config(cfg, folder / "config.yaml")
         if run.ds.label_changes is not None:  # the labels this run was given instead of the dataset's
             atomic_write(folder / "label-noise.csv", run.ds.label_changes.to_csv().encode())
+        if run.ds.label_overrides is not None:  # labels replaced from a file (accepted audit fixes)
+            atomic_write(folder / "label-overrides.csv", run.ds.label_overrides.to_csv().encode())
     pos = state.resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
     if pos.batch:
         log(f"generation {generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} ({folder})")  # fmt: skip

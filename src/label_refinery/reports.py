@@ -64,26 +64,75 @@ def _cell(v) -> str:
 # ---- audit ------------------------------------------------------------------------------------------
 
 
-def audit_html(rows: list[dict], pictures: list[dict], *, run: str, generations: int) -> str:
-    """The audit page: per suspicious image its picture, given label, reasons, every generation's
-    refined top-3 and three crops with their own top-3 (last generation)."""
+REVIEW_JS = """
+function reviewedCsv(){
+  const q=v=>'"'+String(v).replace(/"/g,'""')+'"';
+  const lines=['index,given,suggested,suggested_p,flag,decision,label'];
+  for(const tr of document.querySelectorAll('tr[data-index]')){
+    const d=tr.dataset, pick=tr.querySelector('input[type=radio]:checked');
+    const decision=pick?pick.value:'';
+    const label=decision==='accept'?d.suggested:(decision==='reject'?d.given:'');
+    lines.push([d.index,q(d.given),q(d.suggested),d.p,d.flag,decision,q(label)].join(','));
+  }
+  return lines.join('\\n')+'\\n';
+}
+function downloadReviewed(){
+  const a=document.createElement('a');
+  a.href=URL.createObjectURL(new Blob([reviewedCsv()],{type:'text/csv'}));
+  a.download='reviewed.csv'; document.body.appendChild(a); a.click(); a.remove();
+}
+function countDecisions(){
+  const n=document.querySelectorAll('input[type=radio]:checked').length;
+  document.getElementById('decided').textContent=n;
+}
+"""
+
+
+def audit_html(rows: list[dict], pictures: list[dict], *, run: str, summary: dict) -> str:
+    """The audit page: per suspicious image its picture, given and suggested label, the reason, the
+    top-3 and three crops with their own top-3, and accept/reject buttons; "download reviewed CSV"
+    saves the decisions (``decision``: accept, reject or empty; ``label``: the label to keep) for
+    ``label-refinery relabel --reviewed``. Works offline: one file, no server, no network."""
     trs = []
     for r, pic in zip(rows, pictures):
         crops = "".join(
             f"<figure>{img_tag(png(c), 'crop', 'pic')}<br>{html.escape(', '.join(f'{n} {p:.2f}' for n, p in labels))}</figure>"
             for c, labels in pic["crops"]
         )
-        tops = "<br>".join(f"gen {j + 1}: {html.escape(r[f'gen{j + 1}_top3'])}" for j in range(generations))
-        trs.append(
-            f"<tr><td>{r['rank']}</td><td>{img_tag(png(pic['image']), 'image ' + str(r['index']), 'pic')}<br>#{r['index']}</td>"
-            f"<td><b>{html.escape(r['given'])}</b><br>score {r['score']:.2f}<br>p(given) {r['p_given']:.2f}</td>"
-            f"<td class='reason'>{html.escape(r['reasons']) or '–'}</td><td>{tops}</td><td class='crops'>{crops}</td></tr>"
+        name = f"d{r['index']}"
+        choice = (
+            f"<label><input type='radio' name='{name}' value='accept' onchange='countDecisions()'> accept</label><br>"
+            f"<label><input type='radio' name='{name}' value='reject' onchange='countDecisions()'> keep given</label>"
         )
-    head = "<tr><th>rank</th><th>image</th><th>given label</th><th>why</th><th>refined top-3</th><th>crops (top-3)</th></tr>"
+        data = " ".join(
+            f"data-{k}='{html.escape(str(v), quote=True)}'"
+            for k, v in (("index", r["index"]), ("given", r["given"]), ("suggested", r["suggested"]),
+                         ("p", r["suggested_p"]), ("flag", r["flag"]))
+        )  # fmt: skip
+        trs.append(
+            f"<tr {data}><td>{r['rank']}</td><td>{img_tag(png(pic['image']), 'image ' + str(r['index']), 'pic')}<br>#{r['index']}</td>"
+            f"<td><b>{html.escape(r['given'])}</b><br>p {r['self_confidence']:.2f}</td>"
+            f"<td><b>{html.escape(r['suggested'])}</b><br>p {r['suggested_p']:.2f}</td>"
+            f"<td class='reason'>{html.escape(r['flag'])}<br>{html.escape(r['reasons']) or '–'}</td>"
+            f"<td>{html.escape(r['top3'])}</td><td class='crops'>{crops}</td><td>{choice}</td></tr>"
+        )
+    head = (
+        "<tr><th>rank</th><th>image</th><th>given</th><th>suggested</th><th>why</th><th>top-3</th>"
+        "<th>crops (top-3)</th><th>decision</th></tr>"
+    )
+    pairs = "".join(
+        f"<li>{html.escape(p['given'])} → {html.escape(p['true'])}: about {p['images']:.0f}</li>"
+        for p in summary.get("estimated_pairs", [])[:8]
+    )
     body = (
-        f"<h1>Label audit of {html.escape(run)}</h1><p>The {len(rows)} training images whose given label the refined "
-        f"labels of {generations} generation(s) support least; audit.csv ranks all of them.</p>"
-        f"<table>{head}{''.join(trs)}</table>"
+        f"<h1>Label audit of {html.escape(run)}</h1><p>The {len(rows)} training images whose given label is least "
+        f"supported ({html.escape(summary['scores'])} scores, ranked by {html.escape(summary['rank'])}); audit.csv "
+        f"ranks all {summary['images']}. Confident learning estimates about {summary['estimated_issues']:.0f} wrong "
+        f"labels, most often:</p><ul>{pairs}</ul>"
+        "<p>Mark each row, then <button id='download' onclick='downloadReviewed()'>download reviewed CSV</button> "
+        "(<span id='decided'>0</span> decided) and apply it with <code>label-refinery relabel reviewed.csv "
+        "--reviewed --out fixes.csv</code>.</p>"
+        f"<table>{head}{''.join(trs)}</table><script>{REVIEW_JS}</script>"
     )
     return page(f"label audit: {run}", body)
 

@@ -19,6 +19,7 @@ from . import digits, fashion_mnist, imagefolder, pairs, scenes
 from .base import Batch, ImageDataset, Split
 from .crops import Crop, CropSampler, apply_crops
 from .noise import symmetric_noise
+from .overrides import apply_overrides
 
 DATASETS = {
     "fashion-mnist": fashion_mnist.load,
@@ -44,6 +45,9 @@ def load_dataset(
     val_split: int = 0,
     label_noise: float = 0.0,
     noise_seed: int = 0,
+    *,
+    label_overrides: str | None = None,
+    holdout_fold: tuple[int, int] | None = None,
 ) -> ImageDataset:
     """Load a dataset by registry name.
 
@@ -58,6 +62,11 @@ def load_dataset(
             looking at the test split.
         label_noise: flip this share of the (final) training labels to another class, seeded by
             ``noise_seed`` (:mod:`label_refinery.data.noise`); test and validation stay clean.
+        label_overrides: a CSV of ``index,label`` rows (dataset index; class name or number), e.g.
+            accepted audit fixes from ``label-refinery relabel``: those training labels are replaced in
+            memory, after any label noise (:mod:`label_refinery.data.overrides`).
+        holdout_fold: ``(k, K)``: train on the training images outside fold ``k`` of ``K`` (a seeded
+            partition of the final training split, :func:`fold_of`): the audit's held-out models.
     """
     prefix, _, arg = name.partition(":")
     if name in DATASETS:
@@ -85,7 +94,36 @@ def load_dataset(
         ds.train.targets, ds.label_changes = symmetric_noise(
             ds.train.targets, ds.train.ids, ds.num_classes, label_noise, noise_seed
         )
+    if label_overrides:
+        ds.train.targets, ds.label_overrides = apply_overrides(
+            ds.train.targets, ds.train.ids, ds.classes, label_overrides
+        )
+    if holdout_fold is not None:
+        k, folds = holdout_fold
+        if not (folds >= 2 and 0 <= k < folds and folds <= len(ds.train)):
+            raise UserError(f"holdout_fold must be (k, K) with K >= 2 and 0 <= k < K, got {list(holdout_fold)}")
+        ds.train = ds.train.subset(np.nonzero(fold_of(len(ds.train), folds) != k)[0])
     return ds
 
 
-__all__ = ["Batch", "Crop", "CropSampler", "ImageDataset", "Split", "apply_crops", "dataset_names", "load_dataset"]
+FOLD_SEED = 2  # fixed: every audit of a run partitions its training images the same way
+
+
+def fold_of(n: int, folds: int) -> np.ndarray:
+    """``[n]`` the fold (0..K-1) of each training position: a seeded partition into near-equal folds."""
+    out = np.empty(n, dtype=np.int64)
+    out[np.random.default_rng([FOLD_SEED, folds]).permutation(n)] = np.arange(n) % folds
+    return out
+
+
+__all__ = [
+    "Batch",
+    "Crop",
+    "CropSampler",
+    "ImageDataset",
+    "Split",
+    "apply_crops",
+    "dataset_names",
+    "fold_of",
+    "load_dataset",
+]

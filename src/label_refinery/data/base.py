@@ -95,6 +95,7 @@ class ImageDataset:
     test: Split
     val: Split | None = None  # held out from the training images (``data.val_split``); None: no validation split
     label_changes: LabelChanges | None = None  # training labels overridden in memory (``data.label_noise``)
+    label_overrides: LabelChanges | None = None  # training labels replaced from a file (``data.label_overrides``)
 
     @property
     def num_classes(self) -> int:
@@ -108,8 +109,9 @@ class ImageDataset:
         h.update(self.test.fingerprint().encode())
         if self.val is not None:
             h.update(self.val.fingerprint().encode())
-        if self.label_changes is not None:  # image folders hash their file list, not the labels in memory
-            h.update(self.label_changes.digest().encode())
+        for changes in (self.label_changes, self.label_overrides):  # image folders hash their files, not labels
+            if changes is not None:
+                h.update(changes.digest().encode())
         return h.hexdigest()
 
 

@@ -1,0 +1,79 @@
+"""Held-out models for the audit: ``K`` fold chains, each trained without one fold of the images.
+
+An audit that scores a training image with a model that trained on it sees the label the model
+memorised (generation 1 reproduces its ground truth), which hides exactly the errors it looks for.
+``label-refinery audit RUN --folds K`` therefore trains, with the run's own generation-1 config
+(model, epochs, crops, seed, label noise and overrides), ``K`` chains on ground truth, chain ``k`` on
+the training images outside fold ``k`` (:func:`label_refinery.data.fold_of`: a seeded partition of
+the run's training split), and scores fold ``k``'s images with chain ``k`` only.
+
+Cost: ``K x G`` training runs on ``(K - 1) / K`` of the images each (``G`` = ``--fold-generations``,
+default 1: ground truth only; ``G = 2`` adds a refined generation per fold, still held out, since
+its refinery never saw the fold either). With ``K = 5``, ``G = 1``: four generation-1 trainings' worth
+of compute. The fold chains live in ``RUN/audit-folds/K{K}/fold{k}/`` and resume like any chain;
+a second audit reuses them.
+
+The chain's own generations are never held out for its training images (each saw them, or was
+labelled by a model that did), so without ``--folds`` the audit says its scores are in-sample.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .checkpoint import META
+from .config import Config, from_dict
+from .data import ImageDataset, fold_of
+
+
+def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
+    """The chain config of fold ``k`` (0-based): generation 1's, on ground truth, without fold ``k``."""
+    labels = replace(gen1.labels, source="live", store=None)
+    return replace(
+        gen1,
+        refinery=None,
+        labels=labels,
+        jitter=replace(gen1.jitter, enabled=False),
+        data=replace(gen1.data, holdout_fold=(k, folds)),
+        chain=replace(gen1.chain, generations=generations, models=(), refined_epochs=None),
+    )
+
+
+def fold_folder(run: Path, folds: int, k: int) -> Path:
+    return Path(run) / "audit-folds" / f"K{folds}" / f"fold{k + 1}"
+
+
+def train_folds(
+    run: Path,
+    gen1_folder: Path,
+    ds: ImageDataset,
+    folds: int,
+    generations: int = 1,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[tuple[np.ndarray, list[Path]]]:
+    """Train (or resume) the ``folds`` fold chains; returns per fold ``(positions of its held-out
+    images in ds.train [n_k], its generation folders)``."""
+    from .chain import run_chain
+    from .generation import load_data
+
+    gen1 = from_dict(Config, json.loads((Path(gen1_folder) / META).read_text())["config"])
+    fold = fold_of(len(ds.train), folds)
+    out = []
+    for k in range(folds):
+        cfg = fold_config(gen1, k, folds, generations)
+        folder = fold_folder(run, folds, k)
+        if not all((folder / f"gen{g}" / META).is_file() for g in range(1, generations + 1)):
+            log(f"audit: fold {k + 1}/{folds}: training on {int((fold != k).sum())} images -> {folder}")
+            run_chain(cfg, folder, progress=progress, log=log, dataset=load_data(cfg))
+        out.append((np.nonzero(fold == k)[0], [folder / f"gen{g}" for g in range(1, generations + 1)]))
+    return out
+
+
+__all__ = ["fold_config", "fold_folder", "train_folds"]

@@ -1,0 +1,123 @@
+"""Label-quality scores and confident learning as pure functions over probability chunks.
+
+Inputs are ``p`` ``[N, C]`` probabilities (rows sum to 1) and ``y`` ``[N]`` given labels, as numpy
+arrays; a memory-mapped ``p`` works unchanged, because everything here walks it in row chunks
+(``CHUNK`` rows at a time), so a million images x 1,000 classes need a few GB of disk and little
+memory. The audit (``audit.py``) calls these on *held-out* probabilities when it has them.
+
+- :func:`self_confidence`: ``p[y]``, the probability of the given label (low: suspicious).
+- :func:`normalized_margin`: ``(p[y] - max_{j != y} p[j] + 1) / 2`` in ``[0, 1]`` (low: another class
+  beats the given one); cleanlab's "normalized_margin".
+- :func:`confident_joint`: Northcutt, Jiang & Chuang 2021 ("Confident learning: estimating uncertainty
+  in dataset labels", JAIR), section 3.1: per-class thresholds ``t_j = mean p[j]`` over the images
+  labelled ``j``; an image labelled ``i`` counts in ``C[i, j*]``, ``j*`` its most probable class among
+  those with ``p[j] >= t_j``. :func:`calibrated_joint` rescales rows to the given-label counts
+  (eq. 2), giving the estimated number of images whose given label is ``i`` and true label ``j``.
+- :func:`label_issues`: the images off the diagonal of the confident joint (cleanlab's
+  ``filter_by="confident_learning"``): labelled ``i``, confidently another class ``j*``. This flag
+  needs no per-pair sorting, so it streams; cleanlab's default ``prune_by_noise_rate`` ranks within
+  each class pair, which needs those pairs in memory.
+
+We write these (about 60 lines) instead of calling cleanlab because cleanlab takes ``pred_probs`` as
+one in-memory array and the audit must stream; ``bench/audit_vs_cleanlab.py`` checks both on the
+same held-out probabilities (cleanlab is a development dependency for that comparison only).
+
+Example:
+    >>> import numpy as np
+    >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.95, 0.05]]); y = np.array([0, 1, 1])
+    >>> self_confidence(p, y).round(2).tolist(), label_issues(p, y).tolist()
+    ([0.9, 0.8, 0.05], [False, False, True])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CHUNK = 65536  # rows per pass step: 65,536 x 1,000 float32 is 256 MB
+
+
+def row_chunks(n: int):
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(n, start + CHUNK))
+
+
+def self_confidence(p, y) -> np.ndarray:
+    """``p[i, y_i]`` for every row ``[N]``."""
+    y = np.asarray(y)
+    out = np.empty(len(y), dtype=np.float64)
+    for s in row_chunks(len(y)):
+        out[s] = np.take_along_axis(np.asarray(p[s]), y[s, None], 1)[:, 0]
+    return out
+
+
+def normalized_margin(p, y) -> np.ndarray:
+    """``(p[y] - max_{j != y} p[j] + 1) / 2`` for every row ``[N]``, in ``[0, 1]``."""
+    y = np.asarray(y)
+    out = np.empty(len(y), dtype=np.float64)
+    for s in row_chunks(len(y)):
+        block = np.array(p[s], dtype=np.float32)  # a copy: the given column is masked below
+        rows = np.arange(len(block))
+        given = block[rows, y[s]].copy()
+        block[rows, y[s]] = -np.inf
+        out[s] = (given - block.max(1) + 1) / 2
+    return out
+
+
+def thresholds(p, y, num_classes: int) -> np.ndarray:
+    """``t_j``: the mean probability of class ``j`` over the images labelled ``j`` ``[C]`` (a class
+    nobody is labelled with gets threshold 1: nothing is confidently it)."""
+    y = np.asarray(y)
+    sums, counts = np.zeros(num_classes), np.zeros(num_classes)
+    for s in row_chunks(len(y)):
+        block = np.asarray(p[s])
+        np.add.at(sums, y[s], block[np.arange(len(block)), y[s]])
+        counts += np.bincount(y[s], minlength=num_classes)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+
+
+def confident_classes(p, y, t: np.ndarray) -> np.ndarray:
+    """Per row, ``j*``: the most probable class among those at or above their threshold; -1 if none ``[N]``."""
+    out = np.empty(len(y), dtype=np.int64)
+    for s in row_chunks(len(y)):
+        block = np.asarray(p[s])
+        above = block >= t[None, :]
+        masked = np.where(above, block, -1.0)
+        out[s] = np.where(above.any(1), masked.argmax(1), -1)
+    return out
+
+
+def confident_joint(p, y, num_classes: int) -> np.ndarray:
+    """``C[i, j]``: images labelled ``i`` whose confident class is ``j`` ``[C, C]`` (integer counts)."""
+    y = np.asarray(y)
+    j = confident_classes(p, y, thresholds(p, y, num_classes))
+    keep = j >= 0
+    joint = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(joint, (y[keep], j[keep]), 1)
+    return joint
+
+
+def calibrated_joint(joint: np.ndarray, y, num_classes: int) -> np.ndarray:
+    """The confident joint with each row rescaled to the number of images given that label ``[C, C]``:
+    entry ``(i, j)`` estimates how many images labelled ``i`` are truly ``j``."""
+    given = np.bincount(np.asarray(y), minlength=num_classes).astype(float)
+    rows = joint.sum(1, keepdims=True).astype(float)
+    return np.where(rows > 0, joint / np.maximum(rows, 1) * given[:, None], 0.0)
+
+
+def label_issues(p, y, num_classes: int | None = None) -> np.ndarray:
+    """``[N]`` bool: labelled ``i``, confidently another class (off the confident joint's diagonal)."""
+    y = np.asarray(y)
+    c = num_classes or np.asarray(p[:1]).shape[1]
+    j = confident_classes(p, y, thresholds(p, y, c))
+    return (j >= 0) & (j != y)
+
+
+__all__ = [
+    "calibrated_joint",
+    "confident_classes",
+    "confident_joint",
+    "label_issues",
+    "normalized_margin",
+    "self_confidence",
+    "thresholds",
+]
