@@ -8,7 +8,6 @@ matrix, the shape cleanlab's ``pred_probs`` takes.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -64,30 +63,47 @@ def export_run(
     if not 0 <= g < len(gens):
         raise UserError(f"{run} has generations 1..{len(gens)}, not {generation}")
     k = min(top_k, ds.num_classes)
-    ids, ys, probs = [], [], []
-    for i, y, p in refined(
-        [models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export"
-    ):
-        ids.append(i)
-        ys.append(y)
-        probs.append(p[0] if fmt == "npz" else p[0].topk(k, 1))
-    ids_t, y_t = torch.cat(ids), torch.cat(ys)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    batches = refined([models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export")
     if fmt == "npz":
-        _write_npz(out, ids_t, y_t, torch.cat(probs), k, ds.classes)
-    else:
-        _write_table(out, fmt, ids_t, y_t, probs, k, ds.classes)
+        _write_npz(out, batches, len(ds.train), k, ds.classes)
+        return out
+    ids, ys, tops = [], [], []
+    for i, y, p in batches:
+        ids.append(i)
+        ys.append(y)
+        tops.append(p[0].topk(k, 1))
+    _write_table(out, fmt, torch.cat(ids), torch.cat(ys), tops, k, ds.classes)
     return out
 
 
-def _write_npz(out: Path, ids: torch.Tensor, y: torch.Tensor, full: torch.Tensor, k: int, classes: list[str]) -> None:
-    """The full ``[N, C]`` matrix (cleanlab's ``pred_probs``) with ids, targets and the top-k."""
-    top = full.topk(k, 1)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, ids=ids.numpy(), targets=y.numpy(), probs=full.numpy(), top_idx=top.indices.numpy(),
-                        top_prob=top.values.numpy(), classes=np.array(classes))  # fmt: skip
-    atomic_write(out, buf.getvalue())
+def _write_npz(out: Path, batches, n: int, k: int, classes: list[str]) -> None:
+    """The full ``[N, C]`` matrix (cleanlab's ``pred_probs``) with ids, targets and the top-k. The
+    matrix streams through a memory-mapped temporary ``.npy`` beside ``out`` (a million images x
+    1,000 classes: 4 GB on disk, not in memory), then into the zip, which numpy writes in chunks."""
+    tmp = out.with_name(f".{out.name}.probs.npy")
+    probs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, len(classes)))
+    ids, ys = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    top_idx, top_prob = np.zeros((n, k), dtype=np.int64), np.zeros((n, k), dtype=np.float32)
+    start = 0
+    for i, y, p in batches:  # in index order
+        s = slice(start, start + len(i))
+        probs[s], ids[s], ys[s] = p[0].numpy(), i.numpy(), y.numpy()
+        t = p[0].topk(k, 1)
+        top_idx[s], top_prob[s] = t.indices.numpy(), t.values.numpy()
+        start += len(i)
+    probs.flush()
+    part = out.with_name(f".{out.name}.tmp")
+    try:
+        with open(part, "wb") as f:
+            np.savez_compressed(f, ids=ids, targets=ys, probs=probs, top_idx=top_idx, top_prob=top_prob,
+                                classes=np.array(classes))  # fmt: skip
+        part.replace(out)
+    finally:
+        del probs
+        tmp.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
 
 
 def _write_table(
