@@ -51,7 +51,7 @@ demo: setup data
 	$(VENV)/bin/label-refinery chain $(DEMO_FLAGS) --out $(DEMO_OUT)
 	@echo "What this shows: generation 2, trained from scratch only on generation 1's per-crop refined labels (the paper's method:"
 	@echo "soft labels, T = 1, no ground truth), against generation 1 on the same 3,000 images of 100 classes. Over 5 seeds of this"
-	@echo "setting refined labels gained DEMO_GAIN test top-1 points; label smoothing and ground truth trained as long as both"
+	@echo "setting refined labels gained +1.02 [+0.75, +1.30] test top-1 points (5 of 5 seeds); label smoothing and ground truth trained as long as both"
 	@echo "generations together gained nothing. Evidence, and the settings where refinement did not pay: docs/results.md"
 
 # Sets up what the tests need (the venv, Fashion-MNIST, Chromium), then runs them in one process per

@@ -363,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command not in ("train", "chain"):
                 raise UserError(f"`{args.command}` runs in one process: start it without torchrun")
         COMMANDS[args.command](args)
+        # all processes leave together: gloo aborts a process ("terminate called without an active
+        # exception") when its peer tears the group down first, which busy cores made likely
+        distributed.barrier()
     except UserError as err:
         print(f"error{_rank_tag()}: {err}", file=sys.stderr)
         return 2

@@ -41,4 +41,5 @@ report["own_stream_restored"] = all(distributed.all_gather(resumed == expected))
 if distributed.is_main():
     report["meters"] = pos.meters.as_list()
     (out / "ranks.json").write_text(json.dumps(report))
+distributed.barrier()  # leave together, as cli.main does: a peer's early teardown aborts gloo
 distributed.teardown()
