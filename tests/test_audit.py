@@ -125,18 +125,15 @@ def test_relabel_then_retrain_on_overrides(noisy, tmp_path, capsys):
 
 def test_overrides_and_relabel_refuse_bad_files(tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("index,label\n3,eleven\n")
-    with pytest.raises(UserError, match="unknown class 'eleven'"):
-        load_dataset("digits", label_overrides=str(bad))
-    bad.write_text("index,label\n99999,3\n")
-    with pytest.raises(UserError, match="not training images of this run"):
-        load_dataset("digits", label_overrides=str(bad))
-    bad.write_text("image,label\n1,3\n")
-    with pytest.raises(UserError, match="index and label"):
-        load_dataset("digits", label_overrides=str(bad))
-    bad.write_text("index,label\n1,3\n1,4\n")
-    with pytest.raises(UserError, match="two different labels"):
-        load_dataset("digits", label_overrides=str(bad))
+    for text, match in (
+        ("index,label\n3,eleven\n", "unknown class 'eleven'"),
+        ("index,label\n99999,3\n", "not training images of this run"),
+        ("image,label\n1,3\n", "index and label"),
+        ("index,label\n1,3\n1,4\n", "two different labels"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(UserError, match=match):
+            load_dataset("digits", label_overrides=str(bad))
     from label_refinery.relabel import relabel
 
     with pytest.raises(UserError, match="exactly one of"):

@@ -71,26 +71,11 @@ def audit_run(
     out = Path(out) if out else Path(run) / "audit"
     out.mkdir(parents=True, exist_ok=True)
     n, c = len(ds.train), ds.num_classes
-    if folds:
-        if folds < 2 or folds > n:
-            raise UserError(f"--folds must be in 2..{n}, got {folds}")
-        from .folds import train_folds
-
-        parts = train_folds(Path(run), gens[0], ds, folds, fold_generations, progress=progress, log=log)
-        scorers = [(pos, [load_checkpoint(g).build_model(device).eval() for g in folders]) for pos, folders in parts]
-    else:
-        scorers = [(np.arange(n), models)]
-    probs = np.lib.format.open_memmap(out / "probs.npy.tmp", mode="w+", dtype=np.float32, shape=(n, c))
-    crop_wrong = np.zeros(n, dtype=np.float32)
+    if folds and not 2 <= folds <= n:
+        raise UserError(f"--folds must be in 2..{n}, got {folds}")
+    scorers = _scorers(run, gens, models, ds, folds, fold_generations, device, progress, log)
     sampler = analysis_sampler(cfg)
-    for k, (positions, ms) in enumerate(scorers):
-        desc = f"audit: fold {k + 1}/{len(scorers)}" if folds else "audit"
-        _score(ms, ds.train.subset(positions), positions, probs, crop_wrong, sampler, crops_per_image, batch_size,
-               device, progress, desc)  # fmt: skip
-    probs.flush()
-    del probs
-    (out / "probs.npy.tmp").replace(out / "probs.npy")
-    probs = np.load(out / "probs.npy", mmap_mode="r")
+    probs, crop_wrong = _probabilities(out, scorers, ds, sampler, crops_per_image, batch_size, device, progress, folds)
     y = ds.train.targets.numpy()
     table = _table(probs, y, crop_wrong, c)
     order = np.argsort(table[rank], kind="stable")  # lowest quality first
@@ -112,6 +97,32 @@ def audit_run(
         f"learning estimates {summary['estimated_issues']:.0f} wrong labels -> {out}/audit.csv, {out}/audit.html"
     )
     return out
+
+
+def _scorers(run, gens, models, ds, folds: int, fold_generations: int, device, progress: bool, log) -> list:
+    """``(positions [n_k], models)`` pairs: who scores which training images (module docstring)."""
+    if not folds:
+        return [(np.arange(len(ds.train)), models)]
+    from .folds import train_folds
+
+    parts = train_folds(Path(run), gens[0], ds, folds, fold_generations, progress=progress, log=log)
+    return [(pos, [load_checkpoint(g).build_model(device).eval() for g in folders]) for pos, folders in parts]
+
+
+def _probabilities(out: Path, scorers, ds, sampler, crops_per_image, batch_size, device, progress, folds):
+    """Every image's view-averaged probabilities into ``out/probs.npy`` (written whole, then renamed),
+    returned memory-mapped, with the crops' disagreement ``[N]``."""
+    n = len(ds.train)
+    probs = np.lib.format.open_memmap(out / "probs.npy.tmp", mode="w+", dtype=np.float32, shape=(n, ds.num_classes))
+    crop_wrong = np.zeros(n, dtype=np.float32)
+    for k, (positions, ms) in enumerate(scorers):
+        desc = f"audit: fold {k + 1}/{len(scorers)}" if folds else "audit"
+        _score(ms, ds.train.subset(positions), positions, probs, crop_wrong, sampler, crops_per_image, batch_size,
+               device, progress, desc)  # fmt: skip
+    probs.flush()
+    del probs
+    (out / "probs.npy.tmp").replace(out / "probs.npy")
+    return np.load(out / "probs.npy", mmap_mode="r"), crop_wrong
 
 
 def _score(models, split, positions, probs, crop_wrong, sampler, crops_per_image, batch_size, device, progress, desc):
@@ -147,33 +158,35 @@ def _table(probs, y: np.ndarray, crop_wrong: np.ndarray, num_classes: int) -> di
         t = block.topk(k, 1)
         top_idx[s, :k], top_p[s, :k] = t.indices.numpy(), t.values.numpy()
         entropy[s] = -(block * block.clamp_min(1e-12).log()).sum(1).numpy()
-    joint = quality.confident_joint(probs, y, num_classes)
+    confident = quality.confident_of(probs, y, num_classes)
+    issue = (confident >= 0) & (confident != y)
     return {
         "self_confidence": quality.self_confidence(probs, y),
         "normalized_margin": quality.normalized_margin(probs, y),
-        "issue": quality.label_issues(probs, y, num_classes),
-        "joint": joint,
+        "issue": issue,
+        "joint": quality.joint_from(y, confident, num_classes),
         "top_idx": top_idx,
         "top_p": top_p,
         "entropy": entropy,
         "crop_wrong": crop_wrong,
-        "max_entropy": np.full(1, math.log(num_classes)),
+        "flag": flags(y, top_idx, top_p, entropy, crop_wrong, issue, math.log(num_classes)),
     }
 
 
-def flag_of(given: int, p_given: float, top_idx, top_p, entropy: float, crop_wrong: float, issue: bool,
-            max_entropy: float) -> str:  # fmt: skip
-    """The reason an image is shown (module docstring): wrong, ambiguous, incomplete, uncertain or ok."""
-    (c1, c2), (p1, p2) = top_idx[:2], top_p[:2]
-    if issue or (c1 != given and p1 >= 0.5):
-        return "wrong"
-    if given in (c1, c2) and p1 - p2 < 0.2 and c1 != c2:
-        return "ambiguous"
-    if crop_wrong >= 0.5 and c1 == given:
-        return "incomplete"
-    if entropy > 0.5 * max_entropy:
-        return "uncertain"
-    return "ok"
+FLAGS = ("wrong", "ambiguous", "incomplete", "uncertain", "ok")
+
+
+def flags(y, top_idx, top_p, entropy, crop_wrong, issue, max_entropy: float) -> np.ndarray:
+    """Per image ``[N]``, the index in :data:`FLAGS` of the first reason that applies (module docstring)."""
+    (c1, c2), (p1, p2) = top_idx[:, :2].T, top_p[:, :2].T
+    rules = [
+        issue | ((c1 != y) & (p1 >= 0.5)),  # wrong
+        ((c1 == y) | (c2 == y)) & (p1 - p2 < 0.2) & (c1 != c2),  # ambiguous
+        (crop_wrong >= 0.5) & (c1 == y),  # incomplete
+        entropy > 0.5 * max_entropy,  # uncertain
+        np.ones(len(y), dtype=bool),  # ok
+    ]
+    return np.argmax(np.stack(rules), axis=0)  # the first true rule
 
 
 def _reason(flag: str, given: int, p_given: float, top_idx, top_p, crop_wrong: float, classes: list[str]) -> str:
@@ -192,8 +205,7 @@ def _row(rank: int, i: int, t: dict, ds) -> dict:
     y = int(ds.train.targets[i])
     idx, prob = t["top_idx"][i].tolist(), t["top_p"][i].tolist()
     p_given = float(t["self_confidence"][i])
-    flag = flag_of(y, p_given, idx, prob, float(t["entropy"][i]), float(t["crop_wrong"][i]), bool(t["issue"][i]),
-                   float(t["max_entropy"][0]))  # fmt: skip
+    flag = FLAGS[t["flag"][i]]
     return {
         "rank": rank,
         "index": int(ds.train.ids[i]),
@@ -218,17 +230,13 @@ def _summary(t: dict, y: np.ndarray, classes: list[str], folds: int, fold_gens: 
     off = [
         (float(cal[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and cal[i, j] > 0
     ]
-    flags: dict[str, int] = {f: 0 for f in ("wrong", "ambiguous", "incomplete", "uncertain", "ok")}
-    for i in range(len(y)):
-        flags[flag_of(int(y[i]), float(t["self_confidence"][i]), t["top_idx"][i].tolist(), t["top_p"][i].tolist(),
-                      float(t["entropy"][i]), float(t["crop_wrong"][i]), bool(t["issue"][i]),
-                      float(t["max_entropy"][0]))] += 1  # fmt: skip
+    counts = np.bincount(t["flag"], minlength=len(FLAGS))
     return {
         "scores": f"held-out, {folds} folds" if folds else f"in-sample, {gens} generation(s)",
         "training_runs": folds * fold_gens if folds else 0,
         "images": int(len(y)),
         "rank": rank,
-        "flagged": flags,
+        "flagged": {f: int(k) for f, k in zip(FLAGS, counts)},
         "confident_learning_issues": int(t["issue"].sum()),
         "estimated_issues": float(sum(v for v, _, _ in off)),
         "estimated_pairs": [
@@ -262,4 +270,4 @@ def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3)
     return out
 
 
-__all__ = ["RANKINGS", "audit_run", "flag_of"]
+__all__ = ["FLAGS", "RANKINGS", "audit_run", "flags"]

@@ -105,6 +105,12 @@ def local_device(name: str) -> torch.device | None:
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Free what still holds gloo work (a DDP reducer in a reference cycle) while the interpreter is
+        # alive: freed at interpreter exit instead, its tensors abort the process ("terminate called
+        # without an active exception"), seen under busy cores.
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from .checkpoint import META
 from .config import Config, from_dict
-from .data import ImageDataset, fold_of
+from .data import ImageDataset, fold_of, without_fold
 
 
 def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
@@ -61,7 +61,6 @@ def train_folds(
     """Train (or resume) the ``folds`` fold chains; returns per fold ``(positions of its held-out
     images in ds.train [n_k], its generation folders)``."""
     from .chain import run_chain
-    from .generation import load_data
 
     gen1 = from_dict(Config, json.loads((Path(gen1_folder) / META).read_text())["config"])
     fold = fold_of(len(ds.train), folds)
@@ -71,7 +70,8 @@ def train_folds(
         folder = fold_folder(run, folds, k)
         if not all((folder / f"gen{g}" / META).is_file() for g in range(1, generations + 1)):
             log(f"audit: fold {k + 1}/{folds}: training on {int((fold != k).sum())} images -> {folder}")
-            run_chain(cfg, folder, progress=progress, log=log, dataset=load_data(cfg))
+            fold_ds = replace(ds, train=without_fold(ds.train, k, folds))  # what load_data(cfg) would build
+            run_chain(cfg, folder, progress=progress, log=log, dataset=fold_ds)
         out.append((np.nonzero(fold == k)[0], [folder / f"gen{g}" for g in range(1, generations + 1)]))
     return out
 

@@ -86,14 +86,23 @@ def confident_classes(p, y, t: np.ndarray) -> np.ndarray:
     return out
 
 
-def confident_joint(p, y, num_classes: int) -> np.ndarray:
+def confident_of(p, y, num_classes: int) -> np.ndarray:
+    """``j*`` of every row ``[N]`` (-1: no class at its threshold): the one pass that both the
+    confident joint and the label-issue flags are counted from."""
+    return confident_classes(p, y, thresholds(p, y, num_classes))
+
+
+def joint_from(y, confident: np.ndarray, num_classes: int) -> np.ndarray:
     """``C[i, j]``: images labelled ``i`` whose confident class is ``j`` ``[C, C]`` (integer counts)."""
-    y = np.asarray(y)
-    j = confident_classes(p, y, thresholds(p, y, num_classes))
-    keep = j >= 0
+    y, keep = np.asarray(y), confident >= 0
     joint = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(joint, (y[keep], j[keep]), 1)
+    np.add.at(joint, (y[keep], confident[keep]), 1)
     return joint
+
+
+def confident_joint(p, y, num_classes: int) -> np.ndarray:
+    """The confident joint ``[C, C]`` of ``p`` and ``y`` (see :func:`joint_from`)."""
+    return joint_from(y, confident_of(p, y, num_classes), num_classes)
 
 
 def calibrated_joint(joint: np.ndarray, y, num_classes: int) -> np.ndarray:
@@ -107,8 +116,7 @@ def calibrated_joint(joint: np.ndarray, y, num_classes: int) -> np.ndarray:
 def label_issues(p, y, num_classes: int | None = None) -> np.ndarray:
     """``[N]`` bool: labelled ``i``, confidently another class (off the confident joint's diagonal)."""
     y = np.asarray(y)
-    c = num_classes or np.asarray(p[:1]).shape[1]
-    j = confident_classes(p, y, thresholds(p, y, c))
+    j = confident_of(p, y, num_classes or np.asarray(p[:1]).shape[1])
     return (j >= 0) & (j != y)
 
 
@@ -116,6 +124,8 @@ __all__ = [
     "calibrated_joint",
     "confident_classes",
     "confident_joint",
+    "confident_of",
+    "joint_from",
     "label_issues",
     "normalized_margin",
     "self_confidence",

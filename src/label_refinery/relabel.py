@@ -16,10 +16,13 @@ nothing. The output is ``index,label,given,suggested_p,source`` (``data.label_ov
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from .checkpoint import atomic_write
 from .errors import UserError
+
+FIELDS = ("index", "label", "given", "suggested_p", "source")
 
 
 def _rows(path: Path, needed: set[str]) -> list[dict]:
@@ -58,15 +61,12 @@ def relabel(
              "source": f"audit top {top} ({'/'.join(flags)})"}
             for r in chosen
         ]  # fmt: skip
-    lines = ["index,label,given,suggested_p,source"]
-    for f in fixes:
-        lines.append(",".join(_quote(str(f[k])) for k in ("index", "label", "given", "suggested_p", "source")))
-    atomic_write(out, ("\n".join(lines) + "\n").encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")  # csv quotes class names with commas
+    writer.writeheader()
+    writer.writerows(fixes)
+    atomic_write(out, buf.getvalue().encode())
     return len(fixes)
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 __all__ = ["relabel"]

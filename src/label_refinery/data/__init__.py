@@ -99,11 +99,15 @@ def load_dataset(
             ds.train.targets, ds.train.ids, ds.classes, label_overrides
         )
     if holdout_fold is not None:
-        k, folds = holdout_fold
-        if not (folds >= 2 and 0 <= k < folds and folds <= len(ds.train)):
-            raise UserError(f"holdout_fold must be (k, K) with K >= 2 and 0 <= k < K, got {list(holdout_fold)}")
-        ds.train = ds.train.subset(np.nonzero(fold_of(len(ds.train), folds) != k)[0])
+        ds.train = without_fold(ds.train, *holdout_fold)
     return ds
+
+
+def without_fold(train: Split, k: int, folds: int) -> Split:
+    """``train`` without fold ``k`` of ``folds`` (:func:`fold_of`): a fold model's training images."""
+    if not (folds >= 2 and 0 <= k < folds and folds <= len(train)):
+        raise UserError(f"holdout_fold must be (k, K) with K >= 2 and 0 <= k < K, got {[k, folds]}")
+    return train.subset(np.nonzero(fold_of(len(train), folds) != k)[0])
 
 
 FOLD_SEED = 2  # fixed: every audit of a run partitions its training images the same way
@@ -126,4 +130,5 @@ __all__ = [
     "dataset_names",
     "fold_of",
     "load_dataset",
+    "without_fold",
 ]
