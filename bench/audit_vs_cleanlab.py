@@ -50,6 +50,9 @@ def one(args, rate: float, seed: int, log) -> dict:
     from cleanlab.rank import get_label_quality_scores
 
     out = Path(args.out) / f"rate{rate:g}-seed{seed}"
+    done = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else None
+    if done and (args.fold_seeds == 1 or any("seeds" in k for k in done)):  # finished earlier: reused
+        return done
     overrides = {"data.dataset": args.dataset, "data.label_noise": rate, "data.label_noise_seed": seed,
                  "data.crop_scale": args.crop_scale, "data.flip": not args.no_flip, "optim.epochs": args.epochs,
                  "chain.generations": 1, "seed": seed}  # fmt: skip
@@ -59,6 +62,10 @@ def one(args, rate: float, seed: int, log) -> dict:
     rows = run_chain(load_config(overrides=overrides), out / "noisy", log=log)
     audit_run(out / "noisy", out=out / "in-sample", html_rows=1, log=log)
     audit_run(out / "noisy", out=out / "held-out", folds=args.folds, html_rows=1, log=log)
+    names = ["in-sample", "held-out"]
+    if args.fold_seeds > 1:  # each fold an ensemble over seeds (the first seed's fold chains are reused)
+        names.append(f"held-out x{args.fold_seeds} seeds")
+        audit_run(out / "noisy", out=out / names[-1], folds=args.folds, fold_seeds=args.fold_seeds, html_rows=1, log=log)
     flipped = {int(r["index"]) for r in csv.DictReader(open(out / "noisy/gen1/label-noise.csv"))}
     from label_refinery.generation import load_data
 
@@ -66,7 +73,7 @@ def one(args, rate: float, seed: int, log) -> dict:
     ids, y = ds.train.ids.numpy(), ds.train.targets.numpy()  # probs.npy rows follow the training split's order
     truth = np.array([i in flipped for i in ids])
     res = {"rate": rate, "seed": seed, "images": len(ids), "flipped": int(truth.sum())}
-    for name in ("in-sample", "held-out"):
+    for name in names:
         p = np.load(out / name / "probs.npy", mmap_mode="r")
         q = np.asarray(p, dtype=np.float64)
         q = q / q.sum(1, keepdims=True)
@@ -85,6 +92,7 @@ def one(args, rate: float, seed: int, log) -> dict:
     res["relabelled correctly"] = sum(int(r["index"]) in orig and r["label"] == ds.classes[orig[int(r["index"])]] for r in fixes)
     res["test top-1 noisy"], res["test top-1 relabelled"] = rows[-1]["test_top1"], fixed[-1]["test_top1"]
     res["seconds"] = round(time.time() - t0)
+    (out / "result.json").write_text(json.dumps(res, indent=2))
     return res
 
 
@@ -102,6 +110,31 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict]) -> str:
+    """Per flip rate: the mean over seeds and a 95 % t interval (paired where a difference is meant)."""
+    from label_refinery.stats import t_interval
+
+    lines = ["| rate | seeds | metric | mean | 95 % interval |", "|---:|---:|---|---:|---|"]
+    for rate in sorted({r["rate"] for r in results}):
+        rs = [r for r in results if r["rate"] == rate]
+        if len(rs) < 2:
+            continue
+        rows = {k: [r[k] for r in rs] for k in rs[0] if k.endswith("p@k")}
+        for k in [k for k in rs[0] if k.endswith("(P, R)")]:
+            rows[k.replace("(P, R)", "precision")] = [r[k][0] for r in rs]
+            rows[k.replace("(P, R)", "recall")] = [r[k][1] for r in rs]
+        for a in ("self-confidence p@k", "normalized margin p@k"):
+            rows[f"held-out − in-sample {a}"] = [r[f"held-out {a}"] - r[f"in-sample {a}"] for r in rs]
+        for k in [k for k in rs[0] if " seeds " in k and k.endswith("p@k")]:
+            base = "held-out " + k.split(" seeds ", 1)[1]
+            rows[f"{k.split(' ', 2)[1]} seeds − 1 seed {base[9:]}"] = [r[k] - r[base] for r in rs]
+        rows["test top-1: relabelled − noisy"] = [r["test top-1 relabelled"] - r["test top-1 noisy"] for r in rs]
+        for k, v in rows.items():
+            m, h = t_interval(v)
+            lines.append(f"| {rate:g} | {len(v)} | {k} | {m:.3f} | [{m - h:.3f}, {m + h:.3f}] |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="digits")
@@ -110,6 +143,7 @@ def main() -> None:
     ap.add_argument("--crop-scale", type=float, nargs=2, default=[0.25, 1.0])
     ap.add_argument("--no-flip", action="store_true")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--fold-seeds", type=int, default=1, help="also audit with each fold an ensemble of S seeds")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threads", type=int, default=0)
@@ -121,11 +155,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.out = f"{args.out}/{args.dataset}"
     quiet = lambda _: None  # noqa: E731
-    results = [one(args, rate, seed, quiet) for rate in args.rates for seed in args.seeds]
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for rate in args.rates:
+        for seed in args.seeds:
+            one(args, rate, seed, quiet)
+    # the table holds every finished (rate, seed) under OUT, so seeds run in separate calls add up
+    found = [json.loads(f.read_text()) for f in Path(args.out).glob("rate*-seed*/result.json")]
+    results = sorted(found, key=lambda r: (r["rate"], r["seed"]))
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
     print(f"python {' '.join(sys.argv)}\n")
     print(table(results))
+    print()
+    print(summary(results))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,37 @@ def test_held_out_audit_finds_flips_that_the_in_sample_one_misses(noisy, capsys)
     assert "training on" not in capsys.readouterr().out
 
 
+def test_fold_seeds_ensemble_reuses_the_first_seed_and_stays_held_out(noisy, tmp_path, capsys):
+    """--fold-seeds 2: a second chain per fold (seed + 1, same partition) beside the first, reused;
+    the probabilities are the mean of both seeds' held-out models."""
+    run, flipped = noisy
+    if not (run / "audit/audit.csv").is_file():
+        assert main(["audit", str(run), "--folds", "3", "--no-progress"]) == 0
+    one = np.load(run / "audit/probs.npy")
+    capsys.readouterr()
+    assert main(["audit", str(run), "--folds", "3", "--fold-seeds", "2", "--out", str(tmp_path / "two"),
+                 "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.count("training on") == 3 and "seed 2/2" in out and "seed 1/2" not in out  # seed 1 reused
+    second = json.loads((run / "audit-folds/K3/fold2-seed2/gen1/meta.json").read_text())["config"]
+    first = json.loads((run / "audit-folds/K3/fold2/gen1/meta.json").read_text())["config"]
+    assert second["seed"] == first["seed"] + 1 and second["data"]["holdout_fold"] == [1, 3]
+    summary = json.loads((tmp_path / "two/summary.json").read_text())
+    assert summary["scores"] == "held-out, 3 folds x 2 seeds" and summary["training_runs"] == 6
+    two = np.load(tmp_path / "two/probs.npy")
+    assert np.allclose(two.sum(1), 1, atol=1e-4) and not np.allclose(two, one, atol=1e-3)
+    # the seed-2 models alone: the ensemble is the mean of the two seeds' probabilities, row by row
+    solo = tmp_path / "solo"
+    for k in range(3):
+        (solo / f"audit-folds/K3/fold{k + 1}").parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(run / f"audit-folds/K3/fold{k + 1}-seed2", solo / f"audit-folds/K3/fold{k + 1}")
+    shutil.copytree(run / "gen1", solo / "gen1")
+    assert main(["audit", str(solo), "--folds", "3", "--no-progress"]) == 0
+    assert np.allclose(two, (one + np.load(solo / "audit/probs.npy")) / 2, atol=1e-5)
+    rows = list(csv.DictReader(open(tmp_path / "two/audit.csv")))
+    assert precision_at_k(rows, flipped) >= 0.8
+
+
 def test_relabel_then_retrain_on_overrides(noisy, tmp_path, capsys):
     run, flipped = noisy
     if not (run / "audit/audit.csv").is_file():

@@ -7,7 +7,7 @@
 **Probabilities.** Each training image gets one probability vector ``p`` ``[C]``: the mean, over
 its scoring models, of their refined labels on its views (the whole image with weight 1/2 and
 ``crops_per_image`` fixed crops sharing the other 1/2). With ``--folds K`` the scoring models of an
-image are its fold chain's generations, which never trained on it (*held-out*, as confident
+image are its fold chain's generations (over ``--fold-seeds S`` seeds), which never trained on it (*held-out*, as confident
 learning asks); without, every generation of the chain (*in-sample*: they saw the image, so a
 memorised wrong label looks right). ``p`` for all images is written to ``audit/probs.npy``
 (float32 ``[N, C]``, memory-mapped: a million images x 1,000 classes is 4 GB on disk, little memory),
@@ -51,6 +51,7 @@ def audit_run(
     out: str | Path | None = None,
     folds: int = 0,
     fold_generations: int = 1,
+    fold_seeds: int = 1,
     rank: str = "self_confidence",
     crops_per_image: int = 4,
     html_rows: int = 100,
@@ -62,7 +63,8 @@ def audit_run(
     """Score every training image; write ``audit.csv`` (all images, most suspicious first),
     ``audit.html`` (the top ``html_rows``, with accept/reject per row), ``probs.npy`` and
     ``summary.json``; returns the output folder. ``folds``: held-out scores from that many fold
-    chains (:mod:`label_refinery.folds`); 0: the chain's own generations (in-sample)."""
+    chains (:mod:`label_refinery.folds`), each trained ``fold_seeds`` times (an ensemble over seeds);
+    0: the chain's own generations (in-sample)."""
     from .errors import UserError
 
     if rank not in RANKINGS:
@@ -73,7 +75,9 @@ def audit_run(
     n, c = len(ds.train), ds.num_classes
     if folds and not 2 <= folds <= n:
         raise UserError(f"--folds must be in 2..{n}, got {folds}")
-    scorers = _scorers(run, gens, models, ds, folds, fold_generations, device, progress, log)
+    if fold_seeds < 1:
+        raise UserError(f"--fold-seeds must be at least 1, got {fold_seeds}")
+    scorers = _scorers(run, gens, models, ds, folds, fold_generations, fold_seeds, device, progress, log)
     sampler = analysis_sampler(cfg)
     probs, crop_wrong = _probabilities(out, scorers, ds, sampler, crops_per_image, batch_size, device, progress, folds)
     y = ds.train.targets.numpy()
@@ -81,7 +85,7 @@ def audit_run(
     order = np.argsort(table[rank], kind="stable")  # lowest quality first
     rows = (_row(r, i, table, ds) for r, i in enumerate(order.tolist(), 1))
     write_csv(out / "audit.csv", rows)
-    summary = _summary(table, y, ds.classes, folds, fold_generations, len(gens), rank)
+    summary = _summary(table, y, ds.classes, folds, fold_generations, fold_seeds if folds else 1, len(gens), rank)
     write_json(out / "summary.json", summary)
     from .reports import audit_html  # HTML and pictures live with the reports
 
@@ -99,13 +103,13 @@ def audit_run(
     return out
 
 
-def _scorers(run, gens, models, ds, folds: int, fold_generations: int, device, progress: bool, log) -> list:
+def _scorers(run, gens, models, ds, folds: int, fold_generations: int, seeds: int, device, progress: bool, log) -> list:
     """``(positions [n_k], models)`` pairs: who scores which training images (module docstring)."""
     if not folds:
         return [(np.arange(len(ds.train)), models)]
     from .folds import train_folds
 
-    parts = train_folds(Path(run), gens[0], ds, folds, fold_generations, progress=progress, log=log)
+    parts = train_folds(Path(run), gens[0], ds, folds, fold_generations, seeds, progress=progress, log=log)
     return [(pos, [load_checkpoint(g).build_model(device).eval() for g in folders]) for pos, folders in parts]
 
 
@@ -224,7 +228,7 @@ def _row(rank: int, i: int, t: dict, ds) -> dict:
     }
 
 
-def _summary(t: dict, y: np.ndarray, classes: list[str], folds: int, fold_gens: int, gens: int, rank: str) -> dict:
+def _summary(t: dict, y, classes: list[str], folds: int, fold_gens: int, seeds: int, gens: int, rank: str) -> dict:
     """Counts per flag, the confident joint's estimate of wrong labels per class pair, and what the scores cost."""
     cal = quality.calibrated_joint(t["joint"], y, len(classes))
     off = [
@@ -232,8 +236,10 @@ def _summary(t: dict, y: np.ndarray, classes: list[str], folds: int, fold_gens: 
     ]
     counts = np.bincount(t["flag"], minlength=len(FLAGS))
     return {
-        "scores": f"held-out, {folds} folds" if folds else f"in-sample, {gens} generation(s)",
-        "training_runs": folds * fold_gens if folds else 0,
+        "scores": (f"held-out, {folds} folds" + (f" x {seeds} seeds" if seeds > 1 else ""))
+        if folds
+        else f"in-sample, {gens} generation(s)",
+        "training_runs": folds * fold_gens * seeds if folds else 0,
         "images": int(len(y)),
         "rank": rank,
         "flagged": {f: int(k) for f, k in zip(FLAGS, counts)},

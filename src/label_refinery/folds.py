@@ -13,6 +13,11 @@ its refinery never saw the fold either). With ``K = 5``, ``G = 1``: four generat
 of compute. The fold chains live in ``RUN/audit-folds/K{K}/fold{k}/`` and resume like any chain;
 a second audit reuses them.
 
+**Seeds** (``--fold-seeds S``): each fold is trained ``S`` times, with seeds ``seed, seed + 1, ...``
+(other initialisation and crops, the same partition), in ``fold{k}/`` then ``fold{k}-seed{s}/``; an
+image's probability is the mean over its fold's ``S x G`` models, all held out. Cost: ``K x G x S``
+training runs; a later audit with more seeds reuses the ones already trained.
+
 The chain's own generations are never held out for its training images (each saw them, or was
 labelled by a model that did), so without ``--folds`` the audit says its scores are in-sample.
 """
@@ -44,8 +49,9 @@ def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
     )
 
 
-def fold_folder(run: Path, folds: int, k: int) -> Path:
-    return Path(run) / "audit-folds" / f"K{folds}" / f"fold{k + 1}"
+def fold_folder(run: Path, folds: int, k: int, seed: int = 0) -> Path:
+    """Fold ``k``'s chain (0-based) with seed offset ``seed`` (0: the run's seed, the first folder)."""
+    return Path(run) / "audit-folds" / f"K{folds}" / (f"fold{k + 1}" + (f"-seed{seed + 1}" if seed else ""))
 
 
 def train_folds(
@@ -54,25 +60,30 @@ def train_folds(
     ds: ImageDataset,
     folds: int,
     generations: int = 1,
+    seeds: int = 1,
     *,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[tuple[np.ndarray, list[Path]]]:
-    """Train (or resume) the ``folds`` fold chains; returns per fold ``(positions of its held-out
-    images in ds.train [n_k], its generation folders)``."""
+    """Train (or resume) the ``folds x seeds`` fold chains; returns per fold ``(positions of its
+    held-out images in ds.train [n_k], the generation folders of its chains, every seed)``."""
     from .chain import run_chain
 
     gen1 = from_dict(Config, json.loads((Path(gen1_folder) / META).read_text())["config"])
     fold = fold_of(len(ds.train), folds)
     out = []
     for k in range(folds):
-        cfg = fold_config(gen1, k, folds, generations)
-        folder = fold_folder(run, folds, k)
-        if not all((folder / f"gen{g}" / META).is_file() for g in range(1, generations + 1)):
-            log(f"audit: fold {k + 1}/{folds}: training on {int((fold != k).sum())} images -> {folder}")
-            fold_ds = replace(ds, train=without_fold(ds.train, k, folds))  # what load_data(cfg) would build
-            run_chain(cfg, folder, progress=progress, log=log, dataset=fold_ds)
-        out.append((np.nonzero(fold == k)[0], [folder / f"gen{g}" for g in range(1, generations + 1)]))
+        gens = []
+        for s in range(seeds):
+            cfg = replace(fold_config(gen1, k, folds, generations), seed=gen1.seed + s)
+            folder = fold_folder(run, folds, k, s)
+            if not all((folder / f"gen{g}" / META).is_file() for g in range(1, generations + 1)):
+                which = f" seed {s + 1}/{seeds}" if seeds > 1 else ""
+                log(f"audit: fold {k + 1}/{folds}{which}: training on {int((fold != k).sum())} images -> {folder}")
+                fold_ds = replace(ds, train=without_fold(ds.train, k, folds))  # what load_data(cfg) would build
+                run_chain(cfg, folder, progress=progress, log=log, dataset=fold_ds)
+            gens += [folder / f"gen{g}" for g in range(1, generations + 1)]
+        out.append((np.nonzero(fold == k)[0], gens))
     return out
 
 
