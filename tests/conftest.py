@@ -6,6 +6,14 @@ import torch
 from PIL import Image
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _folder_cache(tmp_path_factory):
+    """Image-folder indexes (data/folder_index.py) go to a session folder, not the user's ~/.cache."""
+    import os
+
+    os.environ["LABEL_REFINERY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

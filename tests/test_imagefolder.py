@@ -267,3 +267,126 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     view = unnormalize(batch.images, ds.test)[0, 0]
     assert view.max() > 0.8 and view.min() < 0.1  # clipping would put nearly every pixel at 1.0
     assert view.mean() == pytest.approx(values.mean() / 65535, abs=0.05)
+
+
+# ---- issue 16: the batch loader, several crops per decode, reduced JPEG decodes, the cached index ----
+
+
+def test_several_crops_per_image_are_values_side_by_side(ds):
+    sampler, k = CropSampler(seed=3, scale=(0.25, 1.0)), 3
+    batches = list(ds.train.iter_batches(6, epoch=1, crops=sampler, order_seed=2, crops_per_image=k))
+    assert [len(b.images) for b in batches] == [6, 6, 6]  # 2 images x 3 crops per batch
+    assert ds.train.num_batches(6, crops_per_image=k) == 3
+    for b in batches:
+        ids = b.indices.tolist()
+        assert ids[0::3] == ids[1::3] == ids[2::3] and b.crop_numbers.tolist() == [0, 1, 2, 0, 1, 2]
+        views = unnormalize(b.images, ds.train)
+        for r, (idx, j) in enumerate(zip(ids, b.crop_numbers.tolist())):
+            img = pil_rgb(ds.train.samples[idx][0])
+            W, H = img.size
+            y, x, h, w, flip = sampler.sample_batch([idx], 1, H, W, crop=j)[0].tolist()
+            assert b.crops[r].tolist() == [y, x, h, w, flip]
+            ref = img.resize((S, S), Image.BILINEAR, box=(x, y, x + w, y + h))
+            ref = ref.transpose(Image.FLIP_LEFT_RIGHT) if flip else ref
+            torch.testing.assert_close(views[r], as_float(ref), atol=1e-5, rtol=0)
+    # crop 0 of each image is its one crop of the epoch when K = 1
+    one = {int(b.indices[i]): b.crops[i].tolist() for b in ds.train.iter_batches(4, epoch=1, crops=sampler) for i in range(len(b.indices))}
+    assert all(b.crops[r].tolist() == one[int(b.indices[r])] for b in batches for r in range(0, 6, 3))
+    with pytest.raises(UserError, match="multiple of data.crops_per_image"):
+        next(ds.train.iter_batches(4, crops=sampler, crops_per_image=3))
+
+
+def test_kept_loader_survives_an_abandoned_pass(root):
+    sampler = CropSampler(seed=7)
+    ds = load_dataset(f"imagefolder:{root}", image_size=S, workers=2)
+    whole = collect(ds.train, epoch=1, crops=sampler, order_seed=0)
+    loader = ds.train._loader
+    it = ds.train.iter_batches(2, epoch=3, crops=sampler)
+    next(it)  # a pass left half way (an exception, a break)
+    again = collect(ds.train, epoch=1, crops=sampler, order_seed=0)
+    assert ds.train._loader is loader  # the same loader and processes, not new ones per pass
+    for key in ("images", "indices", "crops"):
+        assert torch.equal(whole[key], again[key]), key
+    # a pass inside a pass (nested) gets a loader of its own and both see every batch
+    outer = [(b.indices.tolist(), len(list(ds.train.iter_batches(3)))) for b in ds.train.iter_batches(2)]
+    assert [i for ids, _ in outer for i in ids] == list(range(6)) and all(n == 2 for _, n in outer)
+
+
+def test_large_jpegs_decode_at_a_reduced_scale(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((256, 192), Image.BICUBIC)
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        smooth.save(tmp_path / split / "a" / "big.jpg", quality=95)
+    ds = load_dataset(f"imagefolder:{tmp_path}", image_size=S)
+    path = ds.train.samples[0][0]
+    sampler = CropSampler(seed=1, scale=(0.9, 1.0))  # crops >= ~170 px a side: a 1/8 decode still has >= 16
+    from PIL import JpegImagePlugin
+
+    decoded, draft = [], JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        out = draft(self, mode, size)
+        decoded.append(self.size)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    (batch,) = list(ds.train.iter_batches(1, crops=sampler))
+    assert decoded == [(32, 24)]  # 1/8 of 256 x 192: every crop side still >= 16 pixels
+    y, x, h, w, flip = batch.crops[0].tolist()
+    assert [y, x, h, w, flip] == sampler.sample_batch([0], 0, 192, 256)[0].tolist()  # in the file's pixels
+    full = pil_rgb(path).resize((S, S), Image.BILINEAR, box=(x, y, x + w, y + h))
+    full = as_float(full.transpose(Image.FLIP_LEFT_RIGHT) if flip else full)
+    view = unnormalize(batch.images, ds.train)[0]
+    assert (view - full).abs().mean() < 0.02  # the same crop; DCT scaling differs by rounding only
+    (ev,) = list(ds.test.iter_batches(1))  # the evaluation view: short side 18 of 192 -> 1/8 too
+    assert ev.images.shape == (1, 3, S, S) and decoded[-1] == (32, 24)
+
+
+def test_folder_index_is_cached_and_checked_by_directory_times(root, monkeypatch):
+    import os
+    import time
+
+    from label_refinery.data import folder_index
+
+    old = time.time() - 60  # settled: changed more than SETTLE_NS before the scan
+    for d, _, _ in os.walk(root):
+        os.utime(d, (old, old))
+    first = load_dataset(f"imagefolder:{root}", image_size=S)
+    heights, widths = first.train.image_sizes()
+    assert folder_index.cache_file(root / "train").is_file()
+    folder_index._MEMORY.clear()  # as a new process: the cache file alone
+
+    def no_scan(folder):
+        raise AssertionError(f"{folder} scanned again")
+
+    monkeypatch.setattr(folder_index, "scan", no_scan)
+    again = load_dataset(f"imagefolder:{root}", image_size=S)
+    assert again.fingerprint() == first.fingerprint() and again.train.samples == first.train.samples
+    assert again.train.index.sizes is not None  # read from the cache, not from the files' headers
+    assert [a.tolist() for a in again.train.image_sizes()] == [heights.tolist(), widths.tolist()]
+    monkeypatch.undo()
+    write_image(root / "train" / "cat" / "c9.png", "RGB", (20, 20), seed=5)  # the class folder's time moves
+    folder_index._MEMORY.clear()
+    assert len(load_dataset(f"imagefolder:{root}", image_size=S).train) == 7
+    # the fingerprint is the one earlier releases computed (relative path|class|bytes per file)
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, target in first.train.samples:
+        h.update(f"{Path(path).relative_to(root / 'train')}|{target}|{Path(path).stat().st_size}\n".encode())
+    assert first.train.fingerprint() == h.hexdigest()
+
+
+def test_train_with_several_crops_per_image(root, tmp_path):
+    overrides = {"data.dataset": f"imagefolder:{root}", "data.image_size": 16, "optim.epochs": 1, "optim.batch_size": 4,
+                 "model": "cnn-small", "data.crops_per_image": 2}  # fmt: skip
+    out = tmp_path / "gen1"
+    label_refinery.train_generation(label_refinery.load_config(overrides=overrides), out, log=lambda _: None)
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["images"] == 12  # 3 steps of 2 images x 2 crops
+    for bad, match in (({"optim.batch_size": 5}, "multiple of data.crops_per_image"),
+                       ({"labels.source": "store"}, "needs labels.source=live"),
+                       ({"data.crops_per_image": 0}, "must be >= 1")):  # fmt: skip
+        with pytest.raises(UserError, match=match):
+            label_refinery.load_config(overrides={**overrides, **bad})

@@ -44,6 +44,7 @@ class DataConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
     flip: bool = True  # horizontal flip with probability 0.5
     workers: int = 0  # loader processes (image folders)
+    crops_per_image: int = 1  # K training crops from each image read (FKD's trick; a batch holds batch_size / K images)
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,15 @@ def validate(cfg: Config) -> None:
         f"data.holdout_fold must be (k, K) with K >= 2 and 0 <= k < K, got {d.holdout_fold}",
     )
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
+    _check(d.crops_per_image >= 1, f"data.crops_per_image must be >= 1, got {d.crops_per_image}")
+    _check(
+        o.batch_size % d.crops_per_image == 0,
+        f"optim.batch_size ({o.batch_size}) must be a multiple of data.crops_per_image ({d.crops_per_image})",
+    )
+    _check(
+        d.crops_per_image == 1 or (cfg.labels.source == "live" and not cfg.labels.store),
+        "data.crops_per_image > 1 needs labels.source=live: a label store holds one crop per image and epoch",
+    )
     _check(
         o.schedule in ("cosine", "step", "constant"),
         f"optim.schedule must be cosine, step or constant, got {o.schedule!r}",

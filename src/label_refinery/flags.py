@@ -20,6 +20,7 @@ TRAIN_FLAGS = [
     (["--crop-ratio"], "data.crop_ratio", dict(type=float, nargs=2, metavar=("LOW", "HIGH"), help="crop aspect ratio, width / height")),
     (["--no-flip"], "data.flip", dict(action="store_false", help="no horizontal flips")),
     (["--workers"], "data.workers", dict(type=int, help="loader processes for image folders")),
+    (["--crops-per-image"], "data.crops_per_image", dict(type=int, metavar="K", help="K training crops from each image read, side by side in a batch (fewer decodes per step; a batch holds batch-size / K images)")),
     (["--model"], "model", dict(help="cnn-small, resnet-cifar[:depth=20,width=16]; the paper's alexnet, mobilenet[-0.75|-0.5|-0.25], "
                                           "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
                                           "inputs); timm:NAME, torchvision:NAME")),

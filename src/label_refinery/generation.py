@@ -202,7 +202,9 @@ def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -
         fingerprint=fingerprint,
         refinery_sha=labels.describe().get("sha256"),
         crops=crops,
-        steps=ds.train.num_batches(per_process, drop_last=True, shard=distributed.shard()),
+        steps=ds.train.num_batches(
+            per_process, drop_last=True, shard=distributed.shard(), crops_per_image=cfg.data.crops_per_image
+        ),
     )
 
 
@@ -219,6 +221,7 @@ def _train_epoch(run: _Run, epoch: int, pos: state.Position, desc: str, progress
         drop_last=True,
         shard=distributed.shard(),
         start_batch=first,
+        crops_per_image=cfg.data.crops_per_image,
     )
 
     def after_step(step: int, meters: Meters) -> None:

@@ -34,6 +34,7 @@ class Batch:
     crops: torch.Tensor | None = None
     epoch: int = 0
     label_images: torch.Tensor | None = None  # what the refinery labels when not ``images`` (jittering that keeps R(x))
+    crop_numbers: torch.Tensor | None = None  # [B] which of its image's crops (data.crops_per_image > 1), else None
     mix_lam: float | None = None  # mixed with its reverse at this ratio (mixing.py); ground truth mixes alike
 
 
@@ -43,6 +44,8 @@ class Split(Protocol):
     ``iter_batches`` yields training views (one :class:`CropSampler` crop per image, in the
     epoch's seeded order) when ``crops`` is given, else evaluation views in index order;
     ``start_batch`` skips the epoch's first batches without loading them (resumed bakes).
+    ``crops_per_image = K`` cuts K crops (crop numbers 0..K-1 of the epoch) from each image read: a
+    batch of ``batch_size`` views holds ``batch_size / K`` images, each K times, side by side.
     """
 
     targets: torch.Tensor  # [N] int64
@@ -62,9 +65,12 @@ class Split(Protocol):
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
+        crops_per_image: int = 1,
     ) -> Iterator[Batch]: ...
 
-    def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int: ...
+    def num_batches(
+        self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1), crops_per_image: int = 1
+    ) -> int: ...
 
     def fingerprint(self) -> str: ...
 
@@ -147,6 +153,20 @@ def epoch_batches(n: int, batch_size: int, *, epoch: int, order_seed: int | None
     one batching rule of every split (seeded order, equal shards of each global batch)."""
     order = epoch_order(n, order_seed, epoch)
     return [order[sl] for sl in batch_slices(n, batch_size, drop_last, shard)[start_batch:]]
+
+
+def images_per_batch(batch_size: int, crops_per_image: int) -> int:
+    """How many images a batch of ``batch_size`` views reads when each gives ``crops_per_image`` crops."""
+    if crops_per_image < 1 or batch_size % crops_per_image:
+        from ..errors import UserError
+
+        raise UserError(f"the batch size ({batch_size}) must be a multiple of data.crops_per_image ({crops_per_image})")
+    return batch_size // crops_per_image
+
+
+def repeat_crops(ids: np.ndarray, crops_per_image: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each image ``crops_per_image`` times in a row, and its crop numbers ``0..K-1``: ``([B*K], [B*K])``."""
+    return np.repeat(ids, crops_per_image), np.tile(np.arange(crops_per_image), len(ids))
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:

@@ -51,11 +51,15 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def _uniforms(seed: int, epoch: int, indices: np.ndarray, n_draws: int) -> np.ndarray:
-    """``[B, n_draws]`` floats in ``[0, 1)``, a pure function of ``(seed, epoch, index, draw)``."""
+def _uniforms(seed: int, epoch: int, indices: np.ndarray, n_draws: int, crop=0) -> np.ndarray:
+    """``[B, n_draws]`` floats in ``[0, 1)``, a pure function of ``(seed, epoch, index, crop, draw)``.
+
+    ``crop`` (scalar or ``[B]``, below 2**31) enters as the high half of the epoch word, so crop 0 is
+    the one-crop-per-image key of earlier releases, unchanged."""
     key = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
-    key = _mix(key ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF))
-    key = _mix(key ^ indices.astype(np.uint64))[:, None]  # [B, 1]
+    word = np.uint64(epoch & 0xFFFFFFFF) | (np.asarray(crop, dtype=np.uint64) << np.uint64(32))
+    key = _mix(key ^ word)
+    key = np.broadcast_to(_mix(key ^ indices.astype(np.uint64)), indices.shape)[:, None]  # [B, 1]
     draws = np.arange(1, n_draws + 1, dtype=np.uint64)[None, :]  # [1, D]
     with np.errstate(over="ignore"):
         bits = _mix(key + draws * _GOLDEN)  # [B, D]
@@ -88,12 +92,15 @@ class CropSampler:
         row = self.sample_batch(np.array([index]), epoch, np.array([height]), np.array([width]))[0]
         return Crop(int(row[0]), int(row[1]), int(row[2]), int(row[3]), bool(row[4]))
 
-    def sample_batch(self, indices, epoch: int, heights, widths) -> np.ndarray:
-        """Crops of many images at once: ``[B, 5]`` int64 rows ``(y, x, h, w, flip)``."""
+    def sample_batch(self, indices, epoch: int, heights, widths, crop=0) -> np.ndarray:
+        """Crops of many images at once: ``[B, 5]`` int64 rows ``(y, x, h, w, flip)``.
+
+        ``crop`` (scalar or ``[B]``): which of an image's crops in the epoch (``data.crops_per_image``
+        cuts several per decoded image); crop 0 is the epoch's one crop when there is one."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         H = np.broadcast_to(np.asarray(heights, dtype=np.int64), idx.shape).astype(np.float64)
         W = np.broadcast_to(np.asarray(widths, dtype=np.int64), idx.shape).astype(np.float64)
-        u = _uniforms(self.seed, epoch, idx, 4 * _TRIES + 1)  # [B, 41]
+        u = _uniforms(self.seed, epoch, idx, 4 * _TRIES + 1, np.broadcast_to(np.asarray(crop), idx.shape))  # [B, 41]
         area = H * W
         log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         lo, hi = self.scale

@@ -1,15 +1,24 @@
 """Image folders in ImageNet layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``.
 
-Images are decoded with PIL and converted to RGB (grayscale files become three equal channels), so
-folders may mix modes and any common extension. Loader workers cut the same :class:`Crop` values an
-in-memory dataset would (the sampler is a pure function of seed, epoch, index and image size), with
-PIL's antialiased bilinear resize. Evaluation resizes the short side to ``size / 0.875`` and takes the
-centre ``size x size`` (the ImageNet convention: 256 -> 224).
+Images are decoded with PIL and given three channels (grayscale files become three equal channels),
+so folders may mix modes and any common extension. The file list, classes, fingerprint and image
+sizes come from :mod:`.folder_index` (computed once, cached). Evaluation resizes the short side to
+``size / 0.875`` and takes the centre ``size x size`` (the ImageNet convention: 256 -> 224).
+
+**The loader** (issue 16): a loader process decodes a whole *batch* per task: it opens the batch's
+files, reads their sizes from the headers, draws every crop of the batch with one vectorised
+:meth:`CropSampler.sample_batch` call (the same :class:`Crop` values an in-memory dataset would
+cut: the sampler is a pure function of seed, epoch, index, crop number and image size), then resizes
+each crop with PIL's antialiased bilinear filter into one uint8 array. The loader and its processes
+are made once per split and kept (``persistent_workers``) across epochs and evaluations; the file
+list reaches them as one bytes array. JPEGs are decoded at a reduced scale where every crop of the
+image still has at least ``size`` pixels a side (PIL's ``draft``: libjpeg's DCT scaling by 1/2, 1/4,
+1/8), which is where a 256-px JPEG cut to 112-px crops spends its time; crops stay the same values,
+in the full image's coordinates. ``crops_per_image = K`` cuts K crops from each decoded image.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterator
 
@@ -18,112 +27,184 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .base import Batch, ImageDataset, batch_slices, epoch_batches, normalize
+from .base import Batch, ImageDataset, batch_slices, epoch_batches, images_per_batch, normalize, repeat_crops
 from .crops import CropSampler
+from .folder_index import FolderIndex, index_of
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_RATIO = 0.875  # 224 / 256
+_DIRECT = ("L", "RGB")  # modes resized as they are (L becomes RGB after the resize: the same pixels, 3x cheaper)
 
 
 def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names (sorted sub-folder names) and ``(path, class index)`` samples, sorted."""
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder: expected ImageNet layout ROOT/train/<class>/*, ROOT/val/<class>/*")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise UserError(f"{folder} has no class sub-folders: expected {folder}/<class>/<image files>")
-    samples = []
-    for i, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (folder / name).rglob("*")
-            if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.is_file()
-        )
-        if not files:
-            raise UserError(
-                f"class folder {folder / name} has no images (extensions: {', '.join(sorted(EXTENSIONS))}); "
-                "remove the folder or add images"
-            )
-        samples += [(str(f), i) for f in files]
-    return classes, samples
+    index = index_of(Path(folder))
+    return index.classes, [(str(index.root / r.decode()), int(t)) for r, t in zip(index.rel.tolist(), index.targets)]
 
 
-def _open_rgb(path: str) -> Image.Image:
+def _open(path: str) -> Image.Image:
+    """The image, opened (header read, pixels not yet decoded)."""
     try:
-        with Image.open(path) as img:
-            if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: scale to 8 bits, not clip
-                grey = np.asarray(img, dtype=np.float64) / 257.0
-                return Image.fromarray(grey.clip(0, 255).round().astype(np.uint8)).convert("RGB")
-            return img.convert("RGB")
+        return Image.open(path)
     except Exception as err:  # PIL raises many types for bad files
         raise UserError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, H, W]
+def _decode(img: Image.Image, path: str, need_w: float, need_h: float) -> tuple[Image.Image, float, float]:
+    """Decode ``img``, a JPEG at the smallest DCT scale still at least ``need_w x need_h``; returns
+    the image in a mode PIL resizes (L, RGB, or RGB converted) and its scale against the file's size."""
+    W, H = img.size
+    try:
+        if img.format == "JPEG" and (need_w <= W / 2 and need_h <= H / 2) and img.mode in _DIRECT:
+            img.draft(img.mode, (int(np.ceil(need_w)), int(np.ceil(need_h))))
+        img.load()
+        if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: scale to 8 bits, not clip
+            grey = np.asarray(img, dtype=np.float64) / 257.0
+            img = Image.fromarray(grey.clip(0, 255).round().astype(np.uint8))
+        elif img.mode not in _DIRECT:
+            img = img.convert("RGB")
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
+    return img, img.size[0] / W, img.size[1] / H
 
 
-class _Views(torch.utils.data.Dataset):
-    """Decodes one image per key ``(position, epoch)``; crops it (keyed by the image's id) if a sampler is given."""
+def _rgb(img: Image.Image) -> np.ndarray:
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
-    def __init__(self, samples, ids, size: int, crops: CropSampler | None):
-        self.samples, self.ids, self.size, self.crops = samples, ids, size, crops
+
+class _Decoder(torch.utils.data.Dataset):
+    """Decodes one batch per key ``(positions, ids, epoch, sampler or None, crops per image)``:
+    ``(uint8 [B, S, S, 3], crops [B, 5] or None, crop numbers [B] or None)``."""
+
+    def __init__(self, root: Path, rel: np.ndarray, size: int):
+        self.root, self.rel, self.size = str(root), rel, size
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.rel)
 
     def __getitem__(self, key):
-        pos, epoch = key
-        img = _open_rgb(self.samples[pos][0])
-        W, H = img.size
-        S = self.size
-        if self.crops is None:
-            short = round(S / EVAL_RATIO)
-            scale = short / min(W, H)
-            img = img.resize((max(S, round(W * scale)), max(S, round(H * scale))), Image.BILINEAR)
-            left, top = (img.size[0] - S) // 2, (img.size[1] - S) // 2
-            return _to_tensor(img.crop((left, top, left + S, top + S))), pos, torch.zeros(5, dtype=torch.long)
-        y, x, h, w, flip = self.crops.sample(int(self.ids[pos]), epoch, H, W)
-        img = img.resize((S, S), Image.BILINEAR, box=(x, y, x + w, y + h))
-        if flip:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return _to_tensor(img), pos, torch.tensor([y, x, h, w, int(flip)])
+        positions, ids, epoch, sampler, k = key
+        paths = [f"{self.root}/{self.rel[p].decode()}" for p in positions]
+        if sampler is None:
+            return torch.from_numpy(np.stack([self._centre(p) for p in paths])), None, None
+        heads = [self._head(p) for p in paths]  # sizes first: the batch's crops are drawn in one call
+        W, H = np.array([w for _, w, _ in heads]), np.array([h for _, _, h in heads])
+        ids, numbers = repeat_crops(np.asarray(ids), k)
+        boxes = sampler.sample_batch(ids, epoch, np.repeat(H, k), np.repeat(W, k), numbers)  # [B*k, 5]
+        S, out = self.size, np.empty((len(boxes), self.size, self.size, 3), dtype=np.uint8)
+        for i, ((img, w, h), path) in enumerate(zip(heads, paths)):
+            mine = boxes[i * k : (i + 1) * k]
+            sx = sy = 1.0
+            if img is None:  # a JPEG: decoded now, at the smallest scale that serves its smallest crop
+                side = max(1.0, np.minimum(mine[:, 2], mine[:, 3]).min() / S)
+                img, sx, sy = _decode(_open(path), path, w / side, h / side)
+            for j, (y, x, ch, cw, flip) in enumerate(mine.tolist()):
+                view = img.resize((S, S), Image.BILINEAR, box=(x * sx, y * sy, (x + cw) * sx, (y + ch) * sy))
+                out[i * k + j] = _rgb(view.transpose(Image.FLIP_LEFT_RIGHT) if flip else view)
+        return torch.from_numpy(out), torch.from_numpy(boxes), torch.from_numpy(numbers) if k > 1 else None
+
+    @staticmethod
+    def _head(path: str) -> tuple[Image.Image | None, int, int]:
+        """``(decoded image, width, height)``; a JPEG's decode waits for its crops (``None``), its file closed."""
+        im = _open(path)
+        w, h = im.size
+        if im.format == "JPEG" and im.mode in _DIRECT:
+            im.close()
+            return None, w, h
+        return _decode(im, path, w, h)[0], w, h
+
+    def _centre(self, path: str) -> np.ndarray:
+        im = _open(path)
+        S, (W, H) = self.size, im.size
+        scale = round(S / EVAL_RATIO) / min(W, H)
+        tw, th = max(S, round(W * scale)), max(S, round(H * scale))
+        img = _decode(im, path, tw, th)[0].resize((tw, th), Image.BILINEAR)
+        left, top = (tw - S) // 2, (th - S) // 2
+        return _rgb(img.crop((left, top, left + S, top + S)))
+
+
+class _Keys:
+    """The loader's sampler: the keys of the iteration in progress (set before each epoch or pass)."""
+
+    keys: list = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class FolderSplit:
-    """A split of an image folder, decoded on the fly by ``workers`` loader processes."""
+    """A split of an image folder, decoded on the fly by ``workers`` loader processes (kept between passes)."""
 
-    def __init__(self, root: Path, samples, size: int, workers: int = 0, ids=None):
-        self.root, self.samples, self.size, self.workers = root, samples, size, workers
-        self.targets = torch.tensor([t for _, t in samples], dtype=torch.long)
+    def __init__(self, index: FolderIndex, size: int, workers: int = 0, positions=None, ids=None):
+        self.index, self.size, self.workers = index, size, workers
+        self.root = index.root
+        self.positions = np.arange(len(index.rel)) if positions is None else np.asarray(positions, dtype=np.int64)
+        self.targets = torch.from_numpy(index.targets[self.positions].copy())
         # an image's index (the key of its crops and labels) is its position in the sorted file list
-        self.ids = torch.arange(len(samples)) if ids is None else torch.as_tensor(ids).long()
+        self.ids = torch.from_numpy(self.positions.copy()) if ids is None else torch.as_tensor(ids).long()
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.distractors = None  # a folder records one class per image
+        self._decoder = _Decoder(index.root, index.rel[self.positions], size)
+        self._loader, self._keys, self._busy = None, _Keys(), False
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """``(path, class)`` of every image, in order (built on demand: the split keeps compact arrays)."""
+        return [(self.path(i), int(self.index.targets[p])) for i, p in enumerate(self.positions.tolist())]
 
     def image_sizes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Heights and widths from the files' headers (no decode)."""
-        sizes = []
-        for path, _ in self.samples:
-            with Image.open(path) as img:
-                sizes.append(img.size)
-        wh = np.array(sizes, dtype=np.int64).reshape(-1, 2)
-        return wh[:, 1], wh[:, 0]
+        """Heights and widths from the files' headers (no decode; cached with the folder's index)."""
+        hw = self.index.image_sizes()[self.positions]
+        return hw[:, 0], hw[:, 1]
 
     def path(self, position: int) -> str:
-        return str(self.samples[position][0])
+        return str(self.root / self.index.rel[self.positions[position]].decode())
 
     def subset(self, positions) -> "FolderSplit":
         """The images at ``positions``, keeping their ids (so their crops and labels stay the same)."""
-        pos = [int(p) for p in positions]
-        return FolderSplit(self.root, [self.samples[p] for p in pos], self.size, self.workers, self.ids[pos])
+        pos = np.asarray([int(p) for p in positions], dtype=np.int64)
+        sub = FolderSplit(self.index, self.size, self.workers, self.positions[pos], self.ids[pos])
+        sub.targets = self.targets[pos].clone()  # labels changed in memory (noise, overrides) stay changed
+        return sub
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.positions)
 
-    def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int:
-        return len(batch_slices(len(self), batch_size, drop_last, shard))
+    def num_batches(self, batch_size: int, drop_last: bool = False, shard=(0, 1), crops_per_image: int = 1) -> int:
+        return len(batch_slices(len(self), images_per_batch(batch_size, crops_per_image), drop_last, shard))
+
+    def _batches(self, keys: list, device) -> Iterator:
+        """Decoded batches for ``keys``: in this process (0 workers), else through the kept loader
+        (a second pass started while one runs, e.g. nested, gets a loader of its own)."""
+        if not self.workers:
+            yield from (self._decoder[key] for key in keys)
+            return
+        if self._busy:
+            yield from self._make_loader(keys, device, persistent=False)
+            return
+        if self._loader is None:
+            self._loader = self._make_loader(self._keys, device, persistent=True)
+        self._keys.keys, self._busy = keys, True
+        try:
+            yield from self._loader
+        finally:
+            self._busy = False
+
+    def _make_loader(self, sampler, device, persistent: bool):
+        return torch.utils.data.DataLoader(
+            self._decoder,
+            batch_size=None,  # a key is a whole batch
+            sampler=sampler,
+            num_workers=self.workers,
+            persistent_workers=persistent,
+            prefetch_factor=4,
+            pin_memory=torch.device(device).type == "cuda",
+        )
 
     def iter_batches(
         self,
@@ -136,37 +217,27 @@ class FolderSplit:
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
+        crops_per_image: int = 1,
     ) -> Iterator[Batch]:
-        positions = epoch_batches(len(self), batch_size, epoch=epoch, order_seed=order_seed, drop_last=drop_last,
-                                  shard=shard, start_batch=start_batch)
-        keys = [[(int(p), epoch) for p in pos] for pos in positions]
-        loader = torch.utils.data.DataLoader(
-            _Views(self.samples, self.ids, self.size, crops),
-            batch_sampler=keys,
-            num_workers=self.workers,
-            persistent_workers=False,
-            pin_memory=torch.device(device).type == "cuda",
-        )
+        k = crops_per_image if crops is not None else 1
+        positions = epoch_batches(len(self), images_per_batch(batch_size, k), epoch=epoch, order_seed=order_seed,
+                                  drop_last=drop_last, shard=shard, start_batch=start_batch)  # fmt: skip
+        keys = [(pos, self.ids.numpy()[pos], epoch, crops, k) for pos in positions]
         try:
-            for images, pos, boxes in loader:
-                views = images.to(device, non_blocking=True).float().div_(255.0)
-                yield Batch(
-                    normalize(views, self.mean, self.std),
-                    self.targets[pos].to(device),
-                    self.ids[pos],
-                    boxes if crops else None,
-                    epoch,
-                )
+            for (pos, _, _, _, _), (images, boxes, numbers) in zip(keys, self._batches(keys, device)):
+                pos = torch.from_numpy(np.repeat(pos, k))
+                views = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), self.ids[pos],
+                            boxes, epoch, crop_numbers=numbers)  # fmt: skip
         except UserError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             message = str(err).strip().splitlines()[-1]
             raise UserError(message.split("UserError: ", 1)[-1]) from None
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for path, target in self.samples:
-            p = Path(path)
-            h.update(f"{p.relative_to(self.root)}|{target}|{p.stat().st_size}\n".encode())
-        return h.hexdigest()
+        return self.index.fingerprint(None if len(self.positions) == len(self.index.rel) else self.positions)
+
+    def __getstate__(self):  # loaders and their processes do not travel
+        return {**self.__dict__, "_loader": None, "_keys": _Keys(), "_busy": False}
 
 
 def load(root: str, image_size: int | None = None, workers: int = 0) -> ImageDataset:
@@ -174,8 +245,8 @@ def load(root: str, image_size: int | None = None, workers: int = 0) -> ImageDat
     base = Path(root).expanduser()
     if not base.is_dir():
         raise UserError(f"imagefolder: {base} does not exist")
-    train_classes, train_samples = scan(base / "train")
-    val_classes, val_samples = scan(base / "val")
+    train_index, val_index = index_of(base / "train"), index_of(base / "val")
+    train_classes, val_classes = train_index.classes, val_index.classes
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(train_classes))
@@ -184,6 +255,6 @@ def load(root: str, image_size: int | None = None, workers: int = 0) -> ImageDat
             f"(only in train: {only_train or 'none'}; only in val: {only_val or 'none'}); make the class folders match"
         )
     size = image_size or 224
-    train = FolderSplit(base / "train", train_samples, size, workers)
-    test = FolderSplit(base / "val", val_samples, size, workers)
+    train = FolderSplit(train_index, size, workers)
+    test = FolderSplit(val_index, size, workers)
     return ImageDataset(f"imagefolder:{base}", train_classes, 3, size, IMAGENET_MEAN, IMAGENET_STD, train, test)

@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import Batch, batch_slices, epoch_batches, normalize
+from .base import Batch, batch_slices, epoch_batches, images_per_batch, normalize, repeat_crops
 from .crops import CropSampler, apply_crops, resize_images
 
 
@@ -45,8 +45,8 @@ class TensorSplit:
     def path(self, position: int) -> str:
         return ""
 
-    def num_batches(self, batch_size: int, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> int:
-        return len(batch_slices(len(self), batch_size, drop_last, shard))
+    def num_batches(self, batch_size: int, drop_last: bool = False, shard=(0, 1), crops_per_image: int = 1) -> int:
+        return len(batch_slices(len(self), images_per_batch(batch_size, crops_per_image), drop_last, shard))
 
     def iter_batches(
         self,
@@ -59,19 +59,26 @@ class TensorSplit:
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
+        crops_per_image: int = 1,
     ) -> Iterator[Batch]:
         H, W = self.images.shape[-2:]
-        positions = epoch_batches(len(self), batch_size, epoch=epoch, order_seed=order_seed, drop_last=drop_last,
-                                  shard=shard, start_batch=start_batch)
-        for pos in map(torch.from_numpy, positions):
+        k = crops_per_image if crops is not None else 1
+        positions = epoch_batches(len(self), images_per_batch(batch_size, k), epoch=epoch, order_seed=order_seed,
+                                  drop_last=drop_last, shard=shard, start_batch=start_batch)  # fmt: skip
+        for pos in positions:
+            numbers = None
+            if k > 1:  # each image k times in a row, crops 0..k-1
+                pos, numbers = repeat_crops(pos, k)
+            pos = torch.from_numpy(pos)
             raw = self.images[pos].to(device, non_blocking=True).float().div_(255.0)  # [B, C, H, W]
             ids = self.ids[pos]
             if crops is None:
                 boxes, views = None, resize_images(raw, self.size)
             else:
-                boxes = torch.from_numpy(crops.sample_batch(ids.numpy(), epoch, H, W))  # [B, 5]
+                boxes = torch.from_numpy(crops.sample_batch(ids.numpy(), epoch, H, W, 0 if numbers is None else numbers))
                 views = apply_crops(raw, boxes, self.size)
-            yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), ids, boxes, epoch)
+            yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), ids, boxes, epoch,
+                        crop_numbers=None if numbers is None else torch.from_numpy(numbers))  # fmt: skip
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

@@ -386,6 +386,8 @@ class StoredLabels:
         return store
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        if batch.crop_numbers is not None and not self.static:
+            raise UserError("a label store holds one crop per image and epoch: use data.crops_per_image 1 with it")
         rows = self.lookup[batch.indices.numpy()]  # [B]
         epoch = 0 if self.static else batch.epoch
         idx = torch.from_numpy(self.indices[epoch, rows].astype(np.int64))  # [B, K]
