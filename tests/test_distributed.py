@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_torchrun_cli_matches_one_process_and_only_rank0_writes(tmp_path):
 
 
 def test_torchrun_every_label_path(tmp_path):
-    """Ground truth, a live refinery with jittering, and a label store baked by rank 0."""
+    """Ground truth, a live refinery with jittering, and a label store baked by both processes."""
     common = ["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--no-progress"]
     log = run("chain", *common, "--generations", "2", "--jitter", "--out", tmp_path / "chain", nproc=2)
     assert log.count("table saved") == 1
@@ -130,12 +131,27 @@ def test_torchrun_every_label_path(tmp_path):
     assert (tmp_path / "stored/labels/manifest.json").is_file()
     meta = json.loads((tmp_path / "stored/meta.json").read_text())
     assert meta["labels"]["kind"] == "stored" and meta["metrics"]["test_top1"] > 30
+    assert json.loads((tmp_path / "stored/labels/manifest.json").read_text())["processes"] == 2  # both ranks baked
 
 
-def test_bake_refuses_several_processes(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "label_refinery",
-         "bake", "--refinery", str(tmp_path / "none"), "--out", str(tmp_path / "s")],
-        env=ENV, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode != 0 and "runs in one process" in proc.stderr
+def test_two_process_bake_equals_one_process_byte_for_byte_and_resumes_after_sigkill(tmp_path):
+    script = HERE / "scripts/ddp_bake.py"
+    run(script, tmp_path / "one")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    killed = subprocess.run([*launcher, str(script), str(tmp_path / "two"), "--kill-after", "20"], env=ENV,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode != 0 and not (tmp_path / "two/manifest.json").exists()
+    progress = json.loads((tmp_path / "two/progress.rank1of2.json").read_text())
+    assert (progress["epoch"], progress["batch"]) != (0, 0)  # rank 1 got somewhere before it died
+    shutil.copytree(tmp_path / "two", tmp_path / "three")  # resumed below by one process instead of two
+    log = run(script, tmp_path / "two", nproc=2)  # the same command again: each rank resumes its share
+    manifest = json.loads((tmp_path / "two/manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["shape"] == [3, 1438, 5], log
+    for name in ("indices", "probs", "ids"):
+        one, two = (tmp_path / "one" / f"{name}.npy").read_bytes(), (tmp_path / "two" / f"{name}.npy").read_bytes()
+        assert one == two, name
+    run(script, tmp_path / "three")  # another number of processes: from the first epoch some rank had not finished
+    for name in ("indices", "probs"):
+        assert (tmp_path / "one" / f"{name}.npy").read_bytes() == (tmp_path / "three" / f"{name}.npy").read_bytes()
+    ref = json.loads((tmp_path / "one/manifest.json").read_text())
+    assert ref["crop_digests"] == manifest["crop_digests"] and ref["processes"] == 1

@@ -152,3 +152,49 @@ def test_grad_scaler_state_round_trips(tmp_path):
     assert (pos.epoch, pos.batch) == (2, 5)
     assert fresh.state_dict()["scale"] == 512.0 and fresh.state_dict()["growth_interval"] == 7
     assert load_file(tmp_path / "state.safetensors").keys() >= {"rng.cpu"}
+
+
+def test_meters_wait_on_the_device_and_a_late_nan_still_saves_nothing(tmp_path, digits, monkeypatch):
+    """On a GPU the meters reach the host every SETTLE_STEPS steps (no sync per step); simulated here on
+    the CPU: the NaN of step 52 is found at the settle after step 54, and no checkpoint holds it."""
+    import label_refinery.engine as engine
+
+    m = engine.Meters()
+    logits, refined, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 0])
+    m.add(logits, refined, y, torch.tensor(0.5), 1.0)
+    m.add(logits, refined, y, torch.tensor(0.25), 2.0)
+    assert (m.loss_sum, m.correct, m.images) == (0.0, 0, 4)  # nothing read back yet
+    assert m.as_list() == [4, 1.5, 2, 2, 2.0]  # settled: 0.5 * 2 + 0.25 * 2; top-1 right twice; agrees twice
+    m.add(logits, refined, y, torch.tensor(float("nan")), 3.0)
+    with pytest.raises(engine.NonFinite):
+        m.settle()
+    real_loss, calls = losses.refinery_loss, {"n": 0}
+
+    def loss_that_blows_up(*args, **kwargs):
+        calls["n"] += 1
+        out = real_loss(*args, **kwargs)
+        return out * float("nan") if calls["n"] == 53 else out
+
+    monkeypatch.setattr(losses, "refinery_loss", loss_that_blows_up)
+    monkeypatch.setattr(engine, "_settle_every", lambda device: 5)
+    with pytest.raises(UserError, match=r"loss became nan or inf at step 50\.\.54"):
+        train_generation(config(save_every=10), tmp_path / "run", dataset=digits, log=lambda _: None)
+    assert position(tmp_path / "run") == {"epoch": 1, "batch": 6}  # step 50: the last checkpoint before the NaN
+    tensors, _, _ = load_tensors(tmp_path / "run/state.safetensors")
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model.") and t.is_floating_point())
+
+
+def test_cuda_settings_leave_a_cpu_run_alone():
+    from label_refinery.engine import autocast
+    from label_refinery.generation import cuda_speedups
+
+    before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)
+    cuda_speedups(torch.device("cpu"))
+    assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32) == before
+    with autocast(torch.device("cpu"), "auto"):  # the ImageNet recipes' amp: float32 on a CPU
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    from pathlib import Path
+
+    assert load_config(Path(__file__).parents[1] / "configs/imagenet/resnet50.yaml").amp == "auto"

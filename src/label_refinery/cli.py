@@ -6,7 +6,7 @@ label-refinery train --dataset digits --epochs 5 --refinery runs/gen1 --out runs
 label-refinery bake --refinery runs/gen1 --seed 1 --epochs 5 --out runs/store
 label-refinery evaluate runs/gen2
 python -m label_refinery --help
-torchrun --nproc_per_node=2 -m label_refinery chain --device cpu ...   # train and chain, several processes
+torchrun --nproc_per_node=2 -m label_refinery chain --device cpu ...   # train, chain and bake, several processes
 """
 
 from __future__ import annotations
@@ -204,21 +204,25 @@ def cmd_bake(args) -> None:
     from .labels.build import bake_labels, load_refinery
     from .labels.store import bytes_per_crop, estimate_bytes
 
+    from . import distributed
+
     cfg = resolve_seed(load_config(args.config, _overrides(args)))  # the seed a default `train --refinery` uses
     if cfg.refinery is None:
         raise UserError("bake needs --refinery CKPT: the model whose labels are stored")
+    distributed.setup(cfg.device)  # torchrun: every process labels its share of the batches
+    say = print if distributed.is_main() else (lambda *_: None)
     ds = load_data(cfg)
     epochs = 1 if args.static else cfg.optim.epochs
     top_k = min(cfg.labels.top_k, ds.num_classes)
     size = estimate_bytes(epochs, len(ds.train), ds.num_classes, top_k, cfg.labels.store_dtype)
     per_crop = bytes_per_crop(ds.num_classes, top_k, cfg.labels.store_dtype)
-    print(
+    say(
         f"label store: {epochs} epoch(s) x {len(ds.train)} images x top-{top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)"
     )
     if args.estimate:
         return
     device, fingerprint = resolve_device(cfg.device), ds.fingerprint()
-    refinery = load_refinery(cfg, ds, device, fingerprint, print)
+    refinery = load_refinery(cfg, ds, device, fingerprint, say)
     manifest = bake_labels(
         cfg,
         ds,
@@ -230,10 +234,11 @@ def cmd_bake(args) -> None:
         fingerprint=fingerprint,
         batch_size=args.bake_batch_size,
         bf16=args.bf16,
-        progress=_progress(args),
+        progress=_progress(args) and distributed.is_main(),
+        log=say,
     )
     if manifest.get("bake_images_per_s"):
-        print(f"baked at {manifest['bake_images_per_s']:.0f} img/s")
+        say(f"baked at {manifest['bake_images_per_s']:.0f} img/s")
 
 
 def cmd_evaluate(args) -> None:
@@ -362,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if distributed.launched():  # torchrun with several processes
-            if args.command not in ("train", "chain"):
+            if args.command not in ("train", "chain", "bake"):
                 raise UserError(f"`{args.command}` runs in one process: start it without torchrun")
         COMMANDS[args.command](args)
         # all processes leave together: gloo aborts a process ("terminate called without an active

@@ -117,7 +117,7 @@ class Config:
     seed: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     channels_last: bool = True  # memory format of images and models (faster convolutions on CPU)
-    amp: str = "off"  # mixed precision of forward passes: off | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
+    amp: str = "off"  # mixed precision of forward passes: off | bf16 | fp16 (CUDA only, grad scaler) | auto (bf16 on CUDA)
     compile: bool = False  # torch.compile the student's training forward (needs a C++ compiler on CPU)
     save_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     eval_every: int = 1  # evaluate the test (and val) split every N epochs; the last epoch always
@@ -288,7 +288,7 @@ def _check(ok: bool, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Precise errors for values that cannot work."""
     o, d, ch = cfg.optim, cfg.data, cfg.chain
-    _check(cfg.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, got {cfg.amp!r}")
+    _check(cfg.amp in ("off", "bf16", "fp16", "auto"), f"amp must be off, bf16, fp16 or auto, got {cfg.amp!r}")
     _check(cfg.eval_every >= 1, f"eval_every must be >= 1 epochs, got {cfg.eval_every}")
     _check(cfg.save_every >= 0, f"save_every must be >= 0 steps, got {cfg.save_every}")
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")

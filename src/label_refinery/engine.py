@@ -64,17 +64,28 @@ def _memory_format(batch: Batch, channels_last: bool) -> Batch:
     return dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
 
 
-def _check_finite(loss: torch.Tensor, step: int, lr: float) -> None:
-    if not torch.isfinite(loss):
-        raise UserError(
-            f"the training loss became {loss.item()} at step {step} (lr {lr:g}); training stops without saving "
-            "this state, and the last checkpoint (epoch end, or every --save-every steps) stays as it was. "
-            "Lower optim.lr or add optim.warmup_epochs, then re-run the same command to resume from that checkpoint."
-        )
+def _nonfinite(what: str, step: int, lr: float) -> UserError:
+    return UserError(
+        f"the training loss became {what} at step {step} (lr {lr:g}); training stops without saving "
+        "this state, and the last checkpoint (epoch end, or every --save-every steps) stays as it was. "
+        "Lower optim.lr or add optim.warmup_epochs, then re-run the same command to resume from that checkpoint."
+    )
+
+
+SETTLE_STEPS = 20  # on a GPU the meters (and the loss's finiteness) reach the host every this many steps
+
+
+def _settle_every(device: torch.device) -> int:
+    """Steps between host syncs of the meters: 1 on a CPU (a check costs nothing there: a NaN stops
+    training at its very step), :data:`SETTLE_STEPS` on an accelerator (no sync per step)."""
+    return 1 if device.type == "cpu" else SETTLE_STEPS
 
 
 def autocast(device: torch.device, amp: str):
-    """The forward passes' precision context: ``off`` (float32), ``bf16`` or ``fp16``."""
+    """The forward passes' precision context: ``off`` (float32), ``bf16``, ``fp16``, or ``auto``
+    (bf16 on CUDA, float32 elsewhere: the ImageNet recipes, unchanged on a CPU)."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
     if amp == "off":
         return contextlib.nullcontext()
     if amp == "fp16" and device.type != "cuda":
@@ -82,17 +93,28 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+class NonFinite(Exception):
+    """A training loss was NaN or infinite (found when the meters settled)."""
+
+
 @dataclass
 class Meters:
-    """Running sums of one epoch; saved in mid-epoch checkpoints so a resumed epoch reports the same numbers."""
+    """Running sums of one epoch; saved in mid-epoch checkpoints so a resumed epoch reports the same numbers.
+
+    :meth:`add` accumulates on the batch's device (float64: counts stay exact) without waiting for
+    it; the numbers reach the host in :meth:`settle`, at the progress line, a checkpoint and the end
+    of the epoch: on a GPU no host sync per step, on a CPU the same sums as adding Python numbers.
+    """
 
     images: int = 0
     loss_sum: float = 0.0
     correct: int = 0  # student top-1 == ground truth
     agree: int = 0  # student top-1 == refined top-1
     seconds: float = 0.0
+    _pending: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)  # [4] loss, correct, agree, non-finite
 
     def as_list(self) -> list[float]:
+        self.settle()
         return [self.images, self.loss_sum, self.correct, self.agree, self.seconds]
 
     def over_processes(self) -> "Meters":
@@ -108,11 +130,25 @@ class Meters:
     ) -> None:
         """Count one step: top-1 against ground truth and against the refined labels, the loss, the time."""
         top1 = logits.argmax(1)
-        self.correct += int((top1 == targets).sum())
-        self.agree += int((top1 == refined.argmax(1)).sum())
-        self.loss_sum += float(loss.detach()) * len(targets)
-        self.images += len(targets)
+        n = len(targets)
+        step = torch.stack([loss.detach().double() * n, (top1 == targets).sum().double(),
+                            (top1 == refined.argmax(1)).sum().double(), (~torch.isfinite(loss.detach())).double()])  # fmt: skip
+        self._pending = step if self._pending is None else self._pending + step
+        self.images += n
         self.seconds = seconds
+
+    def settle(self) -> None:
+        """Move the device sums into the fields (one host sync); raises :class:`NonFinite` if a loss
+        since the last settle was not finite (so no checkpoint is made of that state)."""
+        if self._pending is None:
+            return
+        loss_sum, correct, agree, bad = self._pending.tolist()
+        self._pending = None
+        if bad:
+            raise NonFinite
+        self.loss_sum += loss_sum
+        self.correct += int(correct)
+        self.agree += int(agree)
 
     @classmethod
     def from_list(cls, v: list[float]) -> "Meters":
@@ -167,6 +203,7 @@ def train_one_epoch(
     m, step, transform = meters or Meters(), first_step, step_cfg.transform or (lambda _, b: b)
     lr, start = lr_at(first_step), time.perf_counter() - m.seconds
     shown = tqdm(batches, leave=False, dynamic_ncols=True, **({"disable": True} | (bar or {})))
+    every = _settle_every(device)
     for batch in shown:
         lr = _set_lr(optimizer, lr_at(step))
         with autocast(device, step_cfg.amp):
@@ -174,14 +211,25 @@ def train_one_epoch(
             refined = labels(batch).float()  # [B, C] probabilities of exactly those crops, no grad
             logits = student(batch.images).float()  # [B, C]
         loss = step_cfg.loss(logits, refined, batch.targets)
-        _check_finite(loss, step, lr)
+        if every == 1 and not torch.isfinite(loss):
+            raise _nonfinite(str(loss.item()), step, lr)
         _backward_and_step(loss, optimizer, step_cfg.scaler)
         m.add(logits, refined, batch.targets, loss, time.perf_counter() - start)
         step += 1
-        if after_step is not None:
-            after_step(step, m)
-        if step % 20 == 0 and not shown.disable:
-            shown.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
+        try:
+            if step % every == 0:
+                m.settle()
+            if after_step is not None:
+                after_step(step, m)  # a checkpoint settles the meters first: never a state after a NaN
+            if step % 20 == 0 and not shown.disable:
+                m.settle()
+                shown.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
+        except NonFinite:
+            raise _nonfinite("nan or inf", f"{max(first_step, step - every)}..{step - 1}", lr) from None
+    try:
+        m.settle()
+    except NonFinite:
+        raise _nonfinite("nan or inf", f"{max(first_step, step - every)}..{step - 1}", lr) from None
     n, loss_sum, correct, agree = distributed.sum_over_processes([m.images, m.loss_sum, m.correct, m.agree])
     seconds = time.perf_counter() - start
     if n == 0:

@@ -31,7 +31,7 @@ TRAIN_FLAGS = [
                                           "default: 0 on ground truth, the refinery's seed + 1 with --refinery")),
     (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),
     (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
-    (["--amp"], "amp", dict(choices=["off", "bf16", "fp16"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler)")),
+    (["--amp"], "amp", dict(choices=["off", "bf16", "fp16", "auto"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler; auto: bf16 on CUDA, off on CPU)")),
     (["--compile"], "compile", dict(action="store_true", help="torch.compile the student's training forward")),
     (["--eval-every"], "eval_every", dict(type=int, metavar="EPOCHS", help="evaluate test (and val) every EPOCHS epochs; the last epoch always")),
     (["--save-every"], "save_every", dict(type=int, metavar="STEPS", help="also checkpoint every STEPS steps inside an epoch (0: epoch ends)")),

@@ -58,6 +58,16 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
+def cuda_speedups(device: torch.device) -> None:
+    """On CUDA: cuDNN picks the fastest convolution for the run's fixed shapes (``cudnn.benchmark``),
+    and float32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa products, float32
+    sums; what PyTorch's own ImageNet examples train with). Nothing changes on a CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def crop_sampler(cfg: Config) -> CropSampler:
     """The training crops of a run: keyed by its seed, shaped by its data settings."""
     return CropSampler(cfg.seed, cfg.data.crop_scale, cfg.data.crop_ratio, 0.5 if cfg.data.flip else 0.0)
@@ -174,6 +184,7 @@ class _Run:
 def _prepare(cfg: Config, ds: ImageDataset, folder: Path, log, progress: bool) -> _Run:
     check_input_size(cfg.model, ds.in_chans, ds.num_classes, ds.image_size)
     device = resolve_device(cfg.device)
+    cuda_speedups(device)
     fingerprint, crops = ds.fingerprint(), crop_sampler(cfg)
     # the label source first: building a refinery draws a random init before loading its weights, which
     # must not move the student's random stream (the oracle test: one-hot labels through a refinery

@@ -43,7 +43,9 @@ class Split(Protocol):
 
     ``iter_batches`` yields training views (one :class:`CropSampler` crop per image, in the
     epoch's seeded order) when ``crops`` is given, else evaluation views in index order;
-    ``start_batch`` skips the epoch's first batches without loading them (resumed bakes).
+    ``start_batch`` skips the epoch's first batches without loading them (resumed bakes);
+    ``batch_stride = (r, w)`` keeps only batches ``b`` with ``b % w == r`` (process ``r`` of a bake
+    over ``w`` processes: the same batches as one process, dealt out in turn).
     ``crops_per_image = K`` cuts K crops (crop numbers 0..K-1 of the epoch) from each image read: a
     batch of ``batch_size`` views holds ``batch_size / K`` images, each K times, side by side.
     """
@@ -66,6 +68,7 @@ class Split(Protocol):
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
         crops_per_image: int = 1,
+        batch_stride: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]: ...
 
     def num_batches(
@@ -148,11 +151,14 @@ def batch_slices(n: int, batch_size: int, drop_last: bool, shard: tuple[int, int
 
 
 def epoch_batches(n: int, batch_size: int, *, epoch: int, order_seed: int | None, drop_last: bool,
-                  shard: tuple[int, int], start_batch: int = 0) -> list[np.ndarray]:
-    """The positions of each of this shard's batches in ``epoch``, from batch ``start_batch`` on: the
-    one batching rule of every split (seeded order, equal shards of each global batch)."""
+                  shard: tuple[int, int], start_batch: int = 0, stride: tuple[int, int] = (0, 1)) -> list[np.ndarray]:
+    """The positions of each of this shard's batches in ``epoch``, from batch ``start_batch`` on (and
+    of those, batch ``b`` only if ``b % stride[1] == stride[0]``): the one batching rule of every
+    split (seeded order, equal shards of each global batch)."""
     order = epoch_order(n, order_seed, epoch)
-    return [order[sl] for sl in batch_slices(n, batch_size, drop_last, shard)[start_batch:]]
+    slices = batch_slices(n, batch_size, drop_last, shard)
+    r, w = stride
+    return [order[slices[b]] for b in range(start_batch, len(slices)) if b % w == r]
 
 
 def images_per_batch(batch_size: int, crops_per_image: int) -> int:

@@ -218,10 +218,11 @@ class FolderSplit:
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
         crops_per_image: int = 1,
+        batch_stride: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         k = crops_per_image if crops is not None else 1
         positions = epoch_batches(len(self), images_per_batch(batch_size, k), epoch=epoch, order_seed=order_seed,
-                                  drop_last=drop_last, shard=shard, start_batch=start_batch)  # fmt: skip
+                                  drop_last=drop_last, shard=shard, start_batch=start_batch, stride=batch_stride)  # fmt: skip
         keys = [(pos, self.ids.numpy()[pos], epoch, crops, k) for pos in positions]
         try:
             for (pos, _, _, _, _), (images, boxes, numbers) in zip(keys, self._batches(keys, device)):

@@ -60,11 +60,12 @@ class TensorSplit:
         shard: tuple[int, int] = (0, 1),
         start_batch: int = 0,
         crops_per_image: int = 1,
+        batch_stride: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         H, W = self.images.shape[-2:]
         k = crops_per_image if crops is not None else 1
         positions = epoch_batches(len(self), images_per_batch(batch_size, k), epoch=epoch, order_seed=order_seed,
-                                  drop_last=drop_last, shard=shard, start_batch=start_batch)  # fmt: skip
+                                  drop_last=drop_last, shard=shard, start_batch=start_batch, stride=batch_stride)  # fmt: skip
         for pos in positions:
             numbers = None
             if k > 1:  # each image k times in a row, crops 0..k-1

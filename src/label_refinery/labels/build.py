@@ -82,7 +82,8 @@ def bake_labels(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Bake ``refinery``'s labels of the run's crops (``static``: one per image) into ``out``: the one
-    bake path of ``label-refinery bake`` and of ``train``/``chain`` with ``--label-source store|static``."""
+    bake path of ``label-refinery bake`` and of ``train``/``chain`` with ``--label-source store|static``.
+    Under torchrun every process calls it and labels its share of the batches."""
     return bake(
         refinery.model,
         ds.train,
@@ -98,6 +99,7 @@ def bake_labels(
         bf16=bf16,
         temperature=refinery_temperature(cfg),
         provenance=store_provenance(refinery, fingerprint, ds.image_size),
+        shard=distributed.shard(),
         progress=progress,
         log=log,
     )
@@ -177,18 +179,9 @@ def build_label_source(
         return refinery
     static = lab.source == "static"
     store_dir = Path(folder) / STORE_DIRS[lab.source]
-    if distributed.is_main():  # one process bakes; under torchrun the others wait for its manifest
-        bake_labels(
-            cfg,
-            ds,
-            refinery,
-            store_dir,
-            sampler=sampler,
-            static=static,
-            device=device,
-            fingerprint=fingerprint,
-            progress=progress,
-            log=log,
-        )
-    distributed.wait_for(store_dir / "manifest.json")
+    # every process bakes its share of the batches (store.py); rank 0 writes the manifest when all are done
+    bake_labels(
+        cfg, ds, refinery, store_dir, sampler=sampler, static=static, device=device, fingerprint=fingerprint,
+        progress=progress, log=log,
+    )  # fmt: skip
     return open_store(store_dir, refinery.provenance["sha256"])

@@ -7,6 +7,7 @@ Layout of a store folder (a few memory-mapped arrays, never one file per image):
     ids.npy         [N] int64 the images' dataset indices (row r holds image ids[r])
     bake.json       what is being baked (written first; a resumed bake must match it)
     progress.json   how far the bake got: (epoch, batches done), written after each flush
+                    (progress.rank{r}of{w}.json per process when a torchrun group bakes)
     manifest.json   written last, the commit marker: spec, shapes, dtypes, format version
 
 E is the number of epochs (1 for static labels), N the training images, K the top-k. The crops are
@@ -107,7 +108,7 @@ def expand_topk(indices: torch.Tensor, probs: torch.Tensor, num_classes: int) ->
 
 def _comparable(spec: dict) -> dict:
     """The settings that define a store's content (a refinery's path may be spelled many ways; its SHA-256 counts)."""
-    keys = set(spec) - {"refinery_path", "shape", "crop_digests", "created", "bake_images_per_s"}
+    keys = set(spec) - {"refinery_path", "shape", "crop_digests", "created", "bake_images_per_s", "processes"}
     return {k: spec.get(k) for k in keys}
 
 
@@ -126,12 +127,33 @@ def _open(path: Path, mode: str):
 
 
 class _Bake:
-    """State of one bake: the arrays opened for writing and the progress marker."""
+    """State of one bake: the arrays opened for writing and this process's progress marker.
 
-    def __init__(self, out: Path, spec: dict, ids: np.ndarray):
-        self.out, self.spec = out, spec
+    With ``world`` processes (torchrun), rank 0 creates or checks the arrays, then every rank opens
+    them and labels the epoch's batches ``b`` with ``b % world == rank`` (the batches of a
+    one-process bake, dealt out in turn), writing its rows into the same memory-mapped files (one
+    machine, or a file system whose shared writes are coherent). Each rank's progress is its own
+    file (``progress.json`` alone, ``progress.rank{r}of{w}.json`` with several); a bake resumed
+    with another number of processes restarts at the first epoch some rank had not finished.
+    """
+
+    def __init__(self, out: Path, spec: dict, ids: np.ndarray, shard: tuple[int, int] = (0, 1)):
+        from .. import distributed
+
+        self.out, self.spec, (self.rank, self.world) = out, spec, shard
         shape = (spec["epochs"], len(ids), spec["top_k"])
         resuming = (out / "bake.json").is_file() and all((out / f"{a}.npy").is_file() for a in ARRAYS)
+        if self.rank == 0:
+            self._create_or_check(out, spec, ids, shape, resuming)
+        if self.world > 1:
+            distributed.barrier()  # the arrays exist (a rank-0 error stops the whole group)
+        if self.rank or resuming:
+            self.indices, self.probs = _open(out / "indices.npy", "r+"), _open(out / "probs.npy", "r+")
+            if self.indices.shape != shape or self.probs.shape != shape:
+                raise UserError(f"{out} has arrays of the wrong shape for this bake; delete it and bake again")
+        self.epoch, self.batch, self.batch_size = _resume_point(out, self.rank, self.world) if resuming else (0, 0, None)
+
+    def _create_or_check(self, out: Path, spec: dict, ids: np.ndarray, shape, resuming: bool) -> None:
         if resuming:
             if _comparable(json.loads((out / "bake.json").read_text())) != _comparable(spec):
                 raise UserError(
@@ -141,21 +163,17 @@ class _Bake:
                 raise UserError(
                     f"{out} holds an unfinished bake of other images; delete it or bake into another folder"
                 )
-            self.indices, self.probs = _open(out / "indices.npy", "r+"), _open(out / "probs.npy", "r+")
-            if self.indices.shape != shape or self.probs.shape != shape:
-                raise UserError(f"{out} has arrays of the wrong shape for this bake; delete it and bake again")
-            progress = json.loads((out / "progress.json").read_text()) if (out / "progress.json").is_file() else {}
-            self.epoch, self.batch = progress.get("epoch", 0), progress.get("batch", 0)
-            self.batch_size = progress.get("batch_size")
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "progress.json").unlink(missing_ok=True)  # progress of arrays we are about to replace
-            write_json(out / "bake.json", spec)
-            np.save(out / "ids.npy", ids)
-            fmt = np.lib.format
-            self.indices = fmt.open_memmap(out / "indices.npy", "w+", np.dtype(spec["index_dtype"]), shape)
-            self.probs = fmt.open_memmap(out / "probs.npy", "w+", np.dtype(spec["prob_dtype_numpy"]), shape)
-            self.epoch, self.batch, self.batch_size = 0, 0, None
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("progress*.json"):  # progress of arrays we are about to replace
+            old.unlink()
+        write_json(out / "bake.json", spec)
+        np.save(out / "ids.npy", ids)
+        fmt = np.lib.format
+        self.indices = fmt.open_memmap(out / "indices.npy", "w+", np.dtype(spec["index_dtype"]), shape)
+        self.probs = fmt.open_memmap(out / "probs.npy", "w+", np.dtype(spec["prob_dtype_numpy"]), shape)
+        self.indices.flush()
+        self.probs.flush()
 
     def fill(
         self,
@@ -167,7 +185,7 @@ class _Bake:
         channels_last: bool,
         progress: bool,
     ) -> int:
-        """Label the remaining (epoch, batch) crops into the arrays; returns how many images."""
+        """Label the remaining (epoch, batch) crops of this rank into the arrays; returns how many images."""
         spec, rows_of = self.spec, row_lookup(split.ids.numpy())
         if self.batch_size not in (None, batch_size):  # batches were counted in another size: redo the epoch
             self.batch = 0
@@ -184,15 +202,17 @@ class _Bake:
         done, last_flush = 0, time.perf_counter()
         for epoch in range(self.epoch, spec["epochs"]):
             first = self.batch if epoch == self.epoch else 0
-            batches = split.iter_batches(batch_size, epoch=epoch, crops=sampler, device=device, start_batch=first)
-            for b, batch in enumerate(batches, start=first):
+            first += (self.rank - first) % self.world  # this rank's first batch from there
+            batches = split.iter_batches(batch_size, epoch=epoch, crops=sampler, device=device, start_batch=first,
+                                         batch_stride=(self.rank, self.world))  # fmt: skip
+            for b, batch in zip(range(first, 1 << 62, self.world), batches):
                 probs = _refine(model, batch, channels_last, spec["bf16"], spec["temperature"])  # [B, C]
                 top = probs.topk(spec["top_k"], dim=1)
                 rows = rows_of[batch.indices.numpy()]  # [B]
                 self.indices[epoch, rows] = top.indices.cpu().numpy().astype(self.indices.dtype)
                 self.probs[epoch, rows] = quantize(top.values, spec["prob_dtype"])
                 done += len(rows)
-                bar.update(len(rows))
+                bar.update(len(rows) * self.world)  # the others label alongside
                 if time.perf_counter() - last_flush >= FLUSH_SECONDS:
                     self.flush(epoch, b + 1)
                     last_flush = time.perf_counter()
@@ -203,7 +223,37 @@ class _Bake:
     def flush(self, epoch: int, batch: int) -> None:
         self.indices.flush()
         self.probs.flush()
-        write_json(self.out / "progress.json", {"epoch": epoch, "batch": batch, "batch_size": self.batch_size})
+        state = {"epoch": epoch, "batch": batch, "batch_size": self.batch_size}
+        write_json(_progress_file(self.out, self.rank, self.world), state | ({"world": self.world} if self.world > 1 else {}))
+
+    def wait_for_ranks(self, poll_s: float = 1.0) -> None:
+        """Rank 0: until every rank has flushed its last epoch (a file, not a collective: no timeout)."""
+        for r in range(1, self.world):
+            path = _progress_file(self.out, r, self.world)
+            while not (path.is_file() and _read_json(path).get("epoch") == self.spec["epochs"]):
+                time.sleep(poll_s)
+
+
+def _progress_file(out: Path, rank: int, world: int) -> Path:
+    return out / ("progress.json" if world == 1 else f"progress.rank{rank}of{world}.json")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # being replaced: read again later
+        return {}
+
+
+def _resume_point(out: Path, rank: int, world: int) -> tuple[int, int, int | None]:
+    """``(epoch, next batch, batch size)`` of this rank's earlier progress; with another number of
+    processes than before, the first epoch that some earlier process had not finished, from batch 0."""
+    mine = _progress_file(out, rank, world)
+    if mine.is_file():
+        p = _read_json(mine)
+        return p.get("epoch", 0), p.get("batch", 0), p.get("batch_size")
+    others = [_read_json(f) for f in out.glob("progress*.json")]
+    return (min((p.get("epoch", 0) for p in others), default=0), 0, None)
 
 
 def bake(
@@ -222,6 +272,7 @@ def bake(
     bf16: bool = False,
     temperature: float = 1.0,
     provenance: dict | None = None,
+    shard: tuple[int, int] = (0, 1),
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -229,18 +280,22 @@ def bake(
 
     ``sampler=None`` bakes static labels (one evaluation view per image, ``epochs`` must be 1).
     Re-running an interrupted bake with the same arguments resumes at the last flushed batch; a
-    finished store (manifest present) with the same settings is returned as is.
+    finished store (manifest present) with the same settings is returned as is. ``shard = (rank,
+    world)``: every process of a torchrun group calls this and labels its share (:class:`_Bake`);
+    rank 0 writes the manifest once all are done, and every rank returns it.
 
     Example:
         >>> ref = load_checkpoint("runs/demo/gen1")                                       # doctest: +SKIP
         >>> bake(ref.build_model(), ds.train, "runs/store", num_classes=10,               # doctest: +SKIP
         ...      sampler=CropSampler(1, (0.25, 1)), epochs=10)
     """
+    from .. import distributed
+
     out = Path(out)
     spec = _store_spec(split, sampler, epochs, top_k, num_classes, prob_dtype, bf16, temperature, provenance)
     if (out / "manifest.json").is_file():
         return _finished_store(out, spec, log)
-    state = _Bake(out, spec, split.ids.numpy())
+    state = _Bake(out, spec, split.ids.numpy(), shard)
     if state.epoch or state.batch:
         log(f"label store {out}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
     model = model.requires_grad_(False).eval().to(device)
@@ -248,15 +303,21 @@ def bake(
         model = model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     done = state.fill(model, split, sampler, batch_size, device, channels_last, progress)
+    if state.rank:
+        distributed.wait_for(out / "manifest.json")  # rank 0 writes it when every rank is done
+        return json.loads((out / "manifest.json").read_text())
+    state.wait_for_ranks()
     seconds = time.perf_counter() - start
     sizes = split.image_sizes() if sampler is not None else None
     digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
-    manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "bake_images_per_s": done / seconds if done else None}  # fmt: skip
+    manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests, "processes": state.world,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "bake_images_per_s": done * state.world / seconds if done else None}  # fmt: skip
     write_json(out / "manifest.json", manifest)
     log(
         f"label store {out}: {epochs} x {len(split)} crops, top-{top_k}, "
         f"{estimate_bytes(epochs, len(split), num_classes, top_k, prob_dtype) / 2**20:.1f} MiB"
+        + (f", baked by {state.world} processes" if state.world > 1 else "")
     )
     return manifest
 
@@ -390,9 +451,9 @@ class StoredLabels:
             raise UserError("a label store holds one crop per image and epoch: use data.crops_per_image 1 with it")
         rows = self.lookup[batch.indices.numpy()]  # [B]
         epoch = 0 if self.static else batch.epoch
-        idx = torch.from_numpy(self.indices[epoch, rows].astype(np.int64))  # [B, K]
-        p = dequantize(self.probs[epoch, rows])  # [B, K]
-        return expand_topk(idx, p, self.num_classes).to(self.device)  # [B, C]
+        idx = torch.from_numpy(self.indices[epoch, rows].astype(np.int64)).to(self.device, non_blocking=True)  # [B, K]
+        p = dequantize(self.probs[epoch, rows]).to(self.device, non_blocking=True)  # [B, K]
+        return expand_topk(idx, p, self.num_classes)  # [B, C], expanded on the device: K values a row travel, not C
 
     def describe(self) -> dict:
         m = self.manifest
