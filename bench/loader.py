@@ -3,6 +3,7 @@ images in memory, and our decode-bound loader against torchvision's reference.
 
     python bench/loader.py small        # 6,000 Fashion-MNIST PNGs at 28 px: folder vs memory, cnn-small
     python bench/loader.py jpeg         # 2,000 256-px JPEGs cut to 112-px crops: ours (K = 1, 4) vs torchvision
+    python bench/loader.py jpeg --size 32   # the same JPEGs, 32-px crops: a model fast enough to wait for the loader
 
 ``small``: the same PNGs decoded once into a uint8 tensor give the in-memory arm (same model, crops,
 batch size, seed); the folder arm reads them with ``--workers`` loader processes. ``jpeg``: images
@@ -108,13 +109,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, help="crop side [small: 28, jpeg: 112]")
     ap.add_argument("--steps", type=int, default=30, help="batches timed per arm and round")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     n = a.images or (6000 if a.case == "small" else 2000)
     root = make_folder(Path(a.root), a.case, n)
-    size = 28 if a.case == "small" else 112
+    size = a.size or (28 if a.case == "small" else 112)
     ds = load_dataset(f"imagefolder:{root}", image_size=size, workers=a.workers)
     torch.manual_seed(0)
     model = create_model("cnn-small", 3, 10)
