@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .base import Batch, ImageDataset, batch_slices, epoch_batches, images_per_batch, normalize, repeat_crops
+from .base import Batch, ImageDataset, batch_slices, epoch_batches, images_per_batch, repeat_crops
 from .crops import CropSampler
 from .folder_index import FolderIndex, index_of
 
@@ -202,7 +202,7 @@ class FolderSplit:
             sampler=sampler,
             num_workers=self.workers,
             persistent_workers=persistent,
-            prefetch_factor=4,
+            prefetch_factor=2,  # batches per worker in flight (shared memory: keep it small)
             pin_memory=torch.device(device).type == "cuda",
         )
 
@@ -227,12 +227,19 @@ class FolderSplit:
         try:
             for (pos, _, _, _, _), (images, boxes, numbers) in zip(keys, self._batches(keys, device)):
                 pos = torch.from_numpy(np.repeat(pos, k))
-                views = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-                yield Batch(normalize(views, self.mean, self.std), self.targets[pos].to(device), self.ids[pos],
-                            boxes, epoch, crop_numbers=numbers)  # fmt: skip
+                views = self._normalized(images.to(device, non_blocking=True))
+                yield Batch(views, self.targets[pos].to(device), self.ids[pos], boxes, epoch, crop_numbers=numbers)
         except UserError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             message = str(err).strip().splitlines()[-1]
             raise UserError(message.split("UserError: ", 1)[-1]) from None
+
+    def _normalized(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, S, S, 3]`` -> normalised float ``[B, 3, S, S]`` (channels-last strides), in one
+        conversion and two in-place passes: ``(x / 255 - mean) / std`` as ``(x - 255 mean) * (1 / (255 std))``."""
+        x = images.permute(0, 3, 1, 2).float()
+        shift = torch.tensor([255.0 * m for m in self.mean], device=x.device).view(1, -1, 1, 1)
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device).view(1, -1, 1, 1)
+        return x.sub_(shift).mul_(scale)
 
     def fingerprint(self) -> str:
         return self.index.fingerprint(None if len(self.positions) == len(self.index.rel) else self.positions)
