@@ -133,8 +133,7 @@ def main() -> None:
             what = "train" if train else "loader only"
             arms[f"torchvision, {what}"] = lambda e, t=train: torchvision_rate(root, size, a.batch, a.workers, a.steps, model, opt, t)
             arms[f"ours K=1, {what}"] = lambda e, t=train: epoch_rate(ds.train, model, opt, a.batch, sampler, e, a.steps, t)
-            if "crops_per_image" in ds.train.iter_batches.__code__.co_varnames:
-                arms[f"ours K=4, {what}"] = lambda e, t=train: epoch_rate(ds.train, model, opt, a.batch, sampler, e, a.steps, t, crops_per_image=4)
+            arms[f"ours K=4, {what}"] = lambda e, t=train: epoch_rate(ds.train, model, opt, a.batch, sampler, e, a.steps, t, crops_per_image=4)
     rates = {k: [] for k in arms}
     for r in range(a.repeats):
         for k, fn in arms.items():

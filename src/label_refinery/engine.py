@@ -204,19 +204,19 @@ def train_one_epoch(
     lr, start = lr_at(first_step), time.perf_counter() - m.seconds
     shown = tqdm(batches, leave=False, dynamic_ncols=True, **({"disable": True} | (bar or {})))
     every = _settle_every(device)
-    for batch in shown:
-        lr = _set_lr(optimizer, lr_at(step))
-        with autocast(device, step_cfg.amp):
-            batch = transform(plain, _memory_format(batch, step_cfg.channels_last))  # what the student sees
-            refined = labels(batch).float()  # [B, C] probabilities of exactly those crops, no grad
-            logits = student(batch.images).float()  # [B, C]
-        loss = step_cfg.loss(logits, refined, batch.targets)
-        if every == 1 and not torch.isfinite(loss):
-            raise _nonfinite(str(loss.item()), step, lr)
-        _backward_and_step(loss, optimizer, step_cfg.scaler)
-        m.add(logits, refined, batch.targets, loss, time.perf_counter() - start)
-        step += 1
-        try:
+    try:
+        for batch in shown:
+            lr = _set_lr(optimizer, lr_at(step))
+            with autocast(device, step_cfg.amp):
+                batch = transform(plain, _memory_format(batch, step_cfg.channels_last))  # what the student sees
+                refined = labels(batch).float()  # [B, C] probabilities of exactly those crops, no grad
+                logits = student(batch.images).float()  # [B, C]
+            loss = step_cfg.loss(logits, refined, batch.targets)
+            if every == 1 and not torch.isfinite(loss):
+                raise _nonfinite(str(loss.item()), step, lr)
+            _backward_and_step(loss, optimizer, step_cfg.scaler)
+            m.add(logits, refined, batch.targets, loss, time.perf_counter() - start)
+            step += 1
             if step % every == 0:
                 m.settle()
             if after_step is not None:
@@ -224,11 +224,8 @@ def train_one_epoch(
             if step % 20 == 0 and not shown.disable:
                 m.settle()
                 shown.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
-        except NonFinite:
-            raise _nonfinite("nan or inf", f"{max(first_step, step - every)}..{step - 1}", lr) from None
-    try:
         m.settle()
-    except NonFinite:
+    except NonFinite:  # found where the meters settled: somewhere since the last settle
         raise _nonfinite("nan or inf", f"{max(first_step, step - every)}..{step - 1}", lr) from None
     n, loss_sum, correct, agree = distributed.sum_over_processes([m.images, m.loss_sum, m.correct, m.agree])
     seconds = time.perf_counter() - start

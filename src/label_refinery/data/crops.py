@@ -59,7 +59,7 @@ def _uniforms(seed: int, epoch: int, indices: np.ndarray, n_draws: int, crop=0) 
     key = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
     word = np.uint64(epoch & 0xFFFFFFFF) | (np.asarray(crop, dtype=np.uint64) << np.uint64(32))
     key = _mix(key ^ word)
-    key = np.broadcast_to(_mix(key ^ indices.astype(np.uint64)), indices.shape)[:, None]  # [B, 1]
+    key = _mix(key ^ indices.astype(np.uint64))[:, None]  # [B, 1]
     draws = np.arange(1, n_draws + 1, dtype=np.uint64)[None, :]  # [1, D]
     with np.errstate(over="ignore"):
         bits = _mix(key + draws * _GOLDEN)  # [B, D]
@@ -100,7 +100,7 @@ class CropSampler:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         H = np.broadcast_to(np.asarray(heights, dtype=np.int64), idx.shape).astype(np.float64)
         W = np.broadcast_to(np.asarray(widths, dtype=np.int64), idx.shape).astype(np.float64)
-        u = _uniforms(self.seed, epoch, idx, 4 * _TRIES + 1, np.broadcast_to(np.asarray(crop), idx.shape))  # [B, 41]
+        u = _uniforms(self.seed, epoch, idx, 4 * _TRIES + 1, crop)  # [B, 41]
         area = H * W
         log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         lo, hi = self.scale

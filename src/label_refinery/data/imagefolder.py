@@ -36,12 +36,6 @@ EVAL_RATIO = 0.875  # 224 / 256
 _DIRECT = ("L", "RGB")  # modes resized as they are (L becomes RGB after the resize: the same pixels, 3x cheaper)
 
 
-def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names (sorted sub-folder names) and ``(path, class index)`` samples, sorted."""
-    index = index_of(Path(folder))
-    return index.classes, [(str(index.root / r.decode()), int(t)) for r, t in zip(index.rel.tolist(), index.targets)]
-
-
 def _open(path: str) -> Image.Image:
     """The image, opened (header read, pixels not yet decoded)."""
     try:
@@ -128,7 +122,8 @@ class _Decoder(torch.utils.data.Dataset):
 class _Keys:
     """The loader's sampler: the keys of the iteration in progress (set before each epoch or pass)."""
 
-    keys: list = []
+    def __init__(self):
+        self.keys: list = []
 
     def __iter__(self):
         return iter(self.keys)

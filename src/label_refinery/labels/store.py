@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..checkpoint import write_json
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
@@ -138,8 +139,6 @@ class _Bake:
     """
 
     def __init__(self, out: Path, spec: dict, ids: np.ndarray, shard: tuple[int, int] = (0, 1)):
-        from .. import distributed
-
         self.out, self.spec, (self.rank, self.world) = out, spec, shard
         shape = (spec["epochs"], len(ids), spec["top_k"])
         resuming = (out / "bake.json").is_file() and all((out / f"{a}.npy").is_file() for a in ARRAYS)
@@ -224,7 +223,7 @@ class _Bake:
         self.indices.flush()
         self.probs.flush()
         state = {"epoch": epoch, "batch": batch, "batch_size": self.batch_size}
-        write_json(_progress_file(self.out, self.rank, self.world), state | ({"world": self.world} if self.world > 1 else {}))
+        write_json(_progress_file(self.out, self.rank, self.world), state)  # the file's name says the world
 
     def wait_for_ranks(self, poll_s: float = 1.0) -> None:
         """Rank 0: until every rank has flushed its last epoch (a file, not a collective: no timeout)."""
@@ -289,8 +288,6 @@ def bake(
         >>> bake(ref.build_model(), ds.train, "runs/store", num_classes=10,               # doctest: +SKIP
         ...      sampler=CropSampler(1, (0.25, 1)), epochs=10)
     """
-    from .. import distributed
-
     out = Path(out)
     spec = _store_spec(split, sampler, epochs, top_k, num_classes, prob_dtype, bf16, temperature, provenance)
     if (out / "manifest.json").is_file():
