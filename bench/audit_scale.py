@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from label_refinery import audit, quality
+from label_refinery.tools import audit, quality
 
 
 def anon_mib() -> float:

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from label_refinery import load_config, quality, run_chain
-from label_refinery.audit import audit_run
-from label_refinery.relabel import relabel
+from label_refinery import load_config, run_chain
+from label_refinery.tools import quality
+from label_refinery.tools.audit import audit_run
+from label_refinery.tools.relabel import relabel
 
 
 def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -67,7 +68,7 @@ def one(args, rate: float, seed: int, log) -> dict:
         names.append(f"held-out x{args.fold_seeds} seeds")
         audit_run(out / "noisy", out=out / names[-1], folds=args.folds, fold_seeds=args.fold_seeds, html_rows=1, log=log)
     flipped = {int(r["index"]) for r in csv.DictReader(open(out / "noisy/gen1/label-noise.csv"))}
-    from label_refinery.generation import load_data
+    from label_refinery.training.generation import load_data
 
     ds = load_data(load_config(overrides=overrides))
     ids, y = ds.train.ids.numpy(), ds.train.targets.numpy()  # probs.npy rows follow the training split's order
@@ -112,7 +113,7 @@ def table(results: list[dict]) -> str:
 
 def summary(results: list[dict]) -> str:
     """Per flip rate: the mean over seeds and a 95 % t interval (paired where a difference is meant)."""
-    from label_refinery.stats import t_interval
+    from label_refinery.study.stats import t_interval
 
     lines = ["| rate | seeds | metric | mean | 95 % interval |", "|---:|---:|---|---:|---|"]
     for rate in sorted({r["rate"] for r in results}):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from label_refinery import analysis as A
+from label_refinery.tools import analysis as A
 
 
 def test_entropy_and_max_prob():

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from label_refinery import UserError
-from label_refinery import quality
 from label_refinery.cli import main
 from label_refinery.data import fold_of, load_dataset
+from label_refinery.tools import quality
 
 CHAIN = ["--dataset", "digits", "--label-noise", "0.1", "--epochs", "40", "--crop-scale", "1", "1", "--no-flip", "--batch-size", "64", "--generations", "1",
          "--device", "cpu", "--no-progress"]
@@ -165,7 +165,7 @@ def test_overrides_and_relabel_refuse_bad_files(tmp_path):
         bad.write_text(text)
         with pytest.raises(UserError, match=match):
             load_dataset("digits", label_overrides=str(bad))
-    from label_refinery.relabel import relabel
+    from label_refinery.tools.relabel import relabel
 
     with pytest.raises(UserError, match="exactly one of"):
         relabel(bad, tmp_path / "o.csv")
@@ -209,7 +209,7 @@ def test_review_page_in_a_browser_downloads_the_decisions(noisy, tmp_path):
     assert len(rows) == 20 and rows[0]["decision"] == "accept" and rows[1]["decision"] == "reject"
     assert rows[0]["label"] == rows[0]["suggested"] and rows[1]["label"] == rows[1]["given"]
     assert all(r["decision"] == "" for r in rows[2:])
-    from label_refinery.relabel import relabel
+    from label_refinery.tools.relabel import relabel
 
     assert relabel(reviewed, tmp_path / "fixes.csv", reviewed=True) == 1
     fixes = list(csv.DictReader(open(tmp_path / "fixes.csv")))

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from label_refinery import UserError, load_checkpoint, load_config, run_chain, train_generation
 from label_refinery.config import JitterConfig, OptimConfig
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.engine import Step, lr_schedule, make_optimizer, train_one_epoch
-from label_refinery.jitter import Jitter
 from label_refinery.labels import LiveRefinery
 from label_refinery.models import create_model
+from label_refinery.training.engine import Step, lr_schedule, make_optimizer, train_one_epoch
+from label_refinery.training.jitter import Jitter
 
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
 

@@ -2,11 +2,11 @@
 import torch
 import torch.nn.functional as F
 
-from label_refinery.data import CropSampler, load_dataset
-from label_refinery.engine import lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.config import OptimConfig
+from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import GroundTruth, LiveRefinery
 from label_refinery.models import create_model
+from label_refinery.training.engine import lr_schedule, make_optimizer, train_one_epoch
 
 
 def _trained_refinery():
@@ -105,7 +105,7 @@ def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
     refined generation (a real refinery forward per step, its checkpoint, provenance and loss), trains
     the same weights as generation 1 with the same seed, bit for bit: the refined path adds nothing
     but its labels."""
-    import label_refinery.generation as generation
+    import label_refinery.training.generation as generation
     from label_refinery import load_config, train_generation
     from label_refinery.checkpoint import load_checkpoint
 
@@ -135,7 +135,7 @@ def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
 def test_refinery_temperature_sharpens_the_refinerys_softmax_alone(tmp_path):
     """labels.refinery_temperature applies to the refinery's softmax only (the loss keeps labels.temperature)."""
     from label_refinery import load_config, train_generation
-    from label_refinery.labels.build import build_label_source, build_step
+    from label_refinery.training.build import build_label_source, build_step
 
     ds = load_dataset("digits")
     base = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "device": "cpu"}

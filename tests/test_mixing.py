@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from label_refinery import UserError, load_config, train_generation
 from label_refinery.checkpoint import load_checkpoint
 from label_refinery.data import CropSampler, load_dataset
+from label_refinery.data.mixing import Mix
 from label_refinery.labels import GroundTruth, LiveRefinery
-from label_refinery.mixing import Mix
 from label_refinery.models import create_model
 
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "device": "cpu"}
@@ -59,7 +59,7 @@ def test_the_refinery_labels_the_mixed_crop(digits):
 
 
 def test_mixing_resumes_exactly_and_refuses_a_label_store(tmp_path, digits, monkeypatch):
-    import label_refinery.state as state
+    import label_refinery.training.state as state
 
     cfg = load_config(overrides={**FAST, "optim.epochs": 2, "mix.kind": "cutmix", "save_every": 7})
     train_generation(cfg, tmp_path / "ref", dataset=digits, log=lambda _: None)

@@ -12,8 +12,8 @@ import torch
 
 from label_refinery.cli import main
 from label_refinery.config import load_config
-from label_refinery.engine import lr_schedule
 from label_refinery.models import check_model_name, create_model
+from label_refinery.training.engine import lr_schedule
 
 PAPER = ["alexnet", "mobilenet", "mobilenet-0.75", "mobilenet-0.5", "mobilenet-0.25", "resnet18", "resnet34",
          "resnet50", "xnor-resnet50", "vgg16", "vgg19", "darknet19"]

@@ -85,7 +85,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(tmp_path):
 def test_resume_inside_an_epoch_in_process(tmp_path, monkeypatch):
     """The same through the Python API: stop right after the step checkpoint at epoch 2, step 11 (global
     step 55 = 11 x save_every), resume, compare."""
-    import label_refinery.state as state
+    import label_refinery.training.state as state
     from label_refinery import load_config, train_generation
     from label_refinery.data import load_dataset
 

@@ -87,7 +87,7 @@ def test_damaged_training_state_is_named(tmp_path, digits):
 
 def test_missing_metrics_of_a_trained_generation_is_a_clear_error(tmp_path, digits, monkeypatch):
     """Issue 13: every epoch trained (the state says so) but metrics.jsonl deleted: a clear error, not an IndexError."""
-    import label_refinery.generation as generation
+    import label_refinery.training.generation as generation
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # stopped during the final save, after the last epoch's state
@@ -139,7 +139,7 @@ def test_malicious_pickles_are_refused_and_run_nothing(tmp_path):
 
 def test_grad_scaler_state_round_trips(tmp_path):
     """fp16 training keeps its loss scale across a resume (the scaler itself runs on CUDA only)."""
-    from label_refinery.state import Position, resume, save
+    from label_refinery.training.state import Position, resume, save
 
     model = create_model("cnn-small", 1, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -157,7 +157,7 @@ def test_grad_scaler_state_round_trips(tmp_path):
 def test_meters_wait_on_the_device_and_a_late_nan_still_saves_nothing(tmp_path, digits, monkeypatch):
     """On a GPU the meters reach the host every SETTLE_STEPS steps (no sync per step); simulated here on
     the CPU: the NaN of step 52 is found at the settle after step 54, and no checkpoint holds it."""
-    import label_refinery.engine as engine
+    import label_refinery.training.engine as engine
 
     m = engine.Meters()
     logits, refined, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 0])
@@ -185,8 +185,8 @@ def test_meters_wait_on_the_device_and_a_late_nan_still_saves_nothing(tmp_path, 
 
 
 def test_cuda_settings_leave_a_cpu_run_alone():
-    from label_refinery.engine import autocast
-    from label_refinery.generation import cuda_speedups
+    from label_refinery.training.engine import autocast
+    from label_refinery.training.generation import cuda_speedups
 
     before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)
     cuda_speedups(torch.device("cpu"))

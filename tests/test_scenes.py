@@ -49,7 +49,7 @@ def test_fashion_scenes_dataset():
 
 def test_analyze_measures_distractor_mass_on_scenes(tmp_path):
     from label_refinery import load_config, run_chain
-    from label_refinery.analyze import analyze_run
+    from label_refinery.tools.analyze import analyze_run
 
     try:
         ds = load_dataset("fashion-scenes", image_size=24, train_subset=600, val_split=300)

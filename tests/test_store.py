@@ -8,11 +8,11 @@ from torch import nn
 from label_refinery import UserError, load_config, run_chain
 from label_refinery.config import OptimConfig
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.engine import lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.labels import LiveRefinery
 from label_refinery.labels import store as store_mod
 from label_refinery.labels.store import StoredLabels, bake, expand_topk, index_dtype
 from label_refinery.models import create_model
+from label_refinery.training.engine import lr_schedule, make_optimizer, train_one_epoch
 
 SAMPLER = CropSampler(seed=3, scale=(0.25, 1.0))
 
@@ -220,7 +220,7 @@ def test_train_from_a_named_store_reruns_as_a_skip(tmp_path, digits):
     fast = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
     train_generation(load_config(overrides=fast), tmp_path / "g1", dataset=digits, log=lambda _: None)
     from label_refinery.checkpoint import load_checkpoint
-    from label_refinery.labels.build import store_provenance
+    from label_refinery.training.build import store_provenance
 
     live = LiveRefinery.from_checkpoint(tmp_path / "g1")
     bake(live.model, digits.train, tmp_path / "store", num_classes=10, sampler=CropSampler(1, (0.25, 1.0)), epochs=1,

@@ -11,10 +11,10 @@ Example:
 
 __version__ = "0.1.0"
 
-from .chain import run_chain  # noqa: E402
 from .checkpoint import load_checkpoint  # noqa: E402
 from .config import Config, load_config  # noqa: E402
 from .errors import UserError  # noqa: E402
-from .generation import train_generation  # noqa: E402
+from .training.chain import run_chain  # noqa: E402
+from .training.generation import train_generation  # noqa: E402
 
 __all__ = ["Config", "UserError", "load_checkpoint", "load_config", "run_chain", "train_generation"]

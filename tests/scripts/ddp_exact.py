@@ -20,8 +20,8 @@ from torch import nn
 from label_refinery import distributed
 from label_refinery.config import OptimConfig
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.engine import evaluate, lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.labels import GroundTruth
+from label_refinery.training.engine import evaluate, lr_schedule, make_optimizer, train_one_epoch
 
 distributed.setup()
 torch.manual_seed(0)

@@ -13,8 +13,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from label_refinery import distributed, state
-from label_refinery.engine import Meters
+from label_refinery import distributed
+from label_refinery.training import state
+from label_refinery.training.engine import Meters
 
 out = Path(sys.argv[1])
 distributed.setup("cpu")
@@ -41,5 +42,5 @@ report["own_stream_restored"] = all(distributed.all_gather(resumed == expected))
 if distributed.is_main():
     report["meters"] = pos.meters.as_list()
     (out / "ranks.json").write_text(json.dumps(report))
-distributed.barrier()  # leave together, as cli.main does: a peer's early teardown aborts gloo
+distributed.barrier()  # leave together, as cli.commands.main does: a peer's early teardown aborts gloo
 distributed.teardown()

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.base import Batch
+from ..data.mixing import mix_labels
 from ..errors import UserError
 from ..losses import one_hot_labels
-from ..mixing import mix_labels
 
 
 def refine(model: nn.Module, images: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

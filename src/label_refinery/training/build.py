@@ -20,13 +20,13 @@ from .. import distributed
 from ..checkpoint import refinery_sha256
 from ..config import Config, refinery_paths
 from ..data import CropSampler, ImageDataset
-from ..engine import Step
+from ..data.mixing import Mix
 from ..errors import UserError
-from ..jitter import Jitter
+from ..labels import GroundTruth, LiveRefinery, check_compatible
+from ..labels.store import StoredLabels, bake
 from ..losses import make_loss
-from ..mixing import Mix
-from . import GroundTruth, LiveRefinery, check_compatible
-from .store import StoredLabels, bake
+from .engine import Step
+from .jitter import Jitter
 
 STORE_DIRS = {"store": "labels", "static": "static-labels"}
 

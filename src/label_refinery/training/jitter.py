@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import JitterConfig
-from .data.base import Batch
-from .labels import LiveRefinery, refine
+from ..config import JitterConfig
+from ..data.base import Batch
+from ..labels import LiveRefinery, refine
 
 
 class Jitter:

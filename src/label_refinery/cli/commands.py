@@ -17,9 +17,10 @@ import re
 import sys
 from typing import Sequence
 
-from .errors import UserError
+from ..errors import UserError
 from .examples import EXAMPLES
 from .flags import BAKE_KEYS, CHAIN_FLAGS, TRAIN_FLAGS, add_flags
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config; flags override it")
@@ -168,9 +169,9 @@ def _log(args):
 
 
 def cmd_chain(args) -> None:
-    from . import distributed
-    from .chain import run_chain
-    from .config import load_config
+    from .. import distributed
+    from ..config import load_config
+    from ..training.chain import run_chain
 
     cfg = load_config(args.config, _overrides(args))
     distributed.setup(cfg.device)  # torchrun: join the process group (a no-op in one process)
@@ -179,18 +180,18 @@ def cmd_chain(args) -> None:
     if distributed.is_main():
         print(f"table saved to {out}/summary.md")
         if args.report:  # label tools run after training, in this process only
-            from .generation import resolve_device
-            from .analyze import analyze_run
-            from .reports import report_run
+            from ..tools.analyze import analyze_run
+            from ..tools.reports import report_run
+            from ..training.generation import resolve_device
 
             analyze_run(out, device=str(resolve_device(cfg.device)), log=_log(args))
             print(f"report saved to {report_run(out)}")
 
 
 def cmd_train(args) -> None:
-    from . import distributed
-    from .config import load_config
-    from .generation import train_generation
+    from .. import distributed
+    from ..config import load_config
+    from ..training.generation import train_generation
 
     cfg = load_config(args.config, _overrides(args))
     distributed.setup(cfg.device)  # torchrun: join the process group (a no-op in one process)
@@ -199,12 +200,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_bake(args) -> None:
-    from .config import load_config
-    from .generation import crop_sampler, load_data, resolve_device, resolve_seed
-    from .labels.build import bake_labels, load_refinery
-    from .labels.store import bytes_per_crop, estimate_bytes
-
-    from . import distributed
+    from .. import distributed
+    from ..config import load_config
+    from ..labels.store import bytes_per_crop, estimate_bytes
+    from ..training.build import bake_labels, load_refinery
+    from ..training.generation import crop_sampler, load_data, resolve_device, resolve_seed
 
     cfg = resolve_seed(load_config(args.config, _overrides(args)))  # the seed a default `train --refinery` uses
     if cfg.refinery is None:
@@ -242,9 +242,9 @@ def cmd_bake(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .checkpoint import load_checkpoint
-    from .engine import evaluate
-    from .generation import checkpoint_data, resolve_device
+    from ..checkpoint import load_checkpoint
+    from ..training.engine import evaluate
+    from ..training.generation import checkpoint_data, resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
     ds = checkpoint_data(ckpt, args.dataset, args.data_dir)
@@ -265,8 +265,8 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_analyze(args) -> None:
-    from .generation import resolve_device
-    from .analyze import analyze_run
+    from ..tools.analyze import analyze_run
+    from ..training.generation import resolve_device
 
     analyze_run(
         args.run,
@@ -279,8 +279,8 @@ def cmd_analyze(args) -> None:
 
 
 def cmd_audit(args) -> None:
-    from .audit import audit_run
-    from .generation import resolve_device
+    from ..tools.audit import audit_run
+    from ..training.generation import resolve_device
 
     audit_run(
         args.run,
@@ -297,15 +297,15 @@ def cmd_audit(args) -> None:
 
 
 def cmd_relabel(args) -> None:
-    from .relabel import relabel
+    from ..tools.relabel import relabel
 
     n = relabel(args.source, args.out, top=args.top, reviewed=args.reviewed, flags=tuple(args.flags))
     print(f"{n} label(s) to change -> {args.out}; train on them with: label-refinery chain --label-overrides {args.out} ...")
 
 
 def cmd_export(args) -> None:
-    from .export import export_run
-    from .generation import resolve_device
+    from ..tools.export import export_run
+    from ..training.generation import resolve_device
 
     out = args.out or f"{args.run}/refined-labels.{args.fmt}"
     export_run(
@@ -321,13 +321,13 @@ def cmd_export(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .reports import report_run
+    from ..tools.reports import report_run
 
     print(f"report saved to {report_run(args.run)} (and report.md)")
 
 
 def cmd_experiment(args) -> None:
-    from .experiment import load_experiment, run_experiment, write_results
+    from ..study.experiment import load_experiment, run_experiment, write_results
 
     exp = load_experiment(args.file, args.out)
     if args.threads:
@@ -363,7 +363,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from . import distributed
+    from .. import distributed
 
     try:
         if distributed.launched():  # torchrun with several processes

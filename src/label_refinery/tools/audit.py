@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_write, load_checkpoint, write_json
+from ..labels import refine
 from . import quality
-from .checkpoint import atomic_write, load_checkpoint, write_json
 from .export import write_csv
-from .labels import refine
 from .probe import analysis_sampler, load_run, refined, to_pictures
 
 RANKINGS = ("self_confidence", "normalized_margin")
@@ -63,9 +63,9 @@ def audit_run(
     """Score every training image; write ``audit.csv`` (all images, most suspicious first),
     ``audit.html`` (the top ``html_rows``, with accept/reject per row), ``probs.npy`` and
     ``summary.json``; returns the output folder. ``folds``: held-out scores from that many fold
-    chains (:mod:`label_refinery.folds`), each trained ``fold_seeds`` times (an ensemble over seeds);
+    chains (:mod:`label_refinery.tools.folds`), each trained ``fold_seeds`` times (an ensemble over seeds);
     0: the chain's own generations (in-sample)."""
-    from .errors import UserError
+    from ..errors import UserError
 
     if rank not in RANKINGS:
         raise UserError(f"--rank must be one of {', '.join(RANKINGS)}, got {rank!r}")

@@ -19,13 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from . import distributed
-from .checkpoint import atomic_write, write_json
-from .config import Config, save_config
-from .data import ImageDataset
+from .. import distributed
+from ..checkpoint import atomic_write, write_json
+from ..config import Config, save_config
+from ..data import ImageDataset
+from ..models import check_model_name
 from .generation import load_data, resolve_seed, train_generation
 from .runfolder import check_same_config, has_progress
-from .models import check_model_name
 
 COLUMNS = [
     ("generation", "gen"),

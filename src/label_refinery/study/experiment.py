@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import META, atomic_write, write_json
-from .config import Config, from_dict, merge, read_yaml_mapping, validate
-from .errors import UserError
+from ..checkpoint import META, atomic_write, write_json
+from ..config import Config, from_dict, merge, read_yaml_mapping, validate
+from ..errors import UserError
 from .stats import mean_std, t_interval
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
@@ -148,7 +148,7 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     arm's config valid (before anything trains)."""
     p = Path(path)
     raw = read_yaml_mapping(
-        p, "experiment file", "a mapping with out, seeds, base, arms (see label_refinery/experiment.py)"
+        p, "experiment file", "a mapping with out, seeds, base, arms (see label_refinery/study/experiment.py)"
     )
     keys = ("out", "seeds", "base", "arms", "reference", "analyze", "ensembles")
     unknown = sorted(set(raw) - set(keys))
@@ -206,8 +206,8 @@ def run_experiment(
     log: Callable[[str], None] = print,
 ) -> str:
     """Run (or resume) the arms over the seeds, seed by seed; returns the results' markdown."""
-    from .chain import run_chain
-    from .generation import load_data
+    from ..training.chain import run_chain
+    from ..training.generation import load_data
 
     chosen = [exp.arm(a) for a in arms] if arms else list(exp.arms)
     datasets: dict = {}
@@ -233,7 +233,7 @@ def run_experiment(
         if exp.analyze and not all(
             (g / "analysis.json").is_file() for g in folder.glob("gen*") if (g / META).is_file()
         ):
-            from .analyze import analyze_run
+            from ..tools.analyze import analyze_run
 
             analyze_run(folder, images=1000, crops_per_image=2, examples=0, log=log, dataset=datasets[key])
         log(f"== seed {seed}, arm {arm.name}: {time.time() - start:.0f} s")
@@ -246,10 +246,10 @@ def run_experiment(
 def measure_ensemble(exp: Experiment, ref: str, device: str = "cpu", log: Callable[[str], None] = print) -> dict | None:
     """Val and test top-1 of ``ref`` (``ARM/genK``)'s models of every finished seed, their probabilities
     averaged, beside the mean of the single models; cached in ``OUT/ensembles.json`` per set of seeds."""
-    from .checkpoint import load_checkpoint
-    from .engine import evaluate
-    from .generation import load_data
-    from .models.ensemble import ProbabilityEnsemble
+    from ..checkpoint import load_checkpoint
+    from ..models.ensemble import ProbabilityEnsemble
+    from ..training.engine import evaluate
+    from ..training.generation import load_data
 
     name, gen = _split_ref(ref)
     folders = {s: exp.folder(s, name) / gen for s in exp.seeds if (exp.folder(s, name) / gen / META).is_file()}

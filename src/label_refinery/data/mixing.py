@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.base import Batch
+from .base import Batch
 
 KINDS = ("off", "mixup", "cutmix")
 

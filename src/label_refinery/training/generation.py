@@ -1,6 +1,6 @@
 """Train one generation into a folder, resumably: assembly of the run and the epoch loop. The
-training step itself is :func:`label_refinery.engine.train_one_epoch`; the folder's files are kept
-by :mod:`label_refinery.runfolder`.
+training step itself is :func:`label_refinery.training.engine.train_one_epoch`; the folder's files are kept
+by :mod:`label_refinery.training.runfolder`.
 
     label-refinery train --dataset fashion-mnist --epochs 10 --out runs/g1                       # one process
     torchrun --nproc_per_node=2 -m label_refinery train --device cpu --refinery runs/g1 --out runs/g2  # several
@@ -23,14 +23,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, state
-from .checkpoint import META, STATE, atomic_write, resolve, save_final
-from .config import Config, refinery_paths, save_config
-from .data import CropSampler, ImageDataset, load_dataset
+from .. import distributed
+from ..checkpoint import META, STATE, atomic_write, resolve, save_final
+from ..config import Config, refinery_paths, save_config
+from ..data import CropSampler, ImageDataset, load_dataset
+from ..errors import UserError
+from ..models import check_input_size, check_model_name, create_model
+from . import state
+from .build import build_label_source, build_step
 from .engine import Meters, Step, evaluate, lr_schedule, make_optimizer, train_one_epoch
-from .errors import UserError
-from .labels.build import build_label_source, build_step
-from .models import check_input_size, check_model_name, create_model
 from .runfolder import (
     append_metrics,
     check_same_config,

@@ -1,5 +1,5 @@
 """Run a finished chain's models over its training images: the views shared by ``analyze``
-(:mod:`label_refinery.analyze`), ``audit`` and ``export``.
+(:mod:`label_refinery.tools.analyze`), ``audit`` and ``export``.
 
     label-refinery analyze runs/fmnist        # per generation: analysis.json (+ analysis/ examples for reports)
     label-refinery audit runs/fmnist          # audit/audit.csv + audit/audit.html: labels that look wrong
@@ -9,7 +9,7 @@ Every generation's model labels the same views: whole images (evaluation views) 
 set of random crops (the run's crop settings, crop seed ``ANALYSIS_SEED``). Data streams in batches.
 ``analyze`` keeps its sample's probabilities (images x crops x classes x generations: 2,000 x 4 x C x G
 by default); ``audit`` keeps a few numbers per image and generation, never a class dimension.
-Metrics come from :mod:`label_refinery.analysis` (pure functions).
+Metrics come from :mod:`label_refinery.tools.analysis` (pure functions).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import META, load_checkpoint
-from .config import Config, from_dict
-from .data import CropSampler, ImageDataset
-from .errors import UserError
-from .labels import refine
+from ..checkpoint import META, load_checkpoint
+from ..config import Config, from_dict
+from ..data import CropSampler, ImageDataset
+from ..errors import UserError
+from ..labels import refine
 
 ANALYSIS_SEED = 20180507  # crops for analysis differ from every training crop stream (seeds 0, 1, 2, ...)
 
@@ -59,7 +59,7 @@ def load_run(
 ) -> tuple[list[Path], list[torch.nn.Module], ImageDataset, Config]:
     """Generation folders, their models (eval mode), the run's dataset and generation 1's config.
     ``dataset``: the run's data, already loaded (checked like a fresh load)."""
-    from .generation import load_data
+    from ..training.generation import load_data
 
     gens = generations(run)
     cfg = _config(gens[0])

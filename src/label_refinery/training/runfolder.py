@@ -1,10 +1,10 @@
 """The files of a generation folder: config comparison on resume, metrics, refinery checks, metadata.
 
-Run-folder bookkeeping, kept apart from the epoch loop (:mod:`label_refinery.generation`). The folder::
+Run-folder bookkeeping, kept apart from the epoch loop (:mod:`label_refinery.training.generation`). The folder::
 
     config.yaml         the resolved config of this generation
     metrics.jsonl       one JSON line per epoch (train loss, train top-1 on crops, test top-1/5, ...)
-    state.safetensors   the training state of an unfinished generation (:mod:`label_refinery.state`)
+    state.safetensors   the training state of an unfinished generation (:mod:`label_refinery.training.state`)
     model.safetensors   final weights (metadata in the header)
     meta.json           architecture, classes, dataset fingerprint, config, refinery provenance with
                         SHA-256, final metrics; written last: it marks the generation finished
@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import __version__
-from .checkpoint import META, STATE, atomic_write, refinery_sha256
-from .config import Config, merge, to_dict
-from .data import ImageDataset
-from .errors import UserError
-from .models import count_parameters
+from .. import __version__
+from ..checkpoint import META, STATE, atomic_write, refinery_sha256
+from ..config import Config, merge, to_dict
+from ..data import ImageDataset
+from ..errors import UserError
+from ..models import count_parameters
 
 # Keys that may change between a run and its resumption without changing its results.
 _NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every", "eval_every")

@@ -1,8 +1,8 @@
 """Label statistics per generation: ``label-refinery analyze RUN`` writes ``genK/analysis.json``
 (and ``analysis/`` example pictures for the report).
 
-Every generation's model labels the same views (:mod:`label_refinery.probe`); the metrics are pure
-functions of :mod:`label_refinery.analysis`.
+Every generation's model labels the same views (:mod:`label_refinery.tools.probe`); the metrics are pure
+functions of :mod:`label_refinery.tools.analysis`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import META, atomic_write, write_json
+from ..data import ImageDataset
 from . import analysis
-from .checkpoint import META, atomic_write, write_json
-from .data import ImageDataset
 from .probe import ANALYSIS_SEED, analysis_sampler, load_run, to_pictures, views
 
 

@@ -31,9 +31,9 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoint import META
-from .config import Config, from_dict
-from .data import ImageDataset, fold_of, without_fold
+from ..checkpoint import META
+from ..config import Config, from_dict
+from ..data import ImageDataset, fold_of, without_fold
 
 
 def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
@@ -67,7 +67,7 @@ def train_folds(
 ) -> list[tuple[np.ndarray, list[Path]]]:
     """Train (or resume) the ``folds x seeds`` fold chains; returns per fold ``(positions of its
     held-out images in ds.train [n_k], the generation folders of its chains, every seed)``."""
-    from .chain import run_chain
+    from ..training.chain import run_chain
 
     gen1 = from_dict(Config, json.loads((Path(gen1_folder) / META).read_text())["config"])
     fold = fold_of(len(ds.train), folds)

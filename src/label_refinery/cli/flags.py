@@ -85,7 +85,7 @@ GROUPS = {
 
 
 def _default_of(key: str):
-    from .config import Config
+    from ..config import Config
 
     node = Config()
     for part in key.split("."):

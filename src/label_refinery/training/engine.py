@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .config import OptimConfig
-from .data.base import Batch
-from .errors import UserError
-from .labels import LabelSource
-from .losses import refinery_loss
+from .. import distributed
+from ..config import OptimConfig
+from ..data.base import Batch
+from ..errors import UserError
+from ..labels import LabelSource
+from ..losses import refinery_loss
 
 
 def lr_schedule(cfg: OptimConfig, steps_per_epoch: int) -> Callable[[int], float]:

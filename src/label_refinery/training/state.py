@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .checkpoint import STATE, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
+from .. import distributed
+from ..checkpoint import STATE, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
+from ..errors import UserError
 from .engine import Meters
-from .errors import UserError
 
 
 @dataclass
