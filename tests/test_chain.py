@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from label_refinery import UserError, load_config, run_chain, train_generation
-from label_refinery.checkpoint import load_checkpoint, sha256_file
+from label_refinery.checkpoint import load_checkpoint
 from label_refinery.data import load_dataset
+from label_refinery.files import sha256_file
 
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
 

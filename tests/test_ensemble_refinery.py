@@ -11,10 +11,11 @@ import torch.nn.functional as F
 import yaml
 
 from label_refinery import UserError, load_config
-from label_refinery.checkpoint import ensemble_sha256, load_checkpoint, sha256_file
+from label_refinery.checkpoint import ensemble_sha256, load_checkpoint
 from label_refinery.cli import main
 from label_refinery.config import refinery_paths
 from label_refinery.data import CropSampler, load_dataset
+from label_refinery.files import sha256_file
 from label_refinery.labels import LiveRefinery
 from label_refinery.study.experiment import load_experiment, run_experiment, stages
 

@@ -9,12 +9,11 @@ Example:
     >>> rows = run_chain(cfg, "runs/digits-chain")                                   # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+from .checkpoint import load_checkpoint
+from .config import Config, load_config
+from .errors import UserError
+from .training.chain import run_chain
+from .training.generation import train_generation
 
-from .checkpoint import load_checkpoint  # noqa: E402
-from .config import Config, load_config  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .training.chain import run_chain  # noqa: E402
-from .training.generation import train_generation  # noqa: E402
-
-__all__ = ["Config", "UserError", "load_checkpoint", "load_config", "run_chain", "train_generation"]
+__all__ = ["__version__", "Config", "UserError", "load_checkpoint", "load_config", "run_chain", "train_generation"]

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,4 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .checkpoint import atomic_write
-
     atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())

@@ -40,10 +40,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..checkpoint import write_json
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
 from ..errors import UserError
+from ..files import write_json
 from . import refine
 
 FORMAT = "label-refinery-store/1"

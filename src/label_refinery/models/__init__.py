@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .adapt import replace_first_conv, replace_last_linear
 from .paper import AlexNetBN, Darknet19, MobileNetV1, flag, torchvision_paper_model
 from .small import CNNSmall, ResNetCifar
 from .xnor import XnorResNet50
@@ -106,47 +107,6 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _replace_first_conv(model: nn.Module, in_chans: int) -> None:
-    """Swap the first Conv2d for one with ``in_chans`` inputs; pretrained filters are averaged."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d):
-                if child.in_channels == in_chans:
-                    return
-                new = nn.Conv2d(
-                    in_chans,
-                    child.out_channels,
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    child.dilation,
-                    child.groups,
-                    child.bias is not None,
-                    child.padding_mode,
-                )
-                with torch.no_grad():
-                    new.weight.copy_(
-                        child.weight.mean(1, keepdim=True).expand_as(new.weight) * (child.in_channels / in_chans)
-                    )
-                    if child.bias is not None:
-                        new.bias.copy_(child.bias)
-                setattr(parent, child_name, new)
-                return
-
-
-def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
-    last = None
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                last = (parent, child_name, child)
-    if last is None:
-        raise UserError(f"cannot adapt {type(model).__name__} to {num_classes} classes: it has no Linear layer")
-    parent, child_name, child = last
-    if child.out_features != num_classes:
-        setattr(parent, child_name, nn.Linear(child.in_features, num_classes, bias=child.bias is not None))
-
-
 def _torchvision(arch: str, in_chans: int, num_classes: int, pretrained: str | None) -> nn.Module:
     import torchvision
 
@@ -161,8 +121,8 @@ def _torchvision(arch: str, in_chans: int, num_classes: int, pretrained: str | N
                 raise UserError(
                     f"{pretrained} does not hold torchvision {arch} weights: {str(err).splitlines()[0]}"
                 ) from err
-        _replace_last_linear(model, num_classes)
-    _replace_first_conv(model, in_chans)
+        replace_last_linear(model, num_classes)
+    replace_first_conv(model, in_chans)
     return model
 
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .adapt import replace_first_conv
+
 TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
@@ -242,12 +244,10 @@ def torchvision_paper_model(arch: str, in_chans: int, num_classes: int, small: b
     """torchvision's ``arch`` (random init) with ``in_chans`` inputs, optionally for small inputs."""
     import torchvision
 
-    from . import _replace_first_conv
-
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if small:
         small_stem(model, in_chans)
-    _replace_first_conv(model, in_chans)
+    replace_first_conv(model, in_chans)
     return model
 
 

@@ -42,9 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import META, atomic_write, write_json
+from ..checkpoint import META
 from ..config import Config, from_dict, merge, read_yaml_mapping, validate
 from ..errors import UserError
+from ..files import atomic_write, write_json
 from .stats import mean_std, t_interval
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain

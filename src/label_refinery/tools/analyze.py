@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import META, atomic_write, write_json
+from ..checkpoint import META
 from ..data import ImageDataset
+from ..files import atomic_write, write_json
 from . import analysis
 from .probe import ANALYSIS_SEED, analysis_sampler, load_run, to_pictures, views
 

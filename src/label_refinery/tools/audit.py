@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write, load_checkpoint, write_json
+from ..checkpoint import load_checkpoint
+from ..files import atomic_write, write_json
 from ..labels import refine
 from . import quality
 from .export import write_csv

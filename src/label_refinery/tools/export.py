@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write
 from ..errors import UserError
+from ..files import atomic_write
 from .probe import load_run, refined
 
 

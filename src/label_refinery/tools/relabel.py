@@ -19,8 +19,8 @@ import csv
 import io
 from pathlib import Path
 
-from ..checkpoint import atomic_write
 from ..errors import UserError
+from ..files import atomic_write
 
 FIELDS = ("index", "label", "given", "suggested_p", "source")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import META, atomic_write
+from ..checkpoint import META
+from ..files import atomic_write
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left;vertical-align:top}

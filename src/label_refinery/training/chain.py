@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from .. import distributed
-from ..checkpoint import atomic_write, write_json
 from ..config import Config, save_config
 from ..data import ImageDataset
+from ..files import atomic_write, write_json
 from ..models import check_model_name
 from .generation import load_data, resolve_seed, train_generation
 from .runfolder import check_same_config, has_progress

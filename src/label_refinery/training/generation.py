@@ -24,10 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..checkpoint import META, STATE, atomic_write, resolve, save_final
+from ..checkpoint import META, STATE, resolve, save_final
 from ..config import Config, refinery_paths, save_config
 from ..data import CropSampler, ImageDataset, load_dataset
 from ..errors import UserError
+from ..files import atomic_write
 from ..models import check_input_size, check_model_name, create_model
 from . import state
 from .build import build_label_source, build_step

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from .. import __version__
-from ..checkpoint import META, STATE, atomic_write, refinery_sha256
+from .._version import __version__
+from ..checkpoint import META, STATE, refinery_sha256
 from ..config import Config, merge, to_dict
 from ..data import ImageDataset
 from ..errors import UserError
+from ..files import atomic_write
 from ..models import count_parameters
 
 # Keys that may change between a run and its resumption without changing its results.
