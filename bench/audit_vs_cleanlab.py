@@ -68,7 +68,7 @@ def one(args, rate: float, seed: int, log) -> dict:
         names.append(f"held-out x{args.fold_seeds} seeds")
         audit_run(out / "noisy", out=out / names[-1], folds=args.folds, fold_seeds=args.fold_seeds, html_rows=1, log=log)
     flipped = {int(r["index"]) for r in csv.DictReader(open(out / "noisy/gen1/label-noise.csv"))}
-    from label_refinery.training.generation import load_data
+    from label_refinery.training.setup import load_data
 
     ds = load_data(load_config(overrides=overrides))
     ids, y = ds.train.ids.numpy(), ds.train.targets.numpy()  # probs.npy rows follow the training split's order

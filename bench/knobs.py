@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 from label_refinery import load_config, train_generation
-from label_refinery.training.generation import load_data
+from label_refinery.training.setup import load_data
 
 SETTINGS = {
     "NCHW, fp32": {"channels_last": False},

@@ -249,7 +249,7 @@ def test_unknown_device(capsys, tmp_path):
 def test_set_none_clears_an_optional_key():
     from label_refinery import load_config
 
-    assert load_config(overrides={"refinery": "none", "data.image_size": "null"}).refinery is None
+    assert load_config(overrides={"refinery": "none", "data.image_size": "null"}).refinery.path is None
 
 
 def test_refinery_trained_at_another_image_size(capsys, tmp_path, digits_gen):

@@ -6,8 +6,8 @@ from label_refinery.config import save_config, to_dict
 
 def test_defaults_are_the_papers_label_settings():
     cfg = load_config()
-    assert cfg.labels.temperature == 1.0 and cfg.labels.gt_weight == 0.0
-    assert not cfg.labels.refinery_bn_train
+    assert cfg.loss.temperature == 1.0 and cfg.loss.gt_weight == 0.0
+    assert not cfg.refinery.bn_train
 
 
 def test_yaml_then_overrides(tmp_path):

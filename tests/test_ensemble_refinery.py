@@ -32,9 +32,9 @@ def members(tmp_path_factory):
 
 
 def test_one_refinery_stays_a_string_and_several_are_a_tuple():
-    assert load_config(overrides={"refinery": ["a"]}).refinery == "a"  # `--refinery a`: as before
+    assert load_config(overrides={"refinery": ["a"]}).refinery.path == "a"  # `--refinery a`: as before
     cfg = load_config(overrides={"refinery": ["a", "b"]})
-    assert cfg.refinery == ("a", "b") and refinery_paths(cfg) == ("a", "b")
+    assert cfg.refinery.path == ("a", "b") and refinery_paths(cfg) == ("a", "b")
     assert refinery_paths(load_config()) == ()
     with pytest.raises(UserError, match="named twice"):
         load_config(overrides={"refinery": ["a", "a"]})
@@ -61,7 +61,7 @@ def test_train_and_store_with_an_ensemble_and_resume_checks_it(members, tmp_path
     meta = json.loads((tmp_path / "live/meta.json").read_text())
     digest = ensemble_sha256([sha256_file(m / "model.safetensors") for m in members])
     assert meta["labels"]["sha256"] == digest and len(meta["labels"]["members"]) == 2
-    assert meta["config"]["refinery"] == [a, b]
+    assert meta["config"]["refinery"]["path"] == [a, b]
     assert meta["config"]["seed"] == 1  # the first member's seed (0) + 1
     # a label store baked from the ensemble: the same labels up to its top-5 and fp16 rounding
     main(["train", *BASE, "--refinery", a, "--refinery", b, "--label-source", "store", "--out", str(tmp_path / "st")])
@@ -101,7 +101,7 @@ def test_experiment_leave_one_out_ensembles(tmp_path):
     exp = load_experiment(path)
     # seed 0's student is refined by seeds 1 and 2's generation 1, never its own
     cfg = exp.config(exp.arm("loo"), 0)
-    assert [p.split("/")[-3:] for p in cfg.refinery] == [["seed1", "self", "gen1"], ["seed2", "self", "gen1"]]
+    assert [p.split("/")[-3:] for p in cfg.refinery.path] == [["seed1", "self", "gen1"], ["seed2", "self", "gen1"]]
     assert [[a.name for a in s] for s in stages(exp, list(exp.arms))] == [["self"], ["loo", "both"]]
     lines: list[str] = []
     md = run_experiment(exp, log=lines.append)

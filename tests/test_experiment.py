@@ -99,7 +99,7 @@ def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
     # seeds: base + 1000 * repetition (+ generation - 1 in a chain); seed_offset 1 matches self/gen2
     assert metas[(1, "self", 1)]["config"]["seed"] == SEED_STRIDE
     assert metas[(0, "static", 1)]["config"]["seed"] == metas[(0, "self", 2)]["config"]["seed"] == 1
-    assert metas[(0, "static", 1)]["config"]["refinery"].endswith("seed0/self/gen1")
+    assert metas[(0, "static", 1)]["config"]["refinery"]["path"].endswith("seed0/self/gen1")
     assert metas[(0, "static", 1)]["config"]["labels"]["source"] == "static"
     # the table's mean ± std is the seeds' sample mean and std
     tests = [metas[(s, "self", 1)]["metrics"]["test_top1"] for s in (0, 1)]

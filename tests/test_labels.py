@@ -105,7 +105,7 @@ def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
     refined generation (a real refinery forward per step, its checkpoint, provenance and loss), trains
     the same weights as generation 1 with the same seed, bit for bit: the refined path adds nothing
     but its labels."""
-    import label_refinery.training.generation as generation
+    import label_refinery.training.setup as setup
     from label_refinery import load_config, train_generation
     from label_refinery.checkpoint import load_checkpoint
 
@@ -118,13 +118,13 @@ def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
     base = {"data.dataset": "digits", "optim.epochs": 2, "optim.batch_size": 64, "device": "cpu", "seed": 3}
     train_generation(load_config(overrides={**base, "seed": 9}), tmp_path / "refinery", dataset=ds, log=lambda _: None)
     train_generation(load_config(overrides=base), tmp_path / "gen1", dataset=ds, log=lambda _: None)
-    real = generation.build_label_source
+    real = setup.build_label_source
 
     def oracle_source(*args, **kwargs):
         live = real(*args, **kwargs)
         return Oracle(live.model, provenance=live.provenance)
 
-    monkeypatch.setattr(generation, "build_label_source", oracle_source)
+    monkeypatch.setattr(setup, "build_label_source", oracle_source)
     meta = train_generation(load_config(overrides={**base, "refinery": str(tmp_path / "refinery")}), tmp_path / "oracle",
                             dataset=ds, log=lambda _: None)
     assert meta["labels"]["kind"] == "live-refinery"

@@ -35,7 +35,7 @@ def test_recipe_loads_and_builds(path):
     assert (o.schedule, o.milestones, o.gamma, o.warmup_epochs) == ("step", (140, 170), 0.1, 0)
     assert (d.image_size, d.crop_scale, d.flip) == (224, (0.08, 1.0), True)
     assert d.crop_ratio == pytest.approx((3 / 4, 4 / 3))
-    assert (cfg.labels.temperature, cfg.labels.gt_weight) == (1.0, 0.0)
+    assert (cfg.loss.temperature, cfg.loss.gt_weight) == (1.0, 0.0)
     lr = lr_schedule(o, steps_per_epoch=10)
     # epochs 1-140 at lr, 141-170 at lr/10, 171-200 at lr/100 (1-based, as the release counts)
     assert [lr(10 * e) for e in (0, 139, 140, 169, 170, 199)] == pytest.approx([o.lr, o.lr, o.lr / 10, o.lr / 10, o.lr / 100, o.lr / 100])

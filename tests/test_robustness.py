@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import label_refinery.checkpoint as checkpoint
+import label_refinery.files as files
 import label_refinery.losses as losses
 from label_refinery import UserError, load_config, train_generation
 from label_refinery.checkpoint import load_checkpoint, load_tensors
@@ -67,7 +67,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, digits, 
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync_full_on_second_state)
+    monkeypatch.setattr(files.os, "fsync", fsync_full_on_second_state)
     with pytest.raises(UserError, match="No space left on device; is the disk full") as err:
         train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
     assert "the previous state.safetensors is intact" in str(err.value)
@@ -186,7 +186,7 @@ def test_meters_wait_on_the_device_and_a_late_nan_still_saves_nothing(tmp_path, 
 
 def test_cuda_settings_leave_a_cpu_run_alone():
     from label_refinery.training.engine import autocast
-    from label_refinery.training.generation import cuda_speedups
+    from label_refinery.training.setup import cuda_speedups
 
     before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)
     cuda_speedups(torch.device("cpu"))

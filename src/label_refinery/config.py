@@ -7,19 +7,25 @@ is ignored by ``train``). YAML mirrors the dataclasses::
     seed: 0
     data:   {dataset: fashion-mnist, crop_scale: [0.25, 1.0]}
     optim:  {epochs: 10, batch_size: 128, lr: 0.05, schedule: cosine}
-    labels: {temperature: 1.0, gt_weight: 0.0}
+    refinery: {path: runs/g1, temperature: null, bn_train: false}
+    labels: {source: live, store: null}
+    loss:   {temperature: 1.0, gt_weight: 0.0, label_smoothing: 0.0}
+    store:  {top_k: 5, dtype: fp16}
     chain:  {generations: 2}
 
-Overrides are dotted keys (``optim.lr=0.1``); the CLI's flags map onto them. Unknown keys fail
-with the list of valid keys. Derived values (steps per epoch, the device) are computed where they
-are used, never written back.
+Each section means one thing: ``refinery`` is the frozen model that labels the crops and how it is
+run, ``labels`` where a generation's labels come from, ``loss`` how the student learns them,
+``store`` how a bake encodes them. Overrides are dotted keys (``optim.lr=0.1``); the CLI's flags map
+onto them. Unknown keys fail with the list of valid keys. Derived values (steps per epoch, the
+device) are computed where they are used, never written back.
+
+Keys of earlier versions (``labels.temperature``, ``labels.top_k``, a top-level ``refinery: PATH``,
+...; :data:`LEGACY_KEYS`) are translated wherever a config is read, so run folders and label stores
+made before keep resuming and keep being checked.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ import yaml
 
 from .errors import UserError
 from .files import atomic_write
+from .typed import from_dict, merge, nest, read_yaml_mapping, to_dict, valid_keys
 
 
 @dataclass(frozen=True)
@@ -63,20 +70,41 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class RefineryConfig:
+    """The frozen model that labels the student's crops, and how its forward pass runs."""
+
+    # checkpoint labelling this run (train), or generation 1 (chain); several: their probabilities averaged
+    path: str | tuple[str, ...] | None = None
+    # T of the refinery's softmax alone (the student's stays at loss.temperature): < 1 sharpens the
+    # refined labels. Not in the paper; None: loss.temperature. See docs/results.md (noisy labels)
+    temperature: float | None = None
+    bn_train: bool = False  # the 2018 release's behaviour: refinery BatchNorm in train mode
+
+
+@dataclass(frozen=True)
 class LabelConfig:
+    """Where a generation's labels come from."""
+
+    # live: refinery forward per step | store: bake, then train from the store | static: one label per image
+    source: str = "live"
+    store: str | None = None  # an existing label store to train from (see `label-refinery bake`)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """How the student learns its labels: soft cross-entropy at T, plus alpha of ground truth."""
+
     temperature: float = 1.0  # T of refinery and student softmax; the paper: 1
     gt_weight: float = 0.0  # alpha: weight of the ground-truth cross-entropy; the paper: 0
-    # the refinery's softmax alone (the student's stays at `temperature`): < 1 sharpens the refined labels.
-    # Not in the paper; None: `temperature`. See docs/results.md (noisy labels)
-    refinery_temperature: float | None = None
     label_smoothing: float = 0.0  # generation 1 (ground truth) only
-    refinery_bn_train: bool = False  # the 2018 release's behaviour: refinery BatchNorm in train mode
-    source: str = (
-        "live"  # live: refinery forward per step | store: bake, then train from the store | static: one label per image
-    )
-    store: str | None = None  # an existing label store to train from (see `label-refinery bake`)
-    top_k: int = 5  # classes kept per crop in a label store
-    store_dtype: str = "fp16"  # probabilities in a label store: fp16 | uint8
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How a bake encodes refined labels in a label store."""
+
+    top_k: int = 5  # classes kept per crop
+    dtype: str = "fp16"  # probabilities: fp16 | uint8
 
 
 @dataclass(frozen=True)
@@ -111,8 +139,6 @@ class ChainConfig:
 class Config:
     model: str = "cnn-small"
     pretrained: str | None = None  # "hub" or a local weights file for timm/torchvision models
-    # checkpoint labelling this run (train), or generation 1 (chain); several: their probabilities averaged
-    refinery: str | tuple[str, ...] | None = None
     # init, batch order and crops; a chain uses seed + generation - 1. None (the default): 0 on ground
     # truth, else the refinery's own seed + 1, so a student never replays its refinery's crops and init
     seed: int | None = None
@@ -124,144 +150,71 @@ class Config:
     eval_every: int = 1  # evaluate the test (and val) split every N epochs; the last epoch always
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    refinery: RefineryConfig = field(default_factory=RefineryConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     jitter: JitterConfig = field(default_factory=JitterConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 
 
 def refinery_paths(cfg: Config) -> tuple[str, ...]:
-    """The checkpoints ``cfg.refinery`` names: none, one, or an ensemble's members (in order)."""
-    if cfg.refinery is None:
+    """The checkpoints ``cfg.refinery.path`` names: none, one, or an ensemble's members (in order)."""
+    path = cfg.refinery.path
+    if path is None:
         return ()
-    return (cfg.refinery,) if isinstance(cfg.refinery, str) else tuple(cfg.refinery)
+    return (path,) if isinstance(path, str) else tuple(path)
 
 
-def valid_keys(cls=Config, prefix: str = "") -> list[str]:
-    out = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(_hints(cls)[f.name]):
-            out += valid_keys(_hints(cls)[f.name], f"{prefix}{f.name}.")
-        else:
-            out.append(prefix + f.name)
+def refinery_temperature(cfg: Config) -> float:
+    """The temperature of the refinery's softmax: ``refinery.temperature``, else ``loss.temperature``."""
+    return cfg.loss.temperature if cfg.refinery.temperature is None else cfg.refinery.temperature
+
+
+# Keys of earlier versions -> their section now (issue 23: one meaning per section).
+LEGACY_KEYS = {
+    "labels.temperature": "loss.temperature",
+    "labels.gt_weight": "loss.gt_weight",
+    "labels.label_smoothing": "loss.label_smoothing",
+    "labels.refinery_temperature": "refinery.temperature",
+    "labels.refinery_bn_train": "refinery.bn_train",
+    "labels.top_k": "store.top_k",
+    "labels.store_dtype": "store.dtype",
+}
+
+
+def upgrade(values: dict) -> dict:
+    """A config mapping of any version in today's sections: :data:`LEGACY_KEYS` moved, a top-level
+    ``refinery: PATH`` (or a list) becomes ``refinery.path``. A key given both ways with two values
+    is refused. Today's mappings come back equal.
+
+    Example:
+        >>> upgrade({"refinery": "runs/g1", "labels": {"temperature": 4, "source": "live"}})
+        {'refinery': {'path': 'runs/g1'}, 'labels': {'source': 'live'}, 'loss': {'temperature': 4}}
+    """
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    if "refinery" in out and not isinstance(out["refinery"], dict):
+        out["refinery"] = {"path": out["refinery"]}
+    for old, new in LEGACY_KEYS.items():
+        (old_sec, old_key), (new_sec, new_key) = old.split("."), new.split(".")
+        section = out.get(old_sec)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = out.setdefault(new_sec, {})
+        if not isinstance(target, dict):
+            raise UserError(f"config key {new_sec}: expected a mapping of {', '.join(valid_keys(Config))}")
+        if new_key in target and target[new_key] != value:
+            raise UserError(f"config keys {old} (an earlier name) and {new} are both given, {value!r} and {target[new_key]!r}")
+        target[new_key] = value
     return out
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        several = [a for a in inner if typing.get_origin(a) is tuple]
-        if several and isinstance(value, (list, tuple)):  # "one or several": a list of one is the one
-            value = _coerce(value, several[0], key)
-            return value[0] if len(value) == 1 and str in inner else value
-        return _coerce(value, inner[0], key)
-    if origin is tuple:
-        if isinstance(value, str):  # "a b" or "a,b" (use spaces when items contain commas)
-            value = value.split() if any(c.isspace() for c in value.strip()) else [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise UserError(f"config key {key}: expected {len(args)} values, got {list(value)}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"config key {key}: expected true/false, got {value!r}")
-    if tp is float and isinstance(value, str) and "/" in value:  # e.g. jitter.eps=2/255
-        num, _, den = value.partition("/")
-        try:
-            return float(num) / float(den)
-        except (ValueError, ZeroDivisionError):
-            raise UserError(f"config key {key}: expected a number such as 0.008 or 2/255, got {value!r}") from None
-    if tp in (int, float):
-        try:
-            out = tp(value)
-        except (TypeError, ValueError):
-            raise UserError(f"config key {key}: expected a number, got {value!r}") from None
-        if tp is int and isinstance(value, float) and value != out:
-            raise UserError(f"config key {key}: expected an integer, got {value!r}")
-        return out
-    if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise UserError(f"config key {key}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def from_dict(cls, values: dict, prefix: str = ""):
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise UserError(f"unknown config key {prefix}{unknown[0]}; valid keys: {', '.join(valid_keys())}")
-    kwargs = {}
-    for name, value in values.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise UserError(f"config key {prefix}{name}: expected a mapping of {', '.join(valid_keys(tp))}")
-            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
-
-
-def to_dict(cfg) -> dict:
-    """Plain nested dict (tuples as lists), for YAML and JSON."""
-
-    def plain(v):
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def _nest(overrides: dict[str, Any]) -> dict:
-    out: dict = {}
-    for key, value in overrides.items():
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
-    """The mapping a YAML file holds (empty file: ``{}``); a missing file, bad YAML or another
-    top-level type is a :class:`UserError` naming ``what`` the file is and what it should hold."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what} {p} does not exist")
-    try:
-        loaded = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{what} {p} is not valid YAML: {err}") from err
-    if not isinstance(loaded, dict):
-        raise UserError(f"{what} {p} must hold {expected}")
-    return loaded
+def config_from_dict(values: dict) -> Config:
+    """A :class:`Config` from a plain mapping of any version (a saved ``config.yaml``, ``meta.json``'s
+    ``config``), keys translated by :func:`upgrade`; not validated (see :func:`validate`)."""
+    return from_dict(Config, upgrade(values))
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -274,9 +227,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """
     values: dict = {}
     if path is not None:
-        values = read_yaml_mapping(path, "config file", f"a mapping of keys; valid keys: {', '.join(valid_keys())}")
-    values = merge(values, _nest(overrides or {}))
-    cfg = from_dict(Config, values)
+        expected = f"a mapping of keys; valid keys: {', '.join(valid_keys(Config))}"
+        values = upgrade(read_yaml_mapping(path, "config file", expected))
+    values = merge(values, upgrade(nest(overrides or {})))
+    cfg = config_from_dict(values)
     validate(cfg)
     return cfg
 
@@ -342,26 +296,25 @@ def validate(cfg: Config) -> None:
 
 def _validate_labels_and_transforms(cfg: Config) -> None:
     """The label source, the loss and the batch transforms (mixing, jittering), and their combinations."""
-    lab, j, ch = cfg.labels, cfg.jitter, cfg.chain
-    _check(lab.temperature > 0, f"labels.temperature must be > 0, got {lab.temperature}")
+    lab, loss, ref, j, ch = cfg.labels, cfg.loss, cfg.refinery, cfg.jitter, cfg.chain
+    _check(loss.temperature > 0, f"loss.temperature must be > 0, got {loss.temperature}")
     _check(
-        lab.refinery_temperature is None or lab.refinery_temperature > 0,
-        f"labels.refinery_temperature must be > 0, got {lab.refinery_temperature}",
+        ref.temperature is None or ref.temperature > 0, f"refinery.temperature must be > 0, got {ref.temperature}"
     )
-    _check(0 <= lab.gt_weight <= 1, f"labels.gt_weight must be in [0, 1], got {lab.gt_weight}")
-    _check(0 <= lab.label_smoothing < 1, f"labels.label_smoothing must be in [0, 1), got {lab.label_smoothing}")
+    _check(0 <= loss.gt_weight <= 1, f"loss.gt_weight must be in [0, 1], got {loss.gt_weight}")
+    _check(0 <= loss.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {loss.label_smoothing}")
     _check(
         lab.source in ("live", "store", "static"), f"labels.source must be live, store or static, got {lab.source!r}"
     )
-    _check(lab.top_k >= 1, f"labels.top_k must be >= 1, got {lab.top_k}")
-    _check(lab.store_dtype in ("fp16", "uint8"), f"labels.store_dtype must be fp16 or uint8, got {lab.store_dtype!r}")
+    _check(cfg.store.top_k >= 1, f"store.top_k must be >= 1, got {cfg.store.top_k}")
+    _check(cfg.store.dtype in ("fp16", "uint8"), f"store.dtype must be fp16 or uint8, got {cfg.store.dtype!r}")
     _check(not (lab.store and lab.source == "static"), "labels.store and labels.source=static exclude each other")
     paths = refinery_paths(cfg)
     _check(all(p for p in paths), "refinery: an empty checkpoint path")
     _check(len(set(paths)) == len(paths), f"refinery: a checkpoint is named twice in the ensemble {list(paths)}")
     _check(
-        not (lab.refinery_bn_train and (lab.source != "live" or lab.store)),
-        "labels.refinery_bn_train needs a live refinery (labels.source=live, no labels.store)",
+        not (ref.bn_train and (lab.source != "live" or lab.store)),
+        "refinery.bn_train needs a live refinery (labels.source=live, no labels.store)",
     )
     _check(cfg.mix.kind in ("off", "mixup", "cutmix"), f"mix.kind must be off, mixup or cutmix, got {cfg.mix.kind!r}")
     _check(cfg.mix.alpha > 0, f"mix.alpha must be > 0, got {cfg.mix.alpha}")
@@ -380,8 +333,8 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
         "jitter needs a live refinery (labels.source=live): a label store only holds labels of the un-jittered crops",
     )
     _check(
-        not (j.enabled and lab.refinery_bn_train),
-        "jitter cannot run with labels.refinery_bn_train: the attack would move the refinery's BatchNorm statistics",
+        not (j.enabled and ref.bn_train),
+        "jitter cannot run with refinery.bn_train: the attack would move the refinery's BatchNorm statistics",
     )
     _check(ch.generations >= 1, f"chain.generations must be >= 1, got {ch.generations}")
     _check(
@@ -391,4 +344,10 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    """Write ``cfg`` as YAML (atomically): what ``load_config(path)`` reads back equal."""
+    save_values(to_dict(cfg), path)
+
+
+def save_values(values: dict, path: str | Path) -> None:
+    """Write a config's plain values (``to_dict(cfg)``) as YAML, atomically."""
+    atomic_write(path, yaml.safe_dump(values, sort_keys=False).encode())

@@ -182,7 +182,7 @@ def cmd_chain(args) -> None:
         if args.report:  # label tools run after training, in this process only
             from ..tools.analyze import analyze_run
             from ..tools.reports import report_run
-            from ..training.generation import resolve_device
+            from ..training.setup import resolve_device
 
             analyze_run(out, device=str(resolve_device(cfg.device)), log=_log(args))
             print(f"report saved to {report_run(out)}")
@@ -204,18 +204,18 @@ def cmd_bake(args) -> None:
     from ..config import load_config
     from ..labels.store import bytes_per_crop, estimate_bytes
     from ..training.build import bake_labels, load_refinery
-    from ..training.generation import crop_sampler, load_data, resolve_device, resolve_seed
+    from ..training.setup import crop_sampler, load_data, resolve_device, resolve_seed
 
     cfg = resolve_seed(load_config(args.config, _overrides(args)))  # the seed a default `train --refinery` uses
-    if cfg.refinery is None:
+    if cfg.refinery.path is None:
         raise UserError("bake needs --refinery CKPT: the model whose labels are stored")
     distributed.setup(cfg.device)  # torchrun: every process labels its share of the batches
     say = print if distributed.is_main() else (lambda *_: None)
     ds = load_data(cfg)
     epochs = 1 if args.static else cfg.optim.epochs
-    top_k = min(cfg.labels.top_k, ds.num_classes)
-    size = estimate_bytes(epochs, len(ds.train), ds.num_classes, top_k, cfg.labels.store_dtype)
-    per_crop = bytes_per_crop(ds.num_classes, top_k, cfg.labels.store_dtype)
+    top_k = min(cfg.store.top_k, ds.num_classes)
+    size = estimate_bytes(epochs, len(ds.train), ds.num_classes, top_k, cfg.store.dtype)
+    per_crop = bytes_per_crop(ds.num_classes, top_k, cfg.store.dtype)
     say(
         f"label store: {epochs} epoch(s) x {len(ds.train)} images x top-{top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)"
     )
@@ -244,7 +244,7 @@ def cmd_bake(args) -> None:
 def cmd_evaluate(args) -> None:
     from ..checkpoint import load_checkpoint
     from ..training.engine import evaluate
-    from ..training.generation import checkpoint_data, resolve_device
+    from ..training.setup import checkpoint_data, resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
     ds = checkpoint_data(ckpt, args.dataset, args.data_dir)
@@ -266,7 +266,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_analyze(args) -> None:
     from ..tools.analyze import analyze_run
-    from ..training.generation import resolve_device
+    from ..training.setup import resolve_device
 
     analyze_run(
         args.run,
@@ -280,7 +280,7 @@ def cmd_analyze(args) -> None:
 
 def cmd_audit(args) -> None:
     from ..tools.audit import audit_run
-    from ..training.generation import resolve_device
+    from ..training.setup import resolve_device
 
     audit_run(
         args.run,
@@ -305,7 +305,7 @@ def cmd_relabel(args) -> None:
 
 def cmd_export(args) -> None:
     from ..tools.export import export_run
-    from ..training.generation import resolve_device
+    from ..training.setup import resolve_device
 
     out = args.out or f"{args.run}/refined-labels.{args.fmt}"
     export_run(

@@ -25,7 +25,7 @@ TRAIN_FLAGS = [
                                           "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
                                           "inputs); timm:NAME, torchvision:NAME")),
     (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
-    (["--refinery"], "refinery", dict(action="append", metavar="CKPT", help="checkpoint (generation folder or model.safetensors) that labels the crops; "
+    (["--refinery"], "refinery.path", dict(action="append", metavar="CKPT", help="checkpoint (generation folder or model.safetensors) that labels the crops; "
                                           "repeat for an ensemble averaged in probability (--refinery A --refinery B)")),
     (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1); "
                                           "default: 0 on ground truth, the refinery's seed + 1 with --refinery")),
@@ -45,15 +45,15 @@ TRAIN_FLAGS = [
     (["--milestones"], "optim.milestones", dict(type=int, nargs="+", help="epochs where step decay multiplies lr by gamma")),
     (["--gamma"], "optim.gamma", dict(type=float)),
     (["--warmup-epochs"], "optim.warmup_epochs", dict(type=float)),
-    (["--temperature"], "labels.temperature", dict(type=float, help="softmax temperature T (the paper: 1)")),
-    (["--refinery-temperature"], "labels.refinery_temperature", dict(type=float, help="temperature of the refinery's softmax alone; < 1 sharpens the refined labels (not in the paper)")),
-    (["--gt-weight"], "labels.gt_weight", dict(type=float, help="weight of ground-truth CE mixed in (the paper: 0)")),
-    (["--label-smoothing"], "labels.label_smoothing", dict(type=float, help="for ground-truth generations")),
-    (["--refinery-bn-train"], "labels.refinery_bn_train", dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode")),
+    (["--temperature"], "loss.temperature", dict(type=float, help="softmax temperature T (the paper: 1)")),
+    (["--refinery-temperature"], "refinery.temperature", dict(type=float, help="temperature of the refinery's softmax alone; < 1 sharpens the refined labels (not in the paper)")),
+    (["--gt-weight"], "loss.gt_weight", dict(type=float, help="weight of ground-truth CE mixed in (the paper: 0)")),
+    (["--label-smoothing"], "loss.label_smoothing", dict(type=float, help="for ground-truth generations")),
+    (["--refinery-bn-train"], "refinery.bn_train", dict(action="store_true", help="the 2018 release's refinery BatchNorm in train mode")),
     (["--labels"], "labels.store", dict(metavar="STORE|static", help="train from a baked label store, or 'static': one refined label per image")),
     (["--label-source"], "labels.source", dict(choices=["live", "store", "static"], help="refined labels from a refinery forward per step (live), a store baked first (store), or one label per image (static)")),
-    (["--top-k"], "labels.top_k", dict(type=int, help="classes kept per crop in a label store")),
-    (["--store-dtype"], "labels.store_dtype", dict(choices=["fp16", "uint8"], help="probabilities in a label store")),
+    (["--top-k"], "store.top_k", dict(type=int, help="classes kept per crop in a label store")),
+    (["--store-dtype"], "store.dtype", dict(choices=["fp16", "uint8"], help="probabilities in a label store")),
     (["--mix"], "mix.kind", dict(choices=["off", "mixup", "cutmix"], help="mix each batch with its reverse; labelled after mixing")),
     (["--mix-alpha"], "mix.alpha", dict(type=float, help="mixing ratio ~ Beta(alpha, alpha)")),
     (["--jitter"], "jitter.enabled", dict(action="store_true", help="adversarial jittering of part of each batch (needs a live refinery)")),
@@ -64,7 +64,7 @@ TRAIN_FLAGS = [
     (["--jitter-grad"], "jitter.grad", dict(choices=["student", "refinery"], help="whose input gradient makes the step")),
     (["--no-jitter-relabel"], "jitter.relabel", dict(action="store_false", help="keep the clean crop's refined label for the jittered crop")),
 ]
-BAKE_KEYS = {"refinery", "seed", "device", "channels_last", "optim.epochs", "labels.temperature", "labels.refinery_temperature", "labels.top_k", "labels.store_dtype"}
+BAKE_KEYS = {"refinery.path", "seed", "device", "channels_last", "optim.epochs", "loss.temperature", "refinery.temperature", "store.top_k", "store.dtype"}
 CHAIN_FLAGS = [
     (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
     (["--refined-epochs"], "chain.refined_epochs", dict(type=int, help="epochs of the refined generations (default: --epochs, as generation 1)")),
@@ -77,7 +77,10 @@ GROUPS = {
     "chain": "chain",
     "data": "data and crops",
     "optim": "optimisation",
-    "labels": "labels and loss",
+    "refinery": "refinery (the model that labels the crops)",
+    "labels": "where labels come from",
+    "loss": "loss",
+    "store": "label store encoding",
     "jitter": "adversarial jittering",
     "mix": "mixing (function matching)",
     "": "model and run",

@@ -75,19 +75,7 @@ def load_dataset(
         ds = PREFIXED[prefix](arg, image_size=image_size, workers=workers)
     else:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
-    if val_split:
-        if not 0 < val_split < len(ds.train):
-            raise UserError(
-                f"val_split must be in 1..{len(ds.train) - 1} images (the training split has {len(ds.train)}), got {val_split}"
-            )
-        order = np.random.default_rng(VAL_SEED).permutation(len(ds.train))
-        ds.val = ds.train.subset(np.sort(order[:val_split]))
-        ds.train = ds.train.subset(np.sort(order[val_split:]))
-    if train_subset:
-        if not 0 < train_subset <= len(ds.train):
-            raise UserError(f"train_subset must be in 1..{len(ds.train)}, got {train_subset}")
-        pos = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(ds.train))[:train_subset])
-        ds.train = ds.train.subset(pos)
+    _choose_images(ds, train_subset, val_split)
     if label_noise:
         if not 0 < label_noise < 1:
             raise UserError(f"label_noise must be a share in [0, 1), got {label_noise}")
@@ -101,6 +89,24 @@ def load_dataset(
     if holdout_fold is not None:
         ds.train = without_fold(ds.train, *holdout_fold)
     return ds
+
+
+def _choose_images(ds: ImageDataset, train_subset: int | None, val_split: int) -> None:
+    """Hold out ``val_split`` training images as ``ds.val``, then keep ``train_subset`` of the rest
+    (both seeded choices, fixed for every run: :data:`VAL_SEED`, :data:`SUBSET_SEED`)."""
+    if val_split:
+        if not 0 < val_split < len(ds.train):
+            raise UserError(
+                f"val_split must be in 1..{len(ds.train) - 1} images (the training split has {len(ds.train)}), got {val_split}"
+            )
+        order = np.random.default_rng(VAL_SEED).permutation(len(ds.train))
+        ds.val = ds.train.subset(np.sort(order[:val_split]))
+        ds.train = ds.train.subset(np.sort(order[val_split:]))
+    if train_subset:
+        if not 0 < train_subset <= len(ds.train):
+            raise UserError(f"train_subset must be in 1..{len(ds.train)}, got {train_subset}")
+        pos = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(ds.train))[:train_subset])
+        ds.train = ds.train.subset(pos)
 
 
 def without_fold(train: Split, k: int, folds: int) -> Split:

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import META
-from ..config import Config, from_dict, merge, read_yaml_mapping, validate
+from ..config import Config, config_from_dict, upgrade, validate
 from ..errors import UserError
 from ..files import atomic_write, write_json
+from ..typed import merge, read_yaml_mapping
 from .stats import mean_std, t_interval
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
@@ -89,12 +90,12 @@ class Experiment:
         return self.out / f"seed{seed}" / arm
 
     def config(self, arm: Arm, seed: int) -> Config:
-        values = merge(self.base, arm.changes)
+        values = merge(upgrade(self.base), upgrade(arm.changes))  # keys of any version (config.LEGACY_KEYS)
         values["seed"] = int(values.get("seed") or 0) + SEED_STRIDE * seed + arm.seed_offset
         if arm.refinery:
             paths = [str(p) for p in self.refinery_paths(arm, seed)]
-            values["refinery"] = paths[0] if len(paths) == 1 else paths
-        cfg = from_dict(Config, values)
+            values.setdefault("refinery", {})["path"] = paths[0] if len(paths) == 1 else paths
+        cfg = config_from_dict(values)
         validate(cfg)
         return cfg
 
@@ -208,7 +209,7 @@ def run_experiment(
 ) -> str:
     """Run (or resume) the arms over the seeds, seed by seed; returns the results' markdown."""
     from ..training.chain import run_chain
-    from ..training.generation import load_data
+    from ..training.setup import load_data
 
     chosen = [exp.arm(a) for a in arms] if arms else list(exp.arms)
     datasets: dict = {}
@@ -250,7 +251,7 @@ def measure_ensemble(exp: Experiment, ref: str, device: str = "cpu", log: Callab
     from ..checkpoint import load_checkpoint
     from ..models.ensemble import ProbabilityEnsemble
     from ..training.engine import evaluate
-    from ..training.generation import load_data
+    from ..training.setup import load_data
 
     name, gen = _split_ref(ref)
     folders = {s: exp.folder(s, name) / gen for s in exp.seeds if (exp.folder(s, name) / gen / META).is_file()}
@@ -324,11 +325,11 @@ def _describe_ref(ref: str, seeds: int) -> str:
 
 def _labels(meta: dict, arm: Arm, seeds: int) -> str:
     """How a generation was labelled, in words for the table."""
-    lab, cfg = meta["labels"], meta["config"]
+    lab, cfg = meta["labels"], upgrade(meta["config"])  # meta.json of any version
     mix = cfg.get("mix", {}).get("kind", "off")
     mixed = f", {mix} (alpha {cfg['mix']['alpha']:g})" if mix != "off" else ""
     if lab["kind"] == "ground-truth":
-        smooth = cfg["labels"].get("label_smoothing", 0)
+        smooth = cfg.get("loss", {}).get("label_smoothing", 0)
         return (f"ground truth, smoothing {smooth:g}" if smooth else "ground truth") + mixed
     g = meta["generation"]
     if g == 1 and arm.refinery:
@@ -337,13 +338,14 @@ def _labels(meta: dict, arm: Arm, seeds: int) -> str:
         source = f"{arm.name}/gen{g - 1}"
     kind = {"static": "static", "store": "per-crop store"}.get(cfg["labels"]["source"], "per-crop")
     words = f"{kind} from {source}"
-    if cfg["labels"]["temperature"] != 1 or cfg["labels"]["gt_weight"]:
-        gt = cfg["labels"]["gt_weight"]
-        words += f", KD T={cfg['labels']['temperature']:g}, soft {1 - gt:g} / gt {gt:g}"
+    loss = {"temperature": 1.0, "gt_weight": 0.0, **cfg.get("loss", {})}
+    if loss["temperature"] != 1 or loss["gt_weight"]:
+        gt = loss["gt_weight"]
+        words += f", KD T={loss['temperature']:g}, soft {1 - gt:g} / gt {gt:g}"
     if cfg.get("jitter", {}).get("enabled"):
         words += ", jitter"
-    if cfg["labels"].get("refinery_temperature") is not None:
-        words += f", refinery T={cfg['labels']['refinery_temperature']:g}"
+    if cfg.get("refinery", {}).get("temperature") is not None:
+        words += f", refinery T={cfg['refinery']['temperature']:g}"
     words += mixed
     return words
 

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from ..checkpoint import META
-from ..config import Config, from_dict
+from ..config import Config, config_from_dict
 from ..data import ImageDataset, fold_of, without_fold
 
 
@@ -41,7 +41,7 @@ def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
     labels = replace(gen1.labels, source="live", store=None)
     return replace(
         gen1,
-        refinery=None,
+        refinery=replace(gen1.refinery, path=None),
         labels=labels,
         jitter=replace(gen1.jitter, enabled=False),
         data=replace(gen1.data, holdout_fold=(k, folds)),
@@ -69,7 +69,7 @@ def train_folds(
     held-out images in ds.train [n_k], the generation folders of its chains, every seed)``."""
     from ..training.chain import run_chain
 
-    gen1 = from_dict(Config, json.loads((Path(gen1_folder) / META).read_text())["config"])
+    gen1 = config_from_dict(json.loads((Path(gen1_folder) / META).read_text())["config"])
     fold = fold_of(len(ds.train), folds)
     out = []
     for k in range(folds):

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import META, load_checkpoint
-from ..config import Config, from_dict
+from ..config import Config, config_from_dict
 from ..data import CropSampler, ImageDataset
 from ..errors import UserError
 from ..labels import refine
@@ -49,7 +49,7 @@ def generations(run: str | Path) -> list[Path]:
 
 
 def _config(gen: Path) -> Config:
-    return from_dict(Config, json.loads((gen / META).read_text())["config"])
+    return config_from_dict(json.loads((gen / META).read_text())["config"])
 
 
 def load_run(
@@ -59,7 +59,7 @@ def load_run(
 ) -> tuple[list[Path], list[torch.nn.Module], ImageDataset, Config]:
     """Generation folders, their models (eval mode), the run's dataset and generation 1's config.
     ``dataset``: the run's data, already loaded (checked like a fresh load)."""
-    from ..training.generation import load_data
+    from ..training.setup import load_data
 
     gens = generations(run)
     cfg = _config(gens[0])

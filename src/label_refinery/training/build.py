@@ -18,7 +18,7 @@ import torch
 
 from .. import distributed
 from ..checkpoint import refinery_sha256
-from ..config import Config, refinery_paths
+from ..config import Config, refinery_paths, refinery_temperature
 from ..data import CropSampler, ImageDataset
 from ..data.mixing import Mix
 from ..errors import UserError
@@ -43,25 +43,19 @@ def store_provenance(refinery: LiveRefinery, fingerprint: str, image_size: int) 
     }
 
 
-def refinery_temperature(cfg: Config) -> float:
-    """The temperature of the refinery's softmax: ``labels.refinery_temperature``, else ``labels.temperature``."""
-    lab = cfg.labels
-    return lab.temperature if lab.refinery_temperature is None else lab.refinery_temperature
-
-
 def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: Callable[[str], None]) -> LiveRefinery:
     refinery = LiveRefinery.from_checkpoints(
         refinery_paths(cfg),
         device,
         cfg.channels_last,
         temperature=refinery_temperature(cfg),
-        bn_train=cfg.labels.refinery_bn_train,
+        bn_train=cfg.refinery.bn_train,
     )
     check_compatible(refinery, ds)
     theirs = refinery.provenance.get("dataset_fingerprint")
     if theirs and theirs != fingerprint:
         log(
-            f"note: the refinery {cfg.refinery} was trained on other data than this run's (dataset fingerprints differ)"
+            f"note: the refinery {cfg.refinery.path} was trained on other data than this run's (dataset fingerprints differ)"
         )
     return refinery
 
@@ -91,8 +85,8 @@ def bake_labels(
         num_classes=ds.num_classes,
         sampler=None if static else sampler,
         epochs=1 if static else cfg.optim.epochs,
-        top_k=min(cfg.labels.top_k, ds.num_classes),
-        prob_dtype=cfg.labels.store_dtype,
+        top_k=min(cfg.store.top_k, ds.num_classes),
+        prob_dtype=cfg.store.dtype,
         batch_size=batch_size,
         device=device,
         channels_last=cfg.channels_last,
@@ -107,7 +101,7 @@ def bake_labels(
 
 def is_ground_truth(cfg: Config) -> bool:
     """Whether a generation learns the dataset's labels (no refinery, no store): generation 1."""
-    return cfg.refinery is None and not cfg.labels.store
+    return cfg.refinery.path is None and not cfg.labels.store
 
 
 def build_step(cfg: Config, ds: ImageDataset, labels, scaler=None) -> Step:
@@ -123,8 +117,8 @@ def build_step(cfg: Config, ds: ImageDataset, labels, scaler=None) -> Step:
                 "jitter needs a live refinery (--refinery CKPT, labels.source=live): it labels the jittered crops"
             )
         transforms.append(Jitter(cfg.jitter, labels, ds.mean, ds.std))
-    temperature = 1.0 if is_ground_truth(cfg) else lab.temperature
-    return Step(make_loss(temperature, lab.gt_weight), _compose(transforms), cfg.channels_last, cfg.amp, scaler)
+    temperature = 1.0 if is_ground_truth(cfg) else cfg.loss.temperature
+    return Step(make_loss(temperature, cfg.loss.gt_weight), _compose(transforms), cfg.channels_last, cfg.amp, scaler)
 
 
 def _compose(transforms: list):
@@ -169,11 +163,11 @@ def build_label_source(
         )
 
     if lab.store:
-        return open_store(lab.store, refinery_sha256(cfg.refinery) if cfg.refinery else None)
+        return open_store(lab.store, refinery_sha256(cfg.refinery.path) if cfg.refinery.path else None)
     if is_ground_truth(cfg):
         if lab.source != "live":
             raise UserError(f"labels.source={lab.source} needs a refinery: pass --refinery CKPT (or --labels STORE)")
-        return GroundTruth(ds.num_classes, lab.label_smoothing)
+        return GroundTruth(ds.num_classes, cfg.loss.label_smoothing)
     refinery = load_refinery(cfg, ds, device, fingerprint, log)
     if lab.source == "live":
         return refinery

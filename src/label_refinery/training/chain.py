@@ -6,7 +6,7 @@ Run folder::
     OUT/gen1/ ... OUT/genN/  one generation folder each (see generation.py)
     OUT/summary.json, OUT/summary.md   the per-generation table
 
-Generation 1 trains on ground truth, unless ``cfg.refinery`` names a checkpoint (for example a
+Generation 1 trains on ground truth, unless ``cfg.refinery.path`` names a checkpoint (for example a
 bigger model trained earlier), which then labels generation 1. ``cfg.chain.models`` may name one
 architecture per generation (e.g. ``[resnet-cifar, cnn-small, cnn-small]``: a ResNet trained on ground
 truth refines a small CNN, which then refines itself). Generation g uses seed ``seed + g - 1``.
@@ -23,9 +23,8 @@ from .. import distributed
 from ..config import Config, save_config
 from ..data import ImageDataset
 from ..files import atomic_write, write_json
-from ..models import check_model_name
-from .generation import load_data, resolve_seed, train_generation
-from .runfolder import check_same_config, has_progress
+from .generation import train_planned
+from .setup import load_data, plan_generation, resolve
 
 COLUMNS = [
     ("generation", "gen"),
@@ -42,7 +41,7 @@ COLUMNS = [
 def generation_config(cfg: Config, out: Path, g: int) -> Config:
     """The config of generation ``g`` (1-based) of the chain ``cfg`` written to ``out``."""
     model = cfg.chain.models[g - 1] if cfg.chain.models else cfg.model
-    refinery = cfg.refinery if g == 1 else str(out / f"gen{g - 1}")
+    refinery = cfg.refinery.path if g == 1 else str(out / f"gen{g - 1}")
     labels = cfg.labels
     jitter = cfg.jitter
     if refinery is None and not labels.store:  # generation 1 on ground truth: nothing to store or jitter
@@ -54,7 +53,7 @@ def generation_config(cfg: Config, out: Path, g: int) -> Config:
     if refinery is not None and cfg.chain.refined_epochs:  # soft targets converge more slowly: a longer schedule
         optim = replace(optim, epochs=cfg.chain.refined_epochs)
     return replace(
-        cfg, model=model, refinery=refinery, seed=cfg.seed + g - 1, labels=labels, jitter=jitter, optim=optim
+        cfg, model=model, refinery=replace(cfg.refinery, path=refinery), seed=cfg.seed + g - 1, labels=labels, jitter=jitter, optim=optim
     )
 
 
@@ -103,11 +102,8 @@ def run_chain(
         >>> rows = run_chain(cfg, "runs/digits")                                        # doctest: +SKIP
         >>> [round(r["test_top1"], 1) for r in rows]                                     # doctest: +SKIP
     """
-    out, cfg = Path(out), resolve_seed(cfg)  # generation 1's seed; generation g adds g - 1
-    if any(has_progress(p) for p in out.glob("gen*")):
-        check_same_config(out, cfg)
-    for name in cfg.chain.models or (cfg.model,):
-        check_model_name(name)
+    out, cfg = Path(out), resolve(cfg)  # generation 1's seed; generation g adds g - 1
+    plan = plan_generation(generation_config(cfg, out, 1), out / "gen1", 1)  # checked before the data load
     ds = dataset or load_data(cfg)
     main = distributed.is_main()  # under torchrun, rank 0 alone writes and logs
     log = log if main else (lambda _: None)
@@ -117,9 +113,9 @@ def run_chain(
     log(f"chain: {cfg.chain.generations} generations of {cfg.optim.epochs} epochs on {ds.name} -> {out}")
     rows = []
     for g in range(1, cfg.chain.generations + 1):
-        meta = train_generation(
-            generation_config(cfg, out, g), out / f"gen{g}", generation=g, dataset=ds, progress=progress, log=log
-        )
+        if g > 1:  # planned once the generation before it (its refinery) has finished
+            plan = plan_generation(generation_config(cfg, out, g), out / f"gen{g}", g)
+        meta = train_planned(plan, ds, progress=progress, log=log)
         rows.append(summary_row(meta, out))
         if main:
             write_json(out / "summary.json", rows)

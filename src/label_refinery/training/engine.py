@@ -222,13 +222,16 @@ def train_one_epoch(
             if after_step is not None:
                 after_step(step, m)  # a checkpoint settles the meters first: never a state after a NaN
             if step % 20 == 0 and not shown.disable:
-                m.settle()
-                shown.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
+                _show(shown, m, lr)
         m.settle()
     except NonFinite:  # found where the meters settled: somewhere since the last settle
         raise _nonfinite("nan or inf", f"{max(first_step, step - every)}..{step - 1}", lr) from None
+    return _epoch_metrics(m, time.perf_counter() - start, lr)
+
+
+def _epoch_metrics(m: Meters, seconds: float, lr: float) -> dict[str, float]:
+    """The epoch's metrics over every process (see :func:`train_one_epoch`)."""
     n, loss_sum, correct, agree = distributed.sum_over_processes([m.images, m.loss_sum, m.correct, m.agree])
-    seconds = time.perf_counter() - start
     if n == 0:
         raise UserError("the training set yields no batch: lower optim.batch_size below the number of training images")
     return {
@@ -240,6 +243,11 @@ def train_one_epoch(
         "seconds": seconds,
         "images_per_s": n / seconds,
     }
+
+
+def _show(bar, m: Meters, lr: float) -> None:
+    m.settle()
+    bar.set_postfix(loss=f"{m.loss_sum / m.images:.3f}", top1=f"{100 * m.correct / m.images:.1f}", lr=f"{lr:.3g}")
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:

@@ -22,14 +22,15 @@ import yaml
 
 from .._version import __version__
 from ..checkpoint import META, STATE, refinery_sha256
-from ..config import Config, merge, to_dict
+from ..config import Config, upgrade
 from ..data import ImageDataset
 from ..errors import UserError
 from ..files import atomic_write
 from ..models import count_parameters
+from ..typed import merge, to_dict
 
 # Keys that may change between a run and its resumption without changing its results.
-_NOT_COMPARED = ("refinery", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every", "eval_every")
+_NOT_COMPARED = ("refinery.path", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every", "eval_every")
 
 
 def comparable(cfg_dict: dict) -> dict:
@@ -48,14 +49,14 @@ def has_progress(folder: Path) -> bool:
     return (folder / META).is_file() or (folder / STATE).is_file()
 
 
-def check_same_config(folder: Path, cfg: Config) -> None:
-    """Refuse to resume (or skip) a run that was made with another config."""
+def check_same_config(folder: Path, values: dict) -> None:
+    """Refuse to resume (or skip) a run that was made with another config (``values``: ``to_dict(cfg)``)."""
     saved_path = folder / "config.yaml"
     if not saved_path.is_file():
         return
     # keys added to the config after the run was made count as their defaults (old runs still resume)
-    saved = comparable(merge(to_dict(Config()), yaml.safe_load(saved_path.read_text()) or {}))
-    now = comparable(to_dict(cfg))
+    saved = comparable(merge(to_dict(Config()), upgrade(yaml.safe_load(saved_path.read_text()) or {})))
+    now = comparable(values)
     if saved != now:
         diffs = _diff(saved, now)
         raise UserError(
@@ -97,8 +98,8 @@ def metrics_upto(path: Path, last_epoch: int) -> list[dict]:
 
 def _current_refinery_sha(cfg: Config) -> str | None:
     """SHA-256 of the refinery this config names: its checkpoint, or the one a named store was baked by."""
-    if cfg.refinery:
-        return refinery_sha256(cfg.refinery)
+    if cfg.refinery.path:
+        return refinery_sha256(cfg.refinery.path)
     if cfg.labels.store:
         manifest = Path(cfg.labels.store) / "manifest.json"
         return json.loads(manifest.read_text()).get("refinery_sha256") if manifest.is_file() else None
@@ -115,12 +116,11 @@ def check_same_refinery(folder: Path, recorded: str | None, cfg: Config) -> None
         )
 
 
-def final_meta(
-    cfg: Config, ds: ImageDataset, student, generation: int, labels_info: dict, metrics: dict, fingerprint: str
-) -> dict:
+def final_meta(plan, ds: ImageDataset, student, labels_info: dict, metrics: dict, fingerprint: str) -> dict:
+    """meta.json of a finished generation (``plan``: its :class:`~label_refinery.training.setup.Plan`)."""
     return {
-        "generation": generation,
-        "model": cfg.model,
+        "generation": plan.generation,
+        "model": plan.cfg.model,
         "parameters": count_parameters(student),
         "in_chans": ds.in_chans,
         "classes": ds.classes,
@@ -129,19 +129,12 @@ def final_meta(
         "std": list(ds.std),
         "dataset": ds.name,
         "dataset_fingerprint": fingerprint,
-        "config": to_dict(cfg),
+        "config": plan.values,
         "labels": labels_info,
         "metrics": metrics,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"label_refinery": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-
-
-def finished_meta(folder: Path) -> dict:
-    """The metadata of a finished generation (its refinery checked by the caller)."""
-    meta = json.loads((folder / META).read_text())
-    (folder / STATE).unlink(missing_ok=True)  # left behind if a crash followed the final save
-    return meta
 
 
 def final_metrics(history: list[dict], clean: dict, folder: Path, epochs: int) -> dict:
