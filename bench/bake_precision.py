@@ -19,7 +19,8 @@ import torch
 
 from label_refinery.checkpoint import load_checkpoint
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.labels.store import StoredLabels, bake
+from label_refinery.labels.bake import bake
+from label_refinery.labels.store import StoredLabels
 
 
 def main() -> None:

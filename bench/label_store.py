@@ -33,7 +33,8 @@ from torch import nn
 from label_refinery.config import JitterConfig, OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import GroundTruth, LiveRefinery
-from label_refinery.labels.store import StoredLabels, bake
+from label_refinery.labels.bake import bake
+from label_refinery.labels.store import StoredLabels
 from label_refinery.models import create_model
 from label_refinery.training.engine import Step, lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.training.jitter import Jitter

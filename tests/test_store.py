@@ -9,8 +9,10 @@ from label_refinery import UserError, load_config, run_chain
 from label_refinery.config import OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
+from label_refinery.labels import bake as bake_mod
 from label_refinery.labels import store as store_mod
-from label_refinery.labels.store import StoredLabels, bake, expand_topk, index_dtype
+from label_refinery.labels.bake import bake
+from label_refinery.labels.store import StoredLabels, expand_topk, index_dtype
 from label_refinery.models import create_model
 from label_refinery.training.engine import lr_schedule, make_optimizer, train_one_epoch
 
@@ -154,7 +156,7 @@ class _Flaky(nn.Module):
 
 def test_interrupted_bake_resumes_to_identical_arrays(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
-    monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
+    monkeypatch.setattr(bake_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
     with pytest.raises(_Crash):  # the 20th batch is in the middle of epoch 2 (15 batches per epoch)
         _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100)
     assert not (tmp_path / "resumed/manifest.json").exists()
@@ -245,7 +247,7 @@ def test_expansion_never_ranks_a_top_k_class_below_the_rest():
 
 def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
-    monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(bake_mod, "FLUSH_SECONDS", 0.0)
     with pytest.raises(_Crash):
         _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100, provenance={
             "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"})

@@ -23,7 +23,8 @@ from ..data import CropSampler, ImageDataset
 from ..data.mixing import Mix
 from ..errors import UserError
 from ..labels import GroundTruth, LiveRefinery, check_compatible
-from ..labels.store import StoredLabels, bake
+from ..labels.bake import bake
+from ..labels.store import StoredLabels
 from ..losses import make_loss
 from .engine import Step
 from .jitter import Jitter
@@ -179,7 +180,7 @@ def build_label_source(
         return refinery
     static = lab.source == "static"
     store_dir = Path(folder) / STORE_DIRS[lab.source]
-    # every process bakes its share of the batches (store.py); rank 0 writes the manifest when all are done
+    # every process bakes its share of the batches (bake.py); rank 0 writes the manifest when all are done
     bake_labels(
         cfg, ds, refinery, store_dir, sampler=sampler, static=static, device=device, fingerprint=fingerprint,
         progress=progress, log=log,
