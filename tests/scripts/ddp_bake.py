@@ -34,7 +34,7 @@ if kill_after and distributed.rank() == 1:
 torch.manual_seed(0)
 model = create_model("cnn-small", 1, 10)  # the same weights in every process
 ds = load_dataset("digits")
-bake.bake(model, ds.train, out, num_classes=10, sampler=CropSampler(1, (0.25, 1.0)), epochs=3, batch_size=64,
+bake.bake(model, ds.train, out, bake.BakeSpec(num_classes=10, epochs=3, batch_size=64), sampler=CropSampler(1, (0.25, 1.0)),
           shard=distributed.shard(), log=lambda _: None)  # fmt: skip
 distributed.barrier()
 distributed.teardown()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -179,29 +180,45 @@ def _resume_point(out: Path, rank: int, world: int) -> tuple[int, int, int | Non
     return (min((p.get("epoch", 0) for p in others), default=0), 0, None)
 
 
+@dataclass(frozen=True)
+class BakeSpec:
+    """The settings of one :func:`bake`: what the store holds and how its labels are computed.
+
+    Everything but ``batch_size`` and ``channels_last`` is recorded in ``bake.json`` and the
+    manifest (a bake resumes, and a finished store is reused, only with the same record).
+
+    Example:
+        >>> spec = BakeSpec(num_classes=10, epochs=10, prob_dtype="uint8")
+        >>> spec.top_k, spec.batch_size
+        (5, 512)
+    """
+
+    num_classes: int
+    epochs: int  # of crops (the sampler's epochs 0..epochs-1); 1 for static labels
+    top_k: int = 5  # classes kept per crop, 1..num_classes
+    prob_dtype: str = "fp16"  # stored probabilities: "fp16" or "uint8" (PROB_DTYPES)
+    temperature: float = 1.0  # of the refinery's softmax
+    bf16: bool = False  # the refinery in bfloat16 autocast
+    batch_size: int = 512  # images per refinery forward (a resumed bake may use another)
+    channels_last: bool = True  # the refinery and its inputs in channels_last memory format
+    provenance: dict | None = None  # manifest entries the reader checks: refinery, dataset fingerprint, image size
+
+
 def bake(
     model: torch.nn.Module,
     split: Split,
     out: str | Path,
+    spec: BakeSpec,
     *,
-    num_classes: int,
     sampler: CropSampler | None,
-    epochs: int,
-    top_k: int = 5,
-    prob_dtype: str = "fp16",
-    batch_size: int = 512,
     device: torch.device | str = "cpu",
-    channels_last: bool = True,
-    bf16: bool = False,
-    temperature: float = 1.0,
-    provenance: dict | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Label every (epoch, image) crop of ``split`` with ``model`` and write a store; returns the manifest.
 
-    ``sampler=None`` bakes static labels (one evaluation view per image, ``epochs`` must be 1).
+    ``sampler=None`` bakes static labels (one evaluation view per image, ``spec.epochs`` must be 1).
     Re-running an interrupted bake with the same arguments resumes at the last flushed batch; a
     finished store (manifest present) with the same settings is returned as is. ``shard = (rank,
     world)``: every process of a torchrun group calls this and labels its share (:class:`_Bake`);
@@ -209,37 +226,43 @@ def bake(
 
     Example:
         >>> ref = load_checkpoint("runs/demo/gen1")                                       # doctest: +SKIP
-        >>> bake(ref.build_model(), ds.train, "runs/store", num_classes=10,               # doctest: +SKIP
-        ...      sampler=CropSampler(1, (0.25, 1)), epochs=10)
+        >>> bake(ref.build_model(), ds.train, "runs/store", BakeSpec(num_classes=10, epochs=10),  # doctest: +SKIP
+        ...      sampler=CropSampler(1, (0.25, 1)))
     """
     out = Path(out)
-    spec = _store_spec(split, sampler, epochs, top_k, num_classes, prob_dtype, bf16, temperature, provenance)
+    store_spec = _store_spec(split, sampler, spec)
     if (out / "manifest.json").is_file():
-        return _finished_store(out, spec, log)
-    state = _Bake(out, spec, split.ids.numpy(), shard)
+        return _finished_store(out, store_spec, log)
+    state = _Bake(out, store_spec, split.ids.numpy(), shard)
     if state.epoch or state.batch:
         log(f"label store {out}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
     model = model.requires_grad_(False).eval().to(device)
-    if channels_last:
+    if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
-    done = state.fill(model, split, sampler, batch_size, device, channels_last, progress)
+    done = state.fill(model, split, sampler, spec.batch_size, device, spec.channels_last, progress)
     if state.rank:
         distributed.wait_for(out / "manifest.json")  # rank 0 writes it when every rank is done
         return json.loads((out / "manifest.json").read_text())
     state.wait_for_ranks()
-    seconds = time.perf_counter() - start
-    sizes = split.image_sizes() if sampler is not None else None
-    digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
-    manifest = {**spec, "shape": list(state.indices.shape), "crop_digests": digests, "processes": state.world,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "bake_images_per_s": done * state.world / seconds if done else None}  # fmt: skip
-    write_json(out / "manifest.json", manifest)
+    manifest = _write_manifest(state, split, sampler, done, time.perf_counter() - start)
     log(
-        f"label store {out}: {epochs} x {len(split)} crops, top-{top_k}, "
-        f"{estimate_bytes(epochs, len(split), num_classes, top_k, prob_dtype) / 2**20:.1f} MiB"
+        f"label store {out}: {spec.epochs} x {len(split)} crops, top-{spec.top_k}, "
+        f"{estimate_bytes(spec.epochs, len(split), spec.num_classes, spec.top_k, spec.prob_dtype) / 2**20:.1f} MiB"
         + (f", baked by {state.world} processes" if state.world > 1 else "")
     )
+    return manifest
+
+
+def _write_manifest(state: _Bake, split: Split, sampler: CropSampler | None, done: int, seconds: float) -> dict:
+    """Rank 0, every rank done: the store's spec with its shape, crop digests and speed, written last."""
+    sizes = split.image_sizes() if sampler is not None else None
+    epochs = state.spec["epochs"]
+    digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
+    manifest = {**state.spec, "shape": list(state.indices.shape), "crop_digests": digests, "processes": state.world,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "bake_images_per_s": done * state.world / seconds if done else None}  # fmt: skip
+    write_json(state.out / "manifest.json", manifest)
     return manifest
 
 
@@ -252,18 +275,9 @@ def _finished_store(out: Path, spec: dict, log: Callable[[str], None]) -> dict:
     return manifest
 
 
-def _store_spec(
-    split: Split,
-    sampler: CropSampler | None,
-    epochs: int,
-    top_k: int,
-    num_classes: int,
-    prob_dtype: str,
-    bf16: bool,
-    temperature: float,
-    provenance: dict | None,
-) -> dict:
+def _store_spec(split: Split, sampler: CropSampler | None, spec: BakeSpec) -> dict:
     """What a store holds (the manifest without its results), checked before baking."""
+    epochs, top_k, num_classes, prob_dtype = spec.epochs, spec.top_k, spec.num_classes, spec.prob_dtype
     if sampler is None and epochs != 1:
         raise ValueError("static labels have one epoch")
     if not 1 <= top_k <= num_classes:
@@ -281,9 +295,9 @@ def _store_spec(
         "index_dtype": index_dtype(num_classes).name,
         "prob_dtype": prob_dtype,
         "prob_dtype_numpy": np.dtype(PROB_DTYPES[prob_dtype]).name,
-        "bf16": bf16,
-        "temperature": temperature,
-        **(provenance or {}),
+        "bf16": spec.bf16,
+        "temperature": spec.temperature,
+        **(spec.provenance or {}),
     }
 
 
