@@ -324,7 +324,9 @@ def cmd_report(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    from ..study.experiment import load_experiment, run_experiment, write_results
+    from ..study.run import run_experiment
+    from ..study.spec import load_experiment
+    from ..study.tables import write_results
 
     exp = load_experiment(args.file, args.out)
     if args.threads:
