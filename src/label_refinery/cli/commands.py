@@ -276,21 +276,18 @@ def cmd_analyze(args) -> None:
 
 
 def cmd_audit(args) -> None:
-    from ..tools.audit import audit_run
+    from ..tools.audit import AuditSpec, audit_run
     from ..training.generation import resolve_device
 
-    audit_run(
-        args.run,
-        out=args.out,
+    spec = AuditSpec(
         folds=args.folds,
         fold_generations=args.fold_generations,
         fold_seeds=args.fold_seeds,
         rank=args.rank,
         crops_per_image=args.crops,
         html_rows=args.html_rows,
-        device=str(resolve_device(args.device)),
-        progress=_progress(args),
     )
+    audit_run(args.run, spec, out=args.out, device=str(resolve_device(args.device)), progress=_progress(args))
 
 
 def cmd_relabel(args) -> None:
