@@ -32,7 +32,7 @@ import numpy as np
 
 from label_refinery import load_config, run_chain
 from label_refinery.tools import quality
-from label_refinery.tools.audit import audit_run
+from label_refinery.tools.audit import AuditSpec, audit_run
 from label_refinery.tools.relabel import relabel
 
 
@@ -61,12 +61,12 @@ def one(args, rate: float, seed: int, log) -> dict:
         overrides["data.train_subset"] = args.train_subset
     t0 = time.time()
     rows = run_chain(load_config(overrides=overrides), out / "noisy", log=log)
-    audit_run(out / "noisy", out=out / "in-sample", html_rows=1, log=log)
-    audit_run(out / "noisy", out=out / "held-out", folds=args.folds, html_rows=1, log=log)
+    audit_run(out / "noisy", AuditSpec(html_rows=1), out=out / "in-sample", log=log)
+    audit_run(out / "noisy", AuditSpec(folds=args.folds, html_rows=1), out=out / "held-out", log=log)
     names = ["in-sample", "held-out"]
     if args.fold_seeds > 1:  # each fold an ensemble over seeds (the first seed's fold chains are reused)
         names.append(f"held-out x{args.fold_seeds} seeds")
-        audit_run(out / "noisy", out=out / names[-1], folds=args.folds, fold_seeds=args.fold_seeds, html_rows=1, log=log)
+        audit_run(out / "noisy", AuditSpec(folds=args.folds, fold_seeds=args.fold_seeds, html_rows=1), out=out / names[-1], log=log)
     flipped = {int(r["index"]) for r in csv.DictReader(open(out / "noisy/gen1/label-noise.csv"))}
     from label_refinery.training.setup import load_data
 

@@ -19,7 +19,8 @@ import torch
 
 from label_refinery.checkpoint import load_checkpoint
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.labels.store import StoredLabels, bake
+from label_refinery.labels.bake import BakeSpec, bake
+from label_refinery.labels.store import StoredLabels
 
 
 def main() -> None:
@@ -37,9 +38,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, bf16 in (("fp32", False), ("bf16", True)):
             start = time.perf_counter()
-            bake(ckpt.build_model(), ds.train, f"{tmp}/{name}", num_classes=len(ckpt.meta["classes"]), sampler=sampler,
-                 epochs=a.epochs, top_k=5, bf16=bf16, log=lambda _: None,
-                 provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": ds.image_size})
+            spec = BakeSpec(num_classes=len(ckpt.meta["classes"]), epochs=a.epochs, top_k=5, bf16=bf16,
+                            provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": ds.image_size})
+            bake(ckpt.build_model(), ds.train, f"{tmp}/{name}", spec, sampler=sampler, log=lambda _: None)
             speed[name] = a.epochs * len(ds.train) / (time.perf_counter() - start)
             s = StoredLabels(f"{tmp}/{name}")
             stores[name] = (np.asarray(s.indices).astype(np.int64), np.asarray(s.probs).astype(np.float32))

@@ -25,7 +25,7 @@ def worker(out: str, images: int, epochs: int, model: str) -> None:
 
     from label_refinery import distributed
     from label_refinery.data import CropSampler, load_dataset
-    from label_refinery.labels import store
+    from label_refinery.labels.bake import BakeSpec, bake
     from label_refinery.models import create_model
 
     distributed.setup("cpu")
@@ -34,8 +34,8 @@ def worker(out: str, images: int, epochs: int, model: str) -> None:
     ds = load_dataset("fashion-mnist", train_subset=images)
     distributed.barrier()
     t0 = time.perf_counter()
-    store.bake(net, ds.train, out, num_classes=10, sampler=CropSampler(1, (0.25, 1.0)), epochs=epochs,
-               batch_size=256, shard=distributed.shard(), log=lambda _: None)  # fmt: skip
+    bake(net, ds.train, out, BakeSpec(num_classes=10, epochs=epochs, batch_size=256), sampler=CropSampler(1, (0.25, 1.0)),
+         shard=distributed.shard(), log=lambda _: None)  # fmt: skip
     distributed.barrier()
     if distributed.is_main():
         Path(out, "seconds.txt").write_text(str(time.perf_counter() - t0))

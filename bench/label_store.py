@@ -25,6 +25,7 @@ import copy
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,8 @@ from torch import nn
 from label_refinery.config import JitterConfig, OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import GroundTruth, LiveRefinery
-from label_refinery.labels.store import StoredLabels, bake
+from label_refinery.labels.bake import BakeSpec, bake
+from label_refinery.labels.store import StoredLabels
 from label_refinery.models import create_model
 from label_refinery.training.engine import Step, lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.training.jitter import Jitter
@@ -86,8 +88,8 @@ def run(refinery_name: str, ds, args) -> list[str]:
     rows, results = [], {}
     provenance = {"dataset_fingerprint": ds.fingerprint(), "image_size": 28}
     with tempfile.TemporaryDirectory() as tmp:
-        bake(refinery, ds.train, f"{tmp}/store", num_classes=10, sampler=sampler, epochs=args.repeats + 1, top_k=5,
-             batch_size=args.bake_batch, log=lambda _: None, provenance=provenance)
+        spec = BakeSpec(num_classes=10, epochs=args.repeats + 1, top_k=5, batch_size=args.bake_batch, provenance=provenance)
+        bake(refinery, ds.train, f"{tmp}/store", spec, sampler=sampler, log=lambda _: None)
         stored = StoredLabels(f"{tmp}/store")
         nbytes = stored.indices.nbytes + stored.probs.nbytes
         per_crop = nbytes / (stored.indices.shape[0] * stored.indices.shape[1])
@@ -95,8 +97,7 @@ def run(refinery_name: str, ds, args) -> list[str]:
         bake_rates, infer_rates = [], []
         for r in range(3):
             t0 = time.perf_counter()
-            bake(refinery, ds.train, f"{tmp}/timed{r}", num_classes=10, sampler=sampler, epochs=1, top_k=5,
-                 batch_size=args.bake_batch, log=lambda _: None, provenance=provenance)
+            bake(refinery, ds.train, f"{tmp}/timed{r}", replace(spec, epochs=1), sampler=sampler, log=lambda _: None)
             bake_rates.append(len(ds.train) / (time.perf_counter() - t0))
             infer_rates.append(pure_inference_rate(refinery, ds, sampler, args.bake_batch))
         bake_rate, infer_rate = statistics.median(bake_rates), statistics.median(infer_rates)

@@ -17,7 +17,8 @@ from label_refinery.config import refinery_paths
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.files import sha256_file
 from label_refinery.labels import LiveRefinery
-from label_refinery.study.experiment import load_experiment, run_experiment, stages
+from label_refinery.study.run import run_experiment, stages
+from label_refinery.study.spec import load_experiment
 
 BASE = ["--dataset", "digits", "--train-subset", "300", "--epochs", "1", "--batch-size", "64", "--no-progress"]
 

@@ -12,7 +12,9 @@ import yaml
 from label_refinery import UserError, load_config, run_chain
 from label_refinery.cli import main
 from label_refinery.data import load_dataset
-from label_refinery.study.experiment import SEED_STRIDE, load_experiment, mean_std, run_experiment
+from label_refinery.study.run import run_experiment
+from label_refinery.study.spec import SEED_STRIDE, load_experiment
+from label_refinery.study.stats import mean_std
 from label_refinery.tools.analysis import distractor_mass
 
 
@@ -131,7 +133,7 @@ def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
 
 
 def test_t_interval_matches_the_t_distribution():
-    from label_refinery.study.experiment import t_interval
+    from label_refinery.study.stats import t_interval
 
     values = [0.3, -0.1, 0.4, 0.2, 0.5]  # n = 5: t(0.975, 4) = 2.776
     m, half = t_interval(values)

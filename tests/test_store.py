@@ -9,8 +9,10 @@ from label_refinery import UserError, load_config, run_chain
 from label_refinery.config import OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
+from label_refinery.labels import bake as bake_mod
 from label_refinery.labels import store as store_mod
-from label_refinery.labels.store import StoredLabels, bake, expand_topk, index_dtype
+from label_refinery.labels.bake import BakeSpec, bake
+from label_refinery.labels.store import StoredLabels, expand_topk, index_dtype
 from label_refinery.models import create_model
 from label_refinery.training.engine import lr_schedule, make_optimizer, train_one_epoch
 
@@ -38,10 +40,10 @@ def refinery(digits):
     return model.eval()
 
 
-def _bake(model, ds, out, **kw):
-    args = dict(num_classes=10, sampler=SAMPLER, epochs=2, top_k=10, log=lambda _: None, provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": 8})
+def _bake(model, ds, out, log=lambda _: None, **kw):
+    args = dict(num_classes=10, epochs=2, top_k=10, provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": 8})
     args.update(kw)
-    return bake(model, ds.train, out, **args)
+    return bake(model, ds.train, out, BakeSpec(**args), sampler=SAMPLER, log=log)
 
 
 def _open(path, ds, **kw):
@@ -154,7 +156,7 @@ class _Flaky(nn.Module):
 
 def test_interrupted_bake_resumes_to_identical_arrays(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
-    monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
+    monkeypatch.setattr(bake_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
     with pytest.raises(_Crash):  # the 20th batch is in the middle of epoch 2 (15 batches per epoch)
         _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100)
     assert not (tmp_path / "resumed/manifest.json").exists()
@@ -178,8 +180,9 @@ def test_more_than_65535_classes_keep_exact_indices(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
     with torch.no_grad():
         model[1].bias[65_536:] += 5.0  # the top classes all lie beyond uint16
-    manifest = bake(model, ds.train, tmp_path / "big", num_classes=C, sampler=SAMPLER, epochs=1, top_k=3, channels_last=False,
-                    log=lambda _: None, provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": 8})
+    spec = BakeSpec(num_classes=C, epochs=1, top_k=3, channels_last=False,
+                    provenance={"dataset_fingerprint": ds.fingerprint(), "image_size": 8})
+    manifest = bake(model, ds.train, tmp_path / "big", spec, sampler=SAMPLER, log=lambda _: None)
     assert manifest["index_dtype"] == "int32"
     stored = np.load(tmp_path / "big/indices.npy")[0]
     batch = next(ds.train.iter_batches(24, epoch=0, crops=SAMPLER))
@@ -189,8 +192,8 @@ def test_more_than_65535_classes_keep_exact_indices(tmp_path):
 
 
 def test_static_labels_are_identical_across_crops(tmp_path, digits, refinery):
-    bake(refinery, digits.train, tmp_path / "static", num_classes=10, sampler=None, epochs=1, top_k=10,
-         log=lambda _: None, provenance={"dataset_fingerprint": digits.fingerprint(), "image_size": 8})
+    spec = BakeSpec(num_classes=10, epochs=1, top_k=10, provenance={"dataset_fingerprint": digits.fingerprint(), "image_size": 8})
+    bake(refinery, digits.train, tmp_path / "static", spec, sampler=None, log=lambda _: None)
     stored = _open(tmp_path / "static", digits, sampler=CropSampler(seed=99), epochs=7)  # any crops, any epochs
     a = next(digits.train.iter_batches(32, epoch=0, crops=CropSampler(seed=99)))
     b = next(digits.train.iter_batches(32, epoch=5, crops=CropSampler(seed=99)))
@@ -223,8 +226,8 @@ def test_train_from_a_named_store_reruns_as_a_skip(tmp_path, digits):
     from label_refinery.training.build import store_provenance
 
     live = LiveRefinery.from_checkpoint(tmp_path / "g1")
-    bake(live.model, digits.train, tmp_path / "store", num_classes=10, sampler=CropSampler(1, (0.25, 1.0)), epochs=1,
-         log=lambda _: None, provenance=store_provenance(live, digits.fingerprint(), 8))
+    spec = BakeSpec(num_classes=10, epochs=1, provenance=store_provenance(live, digits.fingerprint(), 8))
+    bake(live.model, digits.train, tmp_path / "store", spec, sampler=CropSampler(1, (0.25, 1.0)), log=lambda _: None)
     cfg = load_config(overrides={**fast, "seed": 1, "labels.store": str(tmp_path / "store"), "labels.source": "store"})
     first = train_generation(cfg, tmp_path / "g2", dataset=digits, log=lambda _: None)
     assert first["labels"]["sha256"] == load_checkpoint(tmp_path / "g1").sha256
@@ -245,7 +248,7 @@ def test_expansion_never_ranks_a_top_k_class_below_the_rest():
 
 def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
-    monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(bake_mod, "FLUSH_SECONDS", 0.0)
     with pytest.raises(_Crash):
         _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100, provenance={
             "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"})

@@ -14,15 +14,15 @@ import torch
 
 from label_refinery import distributed
 from label_refinery.data import CropSampler, load_dataset
-from label_refinery.labels import store
+from label_refinery.labels import bake
 from label_refinery.models import create_model
 
 out = sys.argv[1]
 kill_after = int(sys.argv[sys.argv.index("--kill-after") + 1]) if "--kill-after" in sys.argv else 0
 distributed.setup("cpu")
-store.FLUSH_SECONDS = 0.0  # progress after every batch: a kill loses nothing flushed
+bake.FLUSH_SECONDS = 0.0  # progress after every batch: a kill loses nothing flushed
 if kill_after and distributed.rank() == 1:
-    flush, count = store._Bake.flush, [0]
+    flush, count = bake._Bake.flush, [0]
 
     def flush_then_die(self, epoch, batch):
         flush(self, epoch, batch)
@@ -30,11 +30,11 @@ if kill_after and distributed.rank() == 1:
         if count[0] == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    store._Bake.flush = flush_then_die
+    bake._Bake.flush = flush_then_die
 torch.manual_seed(0)
 model = create_model("cnn-small", 1, 10)  # the same weights in every process
 ds = load_dataset("digits")
-store.bake(model, ds.train, out, num_classes=10, sampler=CropSampler(1, (0.25, 1.0)), epochs=3, batch_size=64,
-           shard=distributed.shard(), log=lambda _: None)  # fmt: skip
+bake.bake(model, ds.train, out, bake.BakeSpec(num_classes=10, epochs=3, batch_size=64), sampler=CropSampler(1, (0.25, 1.0)),
+          shard=distributed.shard(), log=lambda _: None)  # fmt: skip
 distributed.barrier()
 distributed.teardown()

@@ -203,7 +203,7 @@ def cmd_bake(args) -> None:
     from .. import distributed
     from ..config import load_config
     from ..labels.store import bytes_per_crop, estimate_bytes
-    from ..training.build import bake_labels, load_refinery
+    from ..training.build import bake_labels, bake_spec, load_refinery
     from ..training.setup import crop_sampler, load_data, resolve_device, resolve_seed
 
     cfg = resolve_seed(load_config(args.config, _overrides(args)))  # the seed a default `train --refinery` uses
@@ -212,28 +212,25 @@ def cmd_bake(args) -> None:
     distributed.setup(cfg.device)  # torchrun: every process labels its share of the batches
     say = print if distributed.is_main() else (lambda *_: None)
     ds = load_data(cfg)
-    epochs = 1 if args.static else cfg.optim.epochs
-    top_k = min(cfg.store.top_k, ds.num_classes)
-    size = estimate_bytes(epochs, len(ds.train), ds.num_classes, top_k, cfg.store.dtype)
-    per_crop = bytes_per_crop(ds.num_classes, top_k, cfg.store.dtype)
+    sampler = None if args.static else crop_sampler(cfg)  # static: one label per image
+    spec = bake_spec(cfg, ds, sampler, batch_size=args.bake_batch_size, bf16=args.bf16)
+    size = estimate_bytes(spec.epochs, len(ds.train), ds.num_classes, spec.top_k, spec.prob_dtype)
+    per_crop = bytes_per_crop(ds.num_classes, spec.top_k, spec.prob_dtype)
     say(
-        f"label store: {epochs} epoch(s) x {len(ds.train)} images x top-{top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)"
+        f"label store: {spec.epochs} epoch(s) x {len(ds.train)} images x top-{spec.top_k} = {size / 2**20:.1f} MiB ({per_crop} bytes per crop)"
     )
     if args.estimate:
         return
     device, fingerprint = resolve_device(cfg.device), ds.fingerprint()
     refinery = load_refinery(cfg, ds, device, fingerprint, say)
     manifest = bake_labels(
-        cfg,
         ds,
         refinery,
         args.out,
-        sampler=crop_sampler(cfg),
-        static=args.static,
+        spec,
+        sampler=sampler,
         device=device,
         fingerprint=fingerprint,
-        batch_size=args.bake_batch_size,
-        bf16=args.bf16,
         progress=_progress(args) and distributed.is_main(),
         log=say,
     )
@@ -279,21 +276,18 @@ def cmd_analyze(args) -> None:
 
 
 def cmd_audit(args) -> None:
-    from ..tools.audit import audit_run
+    from ..tools.audit import AuditSpec, audit_run
     from ..training.setup import resolve_device
 
-    audit_run(
-        args.run,
-        out=args.out,
+    spec = AuditSpec(
         folds=args.folds,
         fold_generations=args.fold_generations,
         fold_seeds=args.fold_seeds,
         rank=args.rank,
         crops_per_image=args.crops,
         html_rows=args.html_rows,
-        device=str(resolve_device(args.device)),
-        progress=_progress(args),
     )
+    audit_run(args.run, spec, out=args.out, device=str(resolve_device(args.device)), progress=_progress(args))
 
 
 def cmd_relabel(args) -> None:
@@ -327,7 +321,9 @@ def cmd_report(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    from ..study.experiment import load_experiment, run_experiment, write_results
+    from ..study.run import run_experiment
+    from ..study.spec import load_experiment
+    from ..study.tables import write_results
 
     exp = load_experiment(args.file, args.out)
     if args.threads:

@@ -74,7 +74,7 @@ EXAMPLES = {
   label-refinery experiment configs/claims/fashion-mnist.yaml --table         # rebuild results.md only
 
   The file names a base config, arms (changes of the base; `refinery: ARM/genK` refines with another
-  arm's generation of the same seed) and seeds; see label_refinery/study/experiment.py. Results:
+  arm's generation of the same seed) and seeds; see label_refinery/study/spec.py. Results:
   OUT/results.md (mean ± std over seeds, paired differences) and OUT/results.json.""",
     "evaluate": """examples:
   label-refinery evaluate runs/chain/gen2                  # test split of the checkpoint's dataset

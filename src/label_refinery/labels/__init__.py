@@ -5,7 +5,7 @@
   refinery is frozen (``requires_grad_(False)``), in eval mode and run under ``inference_mode``. It
   may be an ensemble of checkpoints, averaged in probability (``LiveRefinery.from_checkpoints``).
 - :class:`~label_refinery.labels.store.StoredLabels`: the same labels read from a baked label store
-  (``store.py``), per crop or static (one per image).
+  (``store.py``; ``bake.py`` writes it), per crop or static (one per image).
 
 ``build.py`` picks the source a generation's config asks for.
 

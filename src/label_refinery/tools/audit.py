@@ -31,6 +31,7 @@ joint's estimate of how many labels are wrong per (given, true) class pair.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,28 +47,46 @@ from .probe import analysis_sampler, load_run, refined, to_pictures
 RANKINGS = ("self_confidence", "normalized_margin")
 
 
+@dataclass(frozen=True)
+class AuditSpec:
+    """How :func:`audit_run` scores and orders the training images (the ``audit`` command's flags).
+
+    Example:
+        >>> AuditSpec(folds=5, fold_seeds=2).rank
+        'self_confidence'
+    """
+
+    folds: int = 0  # held-out scores from that many fold chains (folds.py); 0: the chain's own generations
+    fold_generations: int = 1  # generations per fold chain
+    fold_seeds: int = 1  # seeds per fold chain, their probabilities averaged (an ensemble over seeds)
+    rank: str = "self_confidence"  # the order of audit.csv (RANKINGS), lowest first
+    crops_per_image: int = 4  # fixed random crops per image, beside the whole image
+    html_rows: int = 100  # the images shown in audit.html
+    batch_size: int = 256
+
+
 def audit_run(
     run: str | Path,
+    spec: AuditSpec = AuditSpec(),
     *,
     out: str | Path | None = None,
-    folds: int = 0,
-    fold_generations: int = 1,
-    fold_seeds: int = 1,
-    rank: str = "self_confidence",
-    crops_per_image: int = 4,
-    html_rows: int = 100,
-    batch_size: int = 256,
     device: str = "cpu",
     progress: bool = False,
     log=print,
 ) -> Path:
     """Score every training image; write ``audit.csv`` (all images, most suspicious first),
-    ``audit.html`` (the top ``html_rows``, with accept/reject per row), ``probs.npy`` and
-    ``summary.json``; returns the output folder. ``folds``: held-out scores from that many fold
-    chains (:mod:`label_refinery.tools.folds`), each trained ``fold_seeds`` times (an ensemble over seeds);
-    0: the chain's own generations (in-sample)."""
+    ``audit.html`` (the top ``spec.html_rows``, with accept/reject per row), ``probs.npy`` and
+    ``summary.json``; returns the output folder. ``spec.folds``: held-out scores from that many fold
+    chains (:mod:`label_refinery.tools.folds`), each trained ``spec.fold_seeds`` times (an ensemble over
+    seeds); 0: the chain's own generations (in-sample).
+
+    Example:
+        >>> audit_run("runs/fmnist", AuditSpec(folds=5))                        # doctest: +SKIP
+        PosixPath('runs/fmnist/audit')
+    """
     from ..errors import UserError
 
+    folds, fold_generations, fold_seeds, rank = spec.folds, spec.fold_generations, spec.fold_seeds, spec.rank
     if rank not in RANKINGS:
         raise UserError(f"--rank must be one of {', '.join(RANKINGS)}, got {rank!r}")
     gens, models, ds, cfg = load_run(run, device)
@@ -80,7 +99,7 @@ def audit_run(
         raise UserError(f"--fold-seeds must be at least 1, got {fold_seeds}")
     scorers = _scorers(run, gens, models, ds, folds, fold_generations, fold_seeds, device, progress, log)
     sampler = analysis_sampler(cfg)
-    probs, crop_wrong = _probabilities(out, scorers, ds, sampler, crops_per_image, batch_size, device, progress, folds)
+    probs, crop_wrong = _probabilities(out, scorers, ds, sampler, spec, device, progress)
     y = ds.train.targets.numpy()
     table = _table(probs, y, crop_wrong, c)
     order = np.argsort(table[rank], kind="stable")  # lowest quality first
@@ -90,7 +109,7 @@ def audit_run(
     write_json(out / "summary.json", summary)
     from .reports import audit_html  # HTML and pictures live with the reports
 
-    top = order[:html_rows].tolist()
+    top = order[: spec.html_rows].tolist()
     top_rows = [_row(r, i, table, ds) for r, i in enumerate(top, 1)]
     scorer_of = np.zeros(n, dtype=np.int64)
     for k, (positions, _) in enumerate(scorers):
@@ -114,26 +133,26 @@ def _scorers(run, gens, models, ds, folds: int, fold_generations: int, seeds: in
     return [(pos, [load_checkpoint(g).build_model(device).eval() for g in folders]) for pos, folders in parts]
 
 
-def _probabilities(out: Path, scorers, ds, sampler, crops_per_image, batch_size, device, progress, folds):
+def _probabilities(out: Path, scorers, ds, sampler, spec: AuditSpec, device, progress):
     """Every image's view-averaged probabilities into ``out/probs.npy`` (written whole, then renamed),
     returned memory-mapped, with the crops' disagreement ``[N]``."""
     n = len(ds.train)
     probs = np.lib.format.open_memmap(out / "probs.npy.tmp", mode="w+", dtype=np.float32, shape=(n, ds.num_classes))
     crop_wrong = np.zeros(n, dtype=np.float32)
     for k, (positions, ms) in enumerate(scorers):
-        desc = f"audit: fold {k + 1}/{len(scorers)}" if folds else "audit"
-        _score(ms, ds.train.subset(positions), positions, probs, crop_wrong, sampler, crops_per_image, batch_size,
-               device, progress, desc)  # fmt: skip
+        desc = f"audit: fold {k + 1}/{len(scorers)}" if spec.folds else "audit"
+        _score(ms, ds.train.subset(positions), positions, probs, crop_wrong, sampler, spec, device, progress, desc)
     probs.flush()
     del probs
     (out / "probs.npy.tmp").replace(out / "probs.npy")
     return np.load(out / "probs.npy", mmap_mode="r"), crop_wrong
 
 
-def _score(models, split, positions, probs, crop_wrong, sampler, crops_per_image, batch_size, device, progress, desc):
+def _score(models, split, positions, probs, crop_wrong, sampler, spec: AuditSpec, device, progress, desc):
     """Write the view-averaged mean probability of ``models`` for ``split`` (the images at ``positions``
     of the training split, in order) into ``probs``; the crops' disagreement with the given label
     (share of crops whose top-1 is another class, by the models' mean) into ``crop_wrong``."""
+    crops_per_image, batch_size = spec.crops_per_image, spec.batch_size
     start = 0
     for _, _, p in refined(models, split, batch_size=batch_size, device=device, progress=progress, desc=desc):
         pos = positions[start : start + p.shape[1]]
@@ -277,4 +296,4 @@ def _pictures(ds, positions: list[int], models, sampler, device, crops: int = 3)
     return out
 
 
-__all__ = ["FLAGS", "RANKINGS", "audit_run", "flags"]
+__all__ = ["FLAGS", "RANKINGS", "AuditSpec", "audit_run", "flags"]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,8 @@ from ..data import CropSampler, ImageDataset
 from ..data.mixing import Mix
 from ..errors import UserError
 from ..labels import GroundTruth, LiveRefinery, check_compatible
-from ..labels.store import StoredLabels, bake
+from ..labels.bake import BakeSpec, bake
+from ..labels.store import StoredLabels
 from ..losses import make_loss
 from .engine import Step
 from .jitter import Jitter
@@ -60,39 +62,47 @@ def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: 
     return refinery
 
 
+def bake_spec(
+    cfg: Config, ds: ImageDataset, sampler: CropSampler | None, *, batch_size: int = 512, bf16: bool = False
+) -> BakeSpec:
+    """The label store a run bakes with ``sampler`` (None: static labels, one per image): the one
+    place that reads the store's settings from the config. :func:`bake_labels` adds the provenance."""
+    return BakeSpec(
+        num_classes=ds.num_classes,
+        epochs=1 if sampler is None else cfg.optim.epochs,
+        top_k=min(cfg.store.top_k, ds.num_classes),
+        prob_dtype=cfg.store.dtype,
+        temperature=refinery_temperature(cfg),
+        bf16=bf16,
+        batch_size=batch_size,
+        channels_last=cfg.channels_last,
+    )
+
+
 def bake_labels(
-    cfg: Config,
     ds: ImageDataset,
     refinery: LiveRefinery,
     out,
+    spec: BakeSpec,
     *,
-    sampler: CropSampler,
-    static: bool,
+    sampler: CropSampler | None,
     device,
     fingerprint: str,
-    batch_size: int = 512,
-    bf16: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Bake ``refinery``'s labels of the run's crops (``static``: one per image) into ``out``: the one
-    bake path of ``label-refinery bake`` and of ``train``/``chain`` with ``--label-source store|static``.
-    Under torchrun every process calls it and labels its share of the batches."""
+    """Bake ``refinery``'s labels of the run's crops (``sampler=None``: one per image) into ``out`` as
+    ``spec`` (:func:`bake_spec`) says: the one bake path of ``label-refinery bake`` and of
+    ``train``/``chain`` with ``--label-source store|static``. Under torchrun every process calls it
+    and labels its share of the batches."""
+    spec = replace(spec, provenance=store_provenance(refinery, fingerprint, ds.image_size))
     return bake(
         refinery.model,
         ds.train,
         out,
-        num_classes=ds.num_classes,
-        sampler=None if static else sampler,
-        epochs=1 if static else cfg.optim.epochs,
-        top_k=min(cfg.store.top_k, ds.num_classes),
-        prob_dtype=cfg.store.dtype,
-        batch_size=batch_size,
+        spec,
+        sampler=sampler,
         device=device,
-        channels_last=cfg.channels_last,
-        bf16=bf16,
-        temperature=refinery_temperature(cfg),
-        provenance=store_provenance(refinery, fingerprint, ds.image_size),
         shard=distributed.shard(),
         progress=progress,
         log=log,
@@ -171,11 +181,11 @@ def build_label_source(
     refinery = load_refinery(cfg, ds, device, fingerprint, log)
     if lab.source == "live":
         return refinery
-    static = lab.source == "static"
+    crops = None if lab.source == "static" else sampler  # static: one label per image
     store_dir = Path(folder) / STORE_DIRS[lab.source]
-    # every process bakes its share of the batches (store.py); rank 0 writes the manifest when all are done
+    # every process bakes its share of the batches (bake.py); rank 0 writes the manifest when all are done
     bake_labels(
-        cfg, ds, refinery, store_dir, sampler=sampler, static=static, device=device, fingerprint=fingerprint,
+        ds, refinery, store_dir, bake_spec(cfg, ds, crops), sampler=crops, device=device, fingerprint=fingerprint,
         progress=progress, log=log,
     )  # fmt: skip
     return open_store(store_dir, refinery.provenance["sha256"])
