@@ -43,6 +43,8 @@ class DataConfig:
     data_dir: str | None = None  # where to look for dataset files first
     image_size: int | None = None  # side of crops and evaluation views, pixels (None: the dataset's own)
     train_subset: int | None = None  # train on a fixed, seeded subset of this many images
+    subset_seed: int = 0  # which subset (0: the one every earlier run used)
+    stratify: bool = False  # the subset holds train_subset // C images of every class (+1 for train_subset % C of them)
     val_split: int = 0  # hold out this many training images (seeded) as a validation split, evaluated every epoch
     label_noise: float = 0.0  # flip this share of the training labels to another class (seeded; experiments)
     label_noise_seed: int = 0  # which labels are flipped, and to what
@@ -79,6 +81,9 @@ class RefineryConfig:
     # refined labels. Not in the paper; None: loss.temperature. See docs/results.md (noisy labels)
     temperature: float | None = None
     bn_train: bool = False  # the 2018 release's behaviour: refinery BatchNorm in train mode
+    # path lists K fold models (data.holdout_fold k of K): each image labelled by the one that never
+    # trained on it (labels/crossfit.py); otherwise several paths are an ensemble
+    cross_fit: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,7 @@ def validate(cfg: Config) -> None:
     _check(o.gamma > 0, f"optim.gamma must be > 0, got {o.gamma}")
     _check(d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1, got {d.image_size}")
     _check(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
+    _check(d.subset_seed >= 0, f"data.subset_seed must be >= 0, got {d.subset_seed}")
     _check(d.val_split >= 0, f"data.val_split must be >= 0 images, got {d.val_split}")
     _check(0 <= d.label_noise < 1, f"data.label_noise must be a share in [0, 1), got {d.label_noise}")
     _check(
@@ -315,6 +321,11 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
     _check(
         not (ref.bn_train and (lab.source != "live" or lab.store)),
         "refinery.bn_train needs a live refinery (labels.source=live, no labels.store)",
+    )
+    _check(
+        not ref.cross_fit or (len(paths) >= 2 and lab.source == "live" and not lab.store and not j.enabled),
+        "refinery.cross_fit needs two or more fold models (--refinery FOLD1 --refinery FOLD2 ...) labelling live "
+        "(labels.source=live, no label store, no jitter)",
     )
     _check(cfg.mix.kind in ("off", "mixup", "cutmix"), f"mix.kind must be off, mixup or cutmix, got {cfg.mix.kind!r}")
     _check(cfg.mix.alpha > 0, f"mix.alpha must be > 0, got {cfg.mix.alpha}")

@@ -1,7 +1,9 @@
 """Datasets (a small registry), crops as values, batches.
 
 Names: ``fashion-mnist`` (default), ``fashion-scenes`` (48x48 scenes with a distractor item: labels
-that crops make incomplete), ``fashion-pairs`` (100 classes: two items stacked), ``digits``, ``imagefolder:PATH``.
+that crops make incomplete), ``fashion-pairs`` (100 classes: two items stacked; options
+``fashion-pairs:seed=S,val_items=N``: the pairing, and validation pairs of held-out items),
+``digits``, ``imagefolder:PATH``.
 
 Example:
     >>> from label_refinery.data import load_dataset
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import UserError
 from . import digits, fashion_mnist, imagefolder, pairs, scenes
 from .base import Batch, ImageDataset, Split
@@ -28,12 +31,28 @@ DATASETS = {
     "digits": digits.load,
 }
 PREFIXED = {"imagefolder": imagefolder.load}
-SUBSET_SEED = 0  # fixed: every generation of a chain sees the same subset
+OPTIONS = {"fashion-pairs": {"seed": int, "val_items": int}}  # NAME:key=value,... (integers)
+SUBSET_SEED = 0  # the default subset: every generation of a chain sees the same one (data.subset_seed)
 VAL_SEED = 1  # fixed: the validation images never change between runs
 
 
+def _options(name: str, text: str, types: dict) -> dict:
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or key not in types:
+            raise UserError(f"dataset {name!r}: options are {', '.join(f'{k}=N' for k in types)}, separated by commas")
+        try:
+            out[key] = types[key](value)
+        except ValueError:
+            raise UserError(f"dataset {name!r}: {key} must be an integer, got {value!r}") from None
+    return out
+
+
 def dataset_names() -> list[str]:
-    return sorted(DATASETS) + [f"{p}:PATH" for p in sorted(PREFIXED)]
+    return sorted(DATASETS) + [f"{p}:{','.join(f'{k}=N' for k in o)}" for p, o in OPTIONS.items()] + [
+        f"{p}:PATH" for p in sorted(PREFIXED)
+    ]
 
 
 def load_dataset(
@@ -49,7 +68,8 @@ def load_dataset(
     label_overrides: str | None = None,
     holdout_fold: tuple[int, int] | None = None,
 ) -> ImageDataset:
-    """Load a dataset by registry name.
+    """Load a dataset by registry name (every choice of :class:`~label_refinery.config.DataConfig`:
+    :func:`dataset_from_config`).
 
     Args:
         name: ``fashion-mnist``, ``digits`` or ``imagefolder:PATH``.
@@ -68,32 +88,47 @@ def load_dataset(
         holdout_fold: ``(k, K)``: train on the training images outside fold ``k`` of ``K`` (a seeded
             partition of the final training split, :func:`fold_of`): the audit's held-out models.
     """
+    d = DataConfig(name, data_dir, image_size, train_subset, val_split=val_split, label_noise=label_noise,
+                   label_noise_seed=noise_seed, label_overrides=label_overrides, holdout_fold=holdout_fold,
+                   workers=workers)  # fmt: skip
+    return dataset_from_config(d)
+
+
+def dataset_from_config(d: DataConfig) -> ImageDataset:
+    """The dataset ``d`` describes: its images, its training subset (``train_subset``, chosen by
+    ``subset_seed``, ``stratify``d by class or not) and validation split, its labels (noise,
+    overrides) and an audit fold held out. Each argument is described at :func:`load_dataset`."""
+    name = d.dataset
     prefix, _, arg = name.partition(":")
     if name in DATASETS:
-        ds = DATASETS[name](data_dir=data_dir, image_size=image_size)
+        ds = DATASETS[name](data_dir=d.data_dir, image_size=d.image_size)
+    elif prefix in OPTIONS and arg:
+        ds = DATASETS[prefix](data_dir=d.data_dir, image_size=d.image_size, **_options(name, arg, OPTIONS[prefix]))
     elif prefix in PREFIXED and arg:
-        ds = PREFIXED[prefix](arg, image_size=image_size, workers=workers)
+        ds = PREFIXED[prefix](arg, image_size=d.image_size, workers=d.workers)
     else:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
-    _choose_images(ds, train_subset, val_split)
-    if label_noise:
-        if not 0 < label_noise < 1:
-            raise UserError(f"label_noise must be a share in [0, 1), got {label_noise}")
+    _choose_images(ds, d.train_subset, d.val_split, (d.subset_seed, d.stratify))
+    if d.label_noise:
+        if not 0 < d.label_noise < 1:
+            raise UserError(f"label_noise must be a share in [0, 1), got {d.label_noise}")
         ds.train.targets, ds.label_changes = symmetric_noise(
-            ds.train.targets, ds.train.ids, ds.num_classes, label_noise, noise_seed
+            ds.train.targets, ds.train.ids, ds.num_classes, d.label_noise, d.label_noise_seed
         )
-    if label_overrides:
+    if d.label_overrides:
         ds.train.targets, ds.label_overrides = apply_overrides(
-            ds.train.targets, ds.train.ids, ds.classes, label_overrides
+            ds.train.targets, ds.train.ids, ds.classes, d.label_overrides
         )
-    if holdout_fold is not None:
-        ds.train = without_fold(ds.train, *holdout_fold)
+    if d.holdout_fold is not None:
+        ds.train = without_fold(ds.train, *d.holdout_fold)
     return ds
 
 
-def _choose_images(ds: ImageDataset, train_subset: int | None, val_split: int) -> None:
-    """Hold out ``val_split`` training images as ``ds.val``, then keep ``train_subset`` of the rest
-    (both seeded choices, fixed for every run: :data:`VAL_SEED`, :data:`SUBSET_SEED`)."""
+def _choose_images(ds: ImageDataset, train_subset: int | None, val_split: int, subset: tuple[int, bool]) -> None:
+    """Hold out ``val_split`` training images as ``ds.val`` (a choice fixed for every run,
+    :data:`VAL_SEED`), then keep ``train_subset`` of the rest (:func:`subset_positions`)."""
+    if val_split and ds.val is not None:
+        raise UserError(f"{ds.name} brings its own validation split; drop data.val_split (--val-split)")
     if val_split:
         if not 0 < val_split < len(ds.train):
             raise UserError(
@@ -105,8 +140,27 @@ def _choose_images(ds: ImageDataset, train_subset: int | None, val_split: int) -
     if train_subset:
         if not 0 < train_subset <= len(ds.train):
             raise UserError(f"train_subset must be in 1..{len(ds.train)}, got {train_subset}")
-        pos = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(ds.train))[:train_subset])
-        ds.train = ds.train.subset(pos)
+        ds.train = ds.train.subset(subset_positions(ds.train.targets, train_subset, *subset))
+
+
+def subset_positions(targets, size: int, seed: int = SUBSET_SEED, stratified: bool = False) -> np.ndarray:
+    """Sorted positions of a seeded choice of ``size`` of the images with classes ``targets`` ``[N]``:
+    uniform (the default, ``seed`` 0 as it always was), or ``stratified``: ``size // C`` of every
+    class plus one more for ``size % C`` classes drawn with the same seed."""
+    rng = np.random.default_rng(seed)
+    if not stratified:
+        return np.sort(rng.permutation(len(targets))[:size])
+    y = np.asarray(targets)
+    classes = np.unique(y)
+    counts = np.full(len(classes), size // len(classes))
+    counts[rng.permutation(len(classes))[: size % len(classes)]] += 1
+    out = []
+    for c, k in zip(classes, counts):
+        members = np.nonzero(y == c)[0]
+        if k > len(members):
+            raise UserError(f"a stratified subset of {size} needs {k} images of class {c}, which has {len(members)}")
+        out.append(members[rng.permutation(len(members))[:k]])
+    return np.sort(np.concatenate(out))
 
 
 def without_fold(train: Split, k: int, folds: int) -> Split:
@@ -133,8 +187,10 @@ __all__ = [
     "ImageDataset",
     "Split",
     "apply_crops",
+    "dataset_from_config",
     "dataset_names",
     "fold_of",
     "load_dataset",
+    "subset_positions",
     "without_fold",
 ]

@@ -14,6 +14,14 @@ Deterministic: training image ``i`` puts Fashion-MNIST training item ``i`` on to
 ``partner[i]`` at the bottom, ``partner`` a seeded permutation (so every item appears once on top and
 once below); the test split pairs the 10,000 test items the same way with another seed. The item
 classes are the label's digits: ``top = y // 10``, ``bottom = y % 10``.
+
+Options (issue 24), as ``fashion-pairs:seed=S,val_items=N``:
+
+- ``seed``: the pairing (which items meet, their offsets); the default 32 is the dataset as it
+  always was. The test pairs keep their own seed: every pairing is evaluated on the same test set.
+- ``val_items``: hold out ``N`` of the 60,000 training *items* (a seeded choice) before pairing; they
+  are paired among themselves into ``ds.val``, so no validation image shares an item with a training
+  image (a validation split cut from the pairs, ``data.val_split``, shares about one in ten).
 """
 
 from __future__ import annotations
@@ -51,16 +59,32 @@ def class_names(items: list[str]) -> list[str]:
     return [f"{a} above {b}" for a in items for b in items]
 
 
-def load(data_dir: str | None = None, image_size: int | None = None, download: bool = True) -> ImageDataset:
-    """Pairs from Fashion-MNIST's 60,000 training and 10,000 test items (found as for ``fashion-mnist``)."""
+def load(
+    data_dir: str | None = None, image_size: int | None = None, download: bool = True, seed: int = SEED, val_items: int = 0
+) -> ImageDataset:
+    """Pairs from Fashion-MNIST's 60,000 training and 10,000 test items (found as for ``fashion-mnist``);
+    ``seed`` and ``val_items``: see the module docstring."""
+    from ..errors import UserError
     from .fashion_mnist import load as load_items
 
     items = load_items(data_dir, None, download)
     size = image_size or SIZE
-    pairs = enumerate((("train", items.train), ("test", items.test)))
-    splits = {name: compose(split.images, split.targets, SEED + k) for k, (name, split) in pairs}
+    train_images, train_targets = items.train.images, items.train.targets
+    val = None
+    if val_items:
+        if not 2 <= val_items < len(train_images):
+            raise UserError(f"fashion-pairs: val_items must be in 2..{len(train_images) - 1}, got {val_items}")
+        held = np.zeros(len(train_images), dtype=bool)
+        held[np.random.default_rng([seed, 1]).permutation(len(train_images))[:val_items]] = True
+        val = compose(train_images[held], train_targets[held], seed + 2)
+        train_images, train_targets = train_images[~held], train_targets[~held]
+    splits = {"train": compose(train_images, train_targets, seed), "test": compose(items.test.images, items.test.targets, SEED + 1)}
+    if val is not None:
+        splits["val"] = val
     mean, std = channel_stats(splits["train"][0])
     out = {name: TensorSplit(images, targets, mean, std, size) for name, (images, targets) in splits.items()}
-    return ImageDataset(
-        "fashion-pairs", class_names(list(items.classes)), 1, size, mean, std, out["train"], out["test"]
-    )
+    options = [f"{k}={v}" for k, v in (("seed", seed), ("val_items", val_items)) if v != {"seed": SEED, "val_items": 0}[k]]
+    name = "fashion-pairs" + (":" + ",".join(options) if options else "")
+    ds = ImageDataset(name, class_names(list(items.classes)), 1, size, mean, std, out["train"], out["test"])
+    ds.val = out.get("val")
+    return ds

@@ -3,6 +3,8 @@
 Names:
 - ``cnn-small`` (about 227k parameters), ``cnn-small:width=2``;
 - ``resnet-cifar`` (ResNet-20, width 16), ``resnet-cifar:depth=32,width=32``;
+- ``mlp`` (two hidden layers on the image pooled to 16x16; ``mlp:hidden=512,side=32``) and
+  ``vgg-small`` (three VGG stages of widths 32, 64, 128; ``vgg-small:width=64``): issue 24's students;
 - the paper's architectures (see :mod:`.paper`): ``alexnet``, ``mobilenet`` (``mobilenet-0.75``,
   ``-0.5``, ``-0.25``), ``resnet18``, ``resnet34``, ``resnet50``, ``xnor-resnet50``, ``vgg16``,
   ``vgg19``, ``darknet19``; add ``:small=true`` for 28-64 pixel inputs, e.g. ``resnet18:small=true``;
@@ -32,7 +34,7 @@ from torch import nn
 from ..errors import UserError
 from .adapt import replace_first_conv, replace_last_linear
 from .paper import AlexNetBN, Darknet19, MobileNetV1, flag, torchvision_paper_model
-from .small import CNNSmall, ResNetCifar
+from .small import MLP, CNNSmall, ResNetCifar, VGGSmall
 from .xnor import XnorResNet50
 
 
@@ -60,6 +62,8 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "resnet-cifar": lambda in_chans, num_classes, depth=20, width=16: ResNetCifar(
         in_chans, num_classes, int(depth), int(width)
     ),
+    "mlp": lambda in_chans, num_classes, hidden=256, side=16: MLP(in_chans, num_classes, int(hidden), int(side)),
+    "vgg-small": lambda in_chans, num_classes, width=32: VGGSmall(in_chans, num_classes, int(width)),
     "alexnet": _paper(AlexNetBN),
     "mobilenet": _paper(MobileNetV1),
     **{f"mobilenet-{w}": _paper(MobileNetV1, float(w)) for w in ("0.75", "0.5", "0.25")},

@@ -84,3 +84,42 @@ class ResNetCifar(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))  # [B, 4w, H/4, W/4]
         return self.head(x.mean(dim=(2, 3)))  # [B, num_classes]
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron: the image average-pooled to ``side x side`` pixels, flattened, two
+    hidden layers of ``hidden`` units (Linear-BN-ReLU), a linear classifier. The weakest student of
+    issue 24's table: no convolution, no translation invariance. ``hidden=256, side=16`` has 0.16M
+    parameters for 100 classes."""
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 10, hidden: int = 256, side: int = 16):
+        super().__init__()
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(side), nn.Flatten()]
+        cin = in_chans * side * side
+        for _ in range(2):
+            layers += [nn.Linear(cin, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+            cin = hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))  # [B, C, H, W] -> [B, num_classes]
+
+
+class VGGSmall(nn.Module):
+    """A VGG-style network for small images (Simonyan & Zisserman 2015, scaled down): three stages
+    of two 3x3 conv-BN-ReLU layers, a 2x2 max-pool after each, global average pooling, a linear
+    classifier. Stage widths ``w, 2w, 4w``: ``width=32`` has 0.29M parameters."""
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_chans
+        for cout in (width, 2 * width, 4 * width):
+            layers += [_conv_bn(cin, cout), _conv_bn(cout, cout), nn.MaxPool2d(2, ceil_mode=True)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))  # [B, 4w, H/8, W/8] -> [B, num_classes]

@@ -41,7 +41,7 @@ def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
     labels = replace(gen1.labels, source="live", store=None)
     return replace(
         gen1,
-        refinery=replace(gen1.refinery, path=None),
+        refinery=replace(gen1.refinery, path=None, cross_fit=False),
         labels=labels,
         jitter=replace(gen1.jitter, enabled=False),
         data=replace(gen1.data, holdout_fold=(k, folds)),

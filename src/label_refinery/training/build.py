@@ -25,6 +25,7 @@ from ..data.mixing import Mix
 from ..errors import UserError
 from ..labels import GroundTruth, LiveRefinery, check_compatible
 from ..labels.bake import BakeSpec, bake
+from ..labels.crossfit import CrossFitRefinery
 from ..labels.store import StoredLabels
 from ..losses import make_loss
 from .engine import Step
@@ -46,13 +47,16 @@ def store_provenance(refinery: LiveRefinery, fingerprint: str, image_size: int) 
 
 
 def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: Callable[[str], None]) -> LiveRefinery:
-    refinery = LiveRefinery.from_checkpoints(
-        refinery_paths(cfg),
-        device,
-        cfg.channels_last,
-        temperature=refinery_temperature(cfg),
-        bn_train=cfg.refinery.bn_train,
-    )
+    if cfg.refinery.cross_fit:  # fold models, each image labelled by the one that held it out
+        refinery = CrossFitRefinery.from_checkpoints(
+            refinery_paths(cfg), device, cfg.channels_last, train=ds.train, data=cfg.data,
+            temperature=refinery_temperature(cfg),
+        )  # fmt: skip
+    else:
+        refinery = LiveRefinery.from_checkpoints(
+            refinery_paths(cfg), device, cfg.channels_last, temperature=refinery_temperature(cfg),
+            bn_train=cfg.refinery.bn_train,
+        )  # fmt: skip
     check_compatible(refinery, ds)
     theirs = refinery.provenance.get("dataset_fingerprint")
     if theirs and theirs != fingerprint:

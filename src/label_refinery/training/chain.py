@@ -52,8 +52,10 @@ def generation_config(cfg: Config, out: Path, g: int) -> Config:
     optim = cfg.optim
     if refinery is not None and cfg.chain.refined_epochs:  # soft targets converge more slowly: a longer schedule
         optim = replace(optim, epochs=cfg.chain.refined_epochs)
+    # a cross-fitted refinery (fold models) labels generation 1 only; later ones refine themselves
+    refinery_cfg = replace(cfg.refinery, path=refinery, cross_fit=cfg.refinery.cross_fit and g == 1)
     return replace(
-        cfg, model=model, refinery=replace(cfg.refinery, path=refinery), seed=cfg.seed + g - 1, labels=labels, jitter=jitter, optim=optim
+        cfg, model=model, refinery=refinery_cfg, seed=cfg.seed + g - 1, labels=labels, jitter=jitter, optim=optim
     )
 
 

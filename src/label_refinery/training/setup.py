@@ -26,7 +26,7 @@ from .. import distributed
 from ..checkpoint import META
 from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
-from ..data import CropSampler, ImageDataset, load_dataset
+from ..data import CropSampler, ImageDataset, dataset_from_config
 from ..errors import UserError
 from ..models import check_input_size, check_model_name, create_model
 from ..typed import to_dict
@@ -98,19 +98,7 @@ def resolve(cfg: Config) -> Config:
 
 def load_data(cfg: Config) -> ImageDataset:
     """The dataset ``cfg.data`` describes: its images, splits and (overridden or noisy) labels."""
-    d = cfg.data
-    return load_dataset(
-        d.dataset,
-        d.data_dir,
-        d.image_size,
-        d.train_subset,
-        d.workers,
-        d.val_split,
-        d.label_noise,
-        d.label_noise_seed,
-        label_overrides=d.label_overrides,
-        holdout_fold=d.holdout_fold,
-    )
+    return dataset_from_config(cfg.data)
 
 
 def checkpoint_data(checkpoint, dataset: str | None = None, data_dir: str | None = None) -> ImageDataset:
