@@ -1,7 +1,7 @@
 import pytest
 
 from label_refinery import UserError, load_config
-from label_refinery.config import save_config, to_dict
+from label_refinery.config import refinery_paths, save_config, to_dict
 
 
 def test_defaults_are_the_papers_label_settings():
@@ -57,3 +57,18 @@ def test_fractions_for_pixel_amounts():
     assert load_config(overrides={"jitter.eps": "2/255"}).jitter.eps == pytest.approx(2 / 255)
     with pytest.raises(UserError, match="2/255"):
         load_config(overrides={"jitter.eps": "2/0"})
+
+
+def test_one_refinery_stays_a_string_and_several_are_a_tuple():
+    assert load_config(overrides={"refinery": ["a"]}).refinery == "a"  # `--refinery a`: as before
+    cfg = load_config(overrides={"refinery": ["a", "b"]})
+    assert cfg.refinery == ("a", "b") and refinery_paths(cfg) == ("a", "b")
+    assert refinery_paths(load_config()) == ()
+    with pytest.raises(UserError, match="named twice"):
+        load_config(overrides={"refinery": ["a", "a"]})
+
+
+def test_set_none_clears_an_optional_key():
+    from label_refinery import load_config
+
+    assert load_config(overrides={"refinery": "none", "data.image_size": "null"}).refinery is None

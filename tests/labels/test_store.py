@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from label_refinery import UserError, load_config, run_chain
+from label_refinery import UserError
 from label_refinery.config import OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
@@ -203,36 +203,6 @@ def test_static_labels_are_identical_across_crops(tmp_path, digits, refinery):
     assert torch.allclose(stored(a), expected, atol=1e-3)
 
 
-def test_chain_from_store_records_provenance(tmp_path):
-    cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "chain.generations": 2, "labels.source": "store"})
-    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
-    m1 = json.loads((tmp_path / "c/gen1/meta.json").read_text())
-    m2 = json.loads((tmp_path / "c/gen2/meta.json").read_text())
-    assert m1["labels"]["kind"] == "ground-truth" and m2["labels"]["kind"] == "stored"
-    assert m2["labels"]["sha256"] == m1["sha256"] and rows[1]["refinery"] == "gen1 (cnn-small)"
-    manifest = json.loads((tmp_path / "c/gen2/labels/manifest.json").read_text())
-    assert manifest["sampler"]["seed"] == 1 and manifest["epochs"] == 1 and manifest["top_k"] == 5
-
-
-def test_train_from_a_named_store_reruns_as_a_skip(tmp_path, digits):
-    from label_refinery import train_generation
-
-    fast = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
-    train_generation(load_config(overrides=fast), tmp_path / "g1", dataset=digits, log=lambda _: None)
-    from label_refinery.checkpoint import load_checkpoint
-    from label_refinery.training.build import store_provenance
-
-    live = LiveRefinery.from_checkpoint(tmp_path / "g1")
-    bake(live.model, digits.train, tmp_path / "store", num_classes=10, sampler=CropSampler(1, (0.25, 1.0)), epochs=1,
-         log=lambda _: None, provenance=store_provenance(live, digits.fingerprint(), 8))
-    cfg = load_config(overrides={**fast, "seed": 1, "labels.store": str(tmp_path / "store"), "labels.source": "store"})
-    first = train_generation(cfg, tmp_path / "g2", dataset=digits, log=lambda _: None)
-    assert first["labels"]["sha256"] == load_checkpoint(tmp_path / "g1").sha256
-    messages = []
-    again = train_generation(cfg, tmp_path / "g2", dataset=digits, log=messages.append)
-    assert again == first and any("skipping" in m for m in messages)
-
-
 def test_expansion_never_ranks_a_top_k_class_below_the_rest():
     # uint8 rounded the 5th class to 0 while 0.1 of mass is left for 995 others
     idx = torch.tensor([[0, 1, 2, 3, 4]])
@@ -253,10 +223,3 @@ def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits
         "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"})
     for name in ("indices", "probs"):
         assert np.array_equal(np.load(tmp_path / f"whole/{name}.npy"), np.load(tmp_path / f"resumed/{name}.npy"))
-
-
-def test_contradicting_label_flags(capsys, tmp_path):
-    from label_refinery.cli import main
-
-    code = main(["train", "--dataset", "digits", "--labels", "static", "--label-source", "store", "--out", str(tmp_path / "x")])
-    assert code == 2 and "contradicts" in capsys.readouterr().err

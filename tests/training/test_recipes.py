@@ -17,7 +17,7 @@ from label_refinery.training.engine import lr_schedule
 
 PAPER = ["alexnet", "mobilenet", "mobilenet-0.75", "mobilenet-0.5", "mobilenet-0.25", "resnet18", "resnet34",
          "resnet50", "xnor-resnet50", "vgg16", "vgg19", "darknet19"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "configs" / "imagenet").glob("*.yaml"))
 
 

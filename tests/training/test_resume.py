@@ -12,16 +12,25 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from label_refinery.checkpoint import load_tensors
+from label_refinery import UserError, load_config, train_generation
+from label_refinery.checkpoint import load_checkpoint, load_tensors
+from label_refinery.data import load_dataset
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # digits upsampled to 32x32 so an epoch lasts about a second: long enough to kill inside it
 ARGS = ["train", "--dataset", "digits", "--image-size", "32", "--epochs", "2", "--batch-size", "32", "--save-every", "7",
         "--device", "cpu", "--no-progress"]
 TIMING = ("seconds", "images_per_s")
+FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
 
 
 def start(out: Path) -> subprocess.Popen:
@@ -116,3 +125,26 @@ def test_resume_inside_an_epoch_in_process(tmp_path, monkeypatch):
     a, b = load_file(tmp_path / "ref/model.safetensors"), load_file(tmp_path / "cut/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert rows(tmp_path / "ref") == rows(tmp_path / "cut")
+
+
+def test_mixing_resumes_exactly_and_refuses_a_label_store(tmp_path, digits, monkeypatch):
+    import label_refinery.training.state as state
+
+    cfg = load_config(overrides={**FAST, "optim.epochs": 2, "mix.kind": "cutmix", "save_every": 7})
+    train_generation(cfg, tmp_path / "ref", dataset=digits, log=lambda _: None)
+    real_save = state.save
+
+    def save_then_stop(folder, student, optimizer, scaler, pos, *rest):
+        real_save(folder, student, optimizer, scaler, pos, *rest)
+        if (pos.epoch, pos.batch) == (1, 6):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(state, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_generation(cfg, tmp_path / "cut", dataset=digits, log=lambda _: None)
+    monkeypatch.undo()
+    train_generation(cfg, tmp_path / "cut", dataset=digits, log=lambda _: None)
+    a, b = load_checkpoint(tmp_path / "ref").state_dict, load_checkpoint(tmp_path / "cut").state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="needs labels.source=live"):  # refused before anything is baked
+        load_config(overrides={**FAST, "mix.kind": "mixup", "refinery": str(tmp_path / "ref"), "labels.source": "store"})

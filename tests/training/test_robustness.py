@@ -1,8 +1,8 @@
 """Nothing lost, nothing unsafe: NaN losses, a full disk, damaged training state, malicious pickles.
 
 (Bad data — corrupt images, empty class folders, train/val classes that differ, refineries of other
-classes, truncated label stores — is tested in test_imagefolder.py, test_cli_errors.py and
-test_store.py.)
+classes, truncated label stores — is tested in data/test_imagefolder.py, cli/test_cli_errors.py and
+labels/test_store.py.)
 """
 
 from __future__ import annotations
@@ -197,4 +197,4 @@ def test_cuda_settings_leave_a_cpu_run_alone():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     from pathlib import Path
 
-    assert load_config(Path(__file__).parents[1] / "configs/imagenet/resnet50.yaml").amp == "auto"
+    assert load_config(Path(__file__).parents[2] / "configs/imagenet/resnet50.yaml").amp == "auto"

@@ -1,5 +1,5 @@
 """Refinery ensembles (issue 15): several checkpoints averaged in probability as one label source,
-live and in a label store, from the CLI and in experiments (leave-one-out across seeds)."""
+live and in a label store, from the CLI (in experiments: study/test_ensembles.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from label_refinery import UserError, load_config
+from label_refinery import UserError
 from label_refinery.checkpoint import ensemble_sha256, load_checkpoint, sha256_file
 from label_refinery.cli import main
-from label_refinery.config import refinery_paths
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
-from label_refinery.study.experiment import load_experiment, run_experiment, stages
 
 BASE = ["--dataset", "digits", "--train-subset", "300", "--epochs", "1", "--batch-size", "64", "--no-progress"]
 
@@ -28,15 +25,6 @@ def members(tmp_path_factory):
     for seed in (0, 1):
         main(["train", *BASE, "--seed", str(seed), "--out", str(root / f"g{seed}")])
     return root / "g0", root / "g1"
-
-
-def test_one_refinery_stays_a_string_and_several_are_a_tuple():
-    assert load_config(overrides={"refinery": ["a"]}).refinery == "a"  # `--refinery a`: as before
-    cfg = load_config(overrides={"refinery": ["a", "b"]})
-    assert cfg.refinery == ("a", "b") and refinery_paths(cfg) == ("a", "b")
-    assert refinery_paths(load_config()) == ()
-    with pytest.raises(UserError, match="named twice"):
-        load_config(overrides={"refinery": ["a", "a"]})
 
 
 def test_ensemble_labels_are_the_members_mean_probability(members):
@@ -79,47 +67,3 @@ def test_ensemble_members_must_see_the_same_inputs(members, tmp_path):
           "--no-progress", "--out", str(tmp_path / "big")])
     with pytest.raises(UserError, match="see different inputs"):
         LiveRefinery.from_checkpoints([str(members[0]), str(tmp_path / "big")])
-
-
-def test_experiment_leave_one_out_ensembles(tmp_path):
-    doc = {
-        "out": str(tmp_path / "xp"),
-        "seeds": [0, 1, 2],
-        "reference": "self/gen1",
-        "analyze": False,
-        "base": {"data": {"dataset": "digits", "train_subset": 300, "val_split": 200},
-                 "optim": {"epochs": 1, "batch_size": 64}},
-        "arms": [
-            {"name": "self", "set": {"chain": {"generations": 1}}},
-            {"name": "loo", "refinery": "self/gen1@others", "seed_offset": 1, "set": {"chain": {"generations": 1}}},
-            {"name": "both", "refinery": ["self/gen1", "loo/gen1"], "seed_offset": 2, "set": {"chain": {"generations": 1}}},
-        ],
-    }
-    path = tmp_path / "xp.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    exp = load_experiment(path)
-    # seed 0's student is refined by seeds 1 and 2's generation 1, never its own
-    cfg = exp.config(exp.arm("loo"), 0)
-    assert [p.split("/")[-3:] for p in cfg.refinery] == [["seed1", "self", "gen1"], ["seed2", "self", "gen1"]]
-    assert [[a.name for a in s] for s in stages(exp, list(exp.arms))] == [["self"], ["loo", "both"]]
-    lines: list[str] = []
-    md = run_experiment(exp, log=lines.append)
-    order = [x.split("arm ")[1].split(" ->")[0] + x.split(",")[0][-1] for x in lines if x.startswith("== seed") and "->" in x]
-    assert order == ["self0", "self1", "self2", "loo0", "both0", "loo1", "both1", "loo2", "both2"]
-    meta = json.loads((tmp_path / "xp/seed1/loo/gen1/meta.json").read_text())
-    assert len(meta["labels"]["members"]) == 2 and "seed1" not in json.dumps(meta["labels"]["path"])
-    assert "the ensemble of self/gen1 of the other 2 seeds" in md
-    assert "self/gen1 + loo/gen1" in md
-
-
-def test_experiment_refuses_bad_ensemble_references(tmp_path):
-    doc = {"out": str(tmp_path / "xp"), "seeds": [0], "base": {"data": {"dataset": "digits"}},
-           "arms": [{"name": "self"}, {"name": "loo", "refinery": "self/gen1@others"}]}
-    path = tmp_path / "xp.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    with pytest.raises(UserError, match="at least 2 seeds"):
-        load_experiment(path)
-    doc["seeds"], doc["arms"][1]["refinery"] = [0, 1], "self/gen1@mine"
-    path.write_text(yaml.safe_dump(doc))
-    with pytest.raises(UserError, match="ARM/genK@others"):
-        load_experiment(path)

@@ -1,7 +1,9 @@
+import csv
 import json
 
 import pytest
 import torch
+import yaml
 
 from label_refinery import UserError, load_config, run_chain, train_generation
 from label_refinery.checkpoint import load_checkpoint, sha256_file
@@ -154,3 +156,52 @@ def test_resume_survives_a_cut_metrics_line(tmp_path, digits):
     meta = train_generation(cfg, tmp_path / "g", dataset=digits, log=lambda _: None)
     rows = [json.loads(x) for x in (tmp_path / "g/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and meta["metrics"]["test_top1"] == rows[-1]["test_top1"]
+
+
+def test_chain_reports_val_top1_every_epoch(tmp_path):
+    cfg = load_config(overrides={"data.dataset": "digits", "data.val_split": 300, "optim.epochs": 2, "optim.batch_size": 64,
+                                 "chain.generations": 1})
+    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
+    lines = [json.loads(x) for x in (tmp_path / "c/gen1/metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(0 <= r["val_top1"] <= 100 for r in lines)
+    assert rows[0]["val_top1"] == lines[-1]["val_top1"]
+    assert "| val top-1 |" in (tmp_path / "c/summary.md").read_text()
+
+
+def test_eval_every_skips_evaluations_but_not_the_last(tmp_path):
+    base = {"data.dataset": "digits", "data.val_split": 200, "optim.epochs": 3, "optim.batch_size": 64, "chain.generations": 1}
+    rows = run_chain(load_config(overrides={**base, "eval_every": 2}), tmp_path / "c", log=lambda _: None)
+    lines = [json.loads(x) for x in (tmp_path / "c/gen1/metrics.jsonl").read_text().splitlines()]
+    assert ["test_top1" in r for r in lines] == [False, True, True]  # after epoch 2, and after the last
+    assert ["val_top1" in r for r in lines] == [False, True, True]
+    assert rows[0]["test_top1"] == lines[-1]["test_top1"]
+    # the evaluation frequency does not change training: a run may resume with another eval_every
+    assert run_chain(load_config(overrides=base), tmp_path / "c", log=lambda _: None) == rows
+
+
+def test_runs_made_before_a_config_key_existed_still_resume(tmp_path):
+    """A saved config.yaml without a key added later (e.g. data.val_split) counts as that key's default."""
+    cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "chain.generations": 1})
+    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
+    for path in (tmp_path / "c/config.yaml", tmp_path / "c/gen1/config.yaml"):
+        saved = yaml.safe_load(path.read_text())
+        del saved["data"]["val_split"], saved["eval_every"]
+        path.write_text(yaml.safe_dump(saved))
+    assert run_chain(cfg, tmp_path / "c", log=lambda _: None) == rows  # skipped as finished, not refused
+    with pytest.raises(UserError, match="another config"):
+        run_chain(load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "data.val_split": 100}),
+                  tmp_path / "c", log=lambda _: None)
+
+
+def test_noisy_run_records_its_flips_and_refined_generations_take_their_own_epochs(tmp_path):
+    cfg = load_config(overrides={"data.dataset": "digits", "data.label_noise": 0.2, "optim.epochs": 1,
+                                 "chain.generations": 2, "chain.refined_epochs": 3, "device": "cpu"})
+    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
+    assert len(rows) == 2
+    for gen, epochs in (("gen1", 1), ("gen2", 3)):
+        lines = (tmp_path / "c" / gen / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == epochs
+        assert json.loads((tmp_path / "c" / gen / "meta.json").read_text())["config"]["optim"]["epochs"] == epochs
+        with open(tmp_path / "c" / gen / "label-noise.csv") as f:
+            flips = list(csv.DictReader(f))
+        assert len(flips) == round(0.2 * 1438) and all(r["original"] != r["given"] for r in flips)

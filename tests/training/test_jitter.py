@@ -128,4 +128,3 @@ def test_jitter_needs_a_live_refinery(tmp_path, digits):
         train_generation(load_config(overrides={**FAST, "jitter.enabled": True}), tmp_path / "g", dataset=digits, log=lambda _: None)
     with pytest.raises(UserError, match="jitter.eps"):
         load_config(overrides={"jitter.eps": 2})
-
