@@ -3,6 +3,7 @@ label stores baked by a chain or named by the config (training/generation.py, tr
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +11,11 @@ from label_refinery import load_config, run_chain
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
 from label_refinery.labels.store import bake
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
 
 
 def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
