@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from label_refinery.cli import main
 from label_refinery.data import fashion_mnist
+from tests.harness import launch
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -234,10 +235,7 @@ def test_help_teaches_with_examples(capsys):
 
 
 def test_python_dash_m_entry_point():
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "label_refinery", "--help"], capture_output=True, text=True, timeout=120)
+    done = launch("--help", timeout=120)  # python -m label_refinery --help
     assert done.returncode == 0 and "chain" in done.stdout and "Label Refinery" in done.stdout
 
 

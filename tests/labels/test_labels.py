@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from label_refinery.config import OptimConfig
 from label_refinery import load_config, train_generation
+from label_refinery.config import OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.data.mixing import Mix
 from label_refinery.labels import GroundTruth, LiveRefinery

@@ -13,6 +13,7 @@ from label_refinery.labels import store as store_mod
 from label_refinery.labels.store import StoredLabels, bake, expand_topk, index_dtype
 from label_refinery.models import create_model
 from label_refinery.training.engine import lr_schedule, make_optimizer, train_one_epoch
+from tests.harness import FailsAt, assert_same_arrays, crash, rerun
 
 SAMPLER = CropSampler(seed=3, scale=(0.25, 1.0))
 
@@ -134,36 +135,21 @@ def test_incomplete_or_truncated_stores_are_refused(tmp_path, digits, refinery):
         _open(tmp_path / "nothing", digits)
 
 
-class _Crash(Exception):
-    pass
-
-
-class _Flaky(nn.Module):
-    """The refinery, failing on its ``crash_at``-th forward pass (an interrupted bake)."""
-
-    def __init__(self, inner, crash_at: int):
-        super().__init__()
-        self.inner, self.crash_at, self.calls = inner, crash_at, 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls == self.crash_at:
-            raise _Crash
-        return self.inner(x)
+def baker(model, ds, **kw):
+    """The run of the harness: bake ``model``'s labels of ``ds`` into a folder."""
+    return lambda folder, log: _bake(model, ds, folder, log=log, **kw)
 
 
 def test_interrupted_bake_resumes_to_identical_arrays(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
     monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
-    with pytest.raises(_Crash):  # the 20th batch is in the middle of epoch 2 (15 batches per epoch)
-        _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100)
+    # the 20th batch is in the middle of epoch 2 (15 batches per epoch)
+    crash(baker(FailsAt(refinery, 20), digits, top_k=3, batch_size=100), tmp_path / "resumed")
     assert not (tmp_path / "resumed/manifest.json").exists()
     assert json.loads((tmp_path / "resumed/progress.json").read_text()) == {"epoch": 1, "batch": 4, "batch_size": 100}
-    messages = []
-    _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=100, log=messages.append)
+    _, messages = rerun(baker(refinery, digits, top_k=3, batch_size=100), tmp_path / "resumed")
     assert any("resuming at epoch 2, batch 4" in m for m in messages)
-    for name in ("indices", "probs", "ids"):
-        assert np.array_equal(np.load(tmp_path / f"whole/{name}.npy"), np.load(tmp_path / f"resumed/{name}.npy"))
+    assert_same_arrays(tmp_path / "whole", tmp_path / "resumed", ("indices", "probs", "ids"))
     # a finished store is reused, and other settings are refused
     assert _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)["top_k"] == 3
     with pytest.raises(UserError, match="other settings"):
@@ -216,10 +202,8 @@ def test_expansion_never_ranks_a_top_k_class_below_the_rest():
 def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
     monkeypatch.setattr(store_mod, "FLUSH_SECONDS", 0.0)
-    with pytest.raises(_Crash):
-        _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100, provenance={
-            "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"})
-    _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=64, provenance={
-        "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"})
-    for name in ("indices", "probs"):
-        assert np.array_equal(np.load(tmp_path / f"whole/{name}.npy"), np.load(tmp_path / f"resumed/{name}.npy"))
+    crash(baker(FailsAt(refinery, 20), digits, top_k=3, batch_size=100, provenance={
+        "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"}), tmp_path / "resumed")
+    rerun(baker(refinery, digits, top_k=3, batch_size=64, provenance={
+        "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"}), tmp_path / "resumed")
+    assert_same_arrays(tmp_path / "whole", tmp_path / "resumed", ("indices", "probs"))

@@ -7,7 +7,6 @@ import csv
 import json
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from label_refinery import UserError
 from label_refinery.cli import main
 from label_refinery.data import fold_of, load_dataset
 from label_refinery.tools import quality
+from tests.harness import chromium, dump_dom
 
 CHAIN = ["--dataset", "digits", "--label-noise", "0.1", "--epochs", "40", "--crop-scale", "1", "1", "--no-flip", "--batch-size", "64", "--generations", "1",
          "--device", "cpu", "--no-progress"]
@@ -179,9 +179,7 @@ def test_review_page_in_a_browser_downloads_the_decisions(noisy, tmp_path):
     """audit.html, opened in headless Chromium: accept row 1, keep row 2, click "download reviewed
     CSV"; the CSV the button makes feeds `relabel --reviewed`."""
     run, _ = noisy
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium): the review page was not clicked")
+    browser = chromium("the review page was not clicked")
     if not (run / "audit/audit.html").is_file():
         assert main(["audit", str(run), "--folds", "3", "--no-progress"]) == 0
     page = (run / "audit/audit.html").read_text()
@@ -196,9 +194,7 @@ def test_review_page_in_a_browser_downloads_the_decisions(noisy, tmp_path):
     </script></body>"""
     test_page = tmp_path / "review.html"
     test_page.write_text(page.replace("</body>", driver))
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--virtual-time-budget=5000", "--dump-dom", test_page.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = dump_dom(browser, test_page)
     text = re.search(r'data-csv="([^"]*)"', dom, re.S)
     assert text and 'data-saved="reviewed.csv"' in dom, dom[-2000:]
     import html as html_lib

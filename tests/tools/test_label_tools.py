@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 
 from label_refinery.cli import main
 from label_refinery.data import load_dataset
+from tests.harness import chromium, dump_dom
 
 FLIP = 0.10
 
@@ -109,14 +109,11 @@ def test_report_files_and_browser(noisy_run):
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)  # self-contained
     n_images = html.count("<img ")
     assert n_images >= 3 + 4 * 4  # three plots, then 4 example images with 3 crops each
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium): the HTML was not rendered in a browser")
+    browser = chromium("the HTML was not rendered in a browser")
     for page in (run / "report.html", run / "audit/audit.html"):
         if not page.is_file():
             continue
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
-                              page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+        dom = dump_dom(browser, page)
         title = re.search(r"<title>(.*?)</title>", dom).group(1)
         loaded, total = map(int, re.search(r"\[(\d+)/(\d+) images\]", title).groups())
         assert loaded == total > 0, title  # every picture decoded in a real browser

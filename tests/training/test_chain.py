@@ -2,12 +2,12 @@ import csv
 import json
 
 import pytest
-import torch
 import yaml
 
 from label_refinery import UserError, load_config, run_chain, train_generation
-from label_refinery.checkpoint import load_checkpoint, sha256_file
+from label_refinery.checkpoint import sha256_file
 from label_refinery.data import load_dataset
+from tests.harness import assert_same_weights, crash, quiet, rerun, stop_on_log
 
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
 
@@ -68,21 +68,16 @@ def test_rerun_with_another_config_is_refused(tmp_path):
 
 def test_interrupted_generation_resumes_to_identical_weights(tmp_path, digits):
     cfg = load_config(overrides={**FAST, "optim.epochs": 3})
-    train_generation(cfg, tmp_path / "whole", dataset=digits, log=lambda _: None)
 
-    def crash_after_first_epoch(message):
-        if "epoch 1/3" in message:
-            raise KeyboardInterrupt
+    def train(folder, log):
+        return train_generation(cfg, folder, dataset=digits, log=log)
 
-    with pytest.raises(KeyboardInterrupt):
-        train_generation(cfg, tmp_path / "resumed", dataset=digits, log=crash_after_first_epoch)
+    train(tmp_path / "whole", quiet)
+    crash(train, tmp_path / "resumed", stop_on_log("epoch 1/3"))  # after the first epoch
     assert (tmp_path / "resumed/state.safetensors").is_file() and not (tmp_path / "resumed/meta.json").exists()
-    messages = []
-    train_generation(cfg, tmp_path / "resumed", dataset=digits, log=messages.append)
+    _, messages = rerun(train, tmp_path / "resumed")
     assert any("resuming after epoch 1" in m for m in messages)
-    a = load_checkpoint(tmp_path / "whole").state_dict
-    b = load_checkpoint(tmp_path / "resumed").state_dict
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "whole", tmp_path / "resumed")
     lines = (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
@@ -132,8 +127,7 @@ def test_temperature_never_applies_to_ground_truth(tmp_path, digits):
     a = train_generation(load_config(overrides=FAST), tmp_path / "t1", dataset=digits, log=lambda _: None)
     b = train_generation(load_config(overrides={**FAST, "labels.temperature": 4.0}), tmp_path / "t4", dataset=digits, log=lambda _: None)
     assert a["metrics"]["test_top1"] == b["metrics"]["test_top1"]
-    wa, wb = load_checkpoint(tmp_path / "t1").state_dict, load_checkpoint(tmp_path / "t4").state_dict
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_same_weights(tmp_path / "t1", tmp_path / "t4")
 
 
 def test_too_few_images_for_one_batch(tmp_path):
@@ -145,15 +139,13 @@ def test_too_few_images_for_one_batch(tmp_path):
 def test_resume_survives_a_cut_metrics_line(tmp_path, digits):
     cfg = load_config(overrides={**FAST, "optim.epochs": 2})
 
-    def crash(message):
-        if "epoch 1/2" in message:
-            raise KeyboardInterrupt
+    def train(folder, log):
+        return train_generation(cfg, folder, dataset=digits, log=log)
 
-    with pytest.raises(KeyboardInterrupt):
-        train_generation(cfg, tmp_path / "g", dataset=digits, log=crash)
+    crash(train, tmp_path / "g", stop_on_log("epoch 1/2"))
     with open(tmp_path / "g/metrics.jsonl", "a") as f:
         f.write('{"epoch": 1, "train_lo')  # a crash in the middle of the next line
-    meta = train_generation(cfg, tmp_path / "g", dataset=digits, log=lambda _: None)
+    meta, _ = rerun(train, tmp_path / "g")
     rows = [json.loads(x) for x in (tmp_path / "g/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and meta["metrics"]["test_top1"] == rows[-1]["test_top1"]
 

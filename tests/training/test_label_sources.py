@@ -11,6 +11,7 @@ from label_refinery import load_config, run_chain
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
 from label_refinery.labels.store import bake
+from tests.harness import assert_same_weights
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,6 @@ def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
     but its labels."""
     import label_refinery.training.generation as generation
     from label_refinery import load_config, train_generation
-    from label_refinery.checkpoint import load_checkpoint
 
     class Oracle(LiveRefinery):
         def __call__(self, batch):
@@ -46,8 +46,7 @@ def test_oracle_refinery_reproduces_generation_1_exactly(tmp_path, monkeypatch):
     meta = train_generation(load_config(overrides={**base, "refinery": str(tmp_path / "refinery")}), tmp_path / "oracle",
                             dataset=ds, log=lambda _: None)
     assert meta["labels"]["kind"] == "live-refinery"
-    a, b = load_checkpoint(tmp_path / "gen1").state_dict, load_checkpoint(tmp_path / "oracle").state_dict
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "gen1", tmp_path / "oracle")
 
 
 def test_refinery_temperature_sharpens_the_refinerys_softmax_alone(tmp_path):

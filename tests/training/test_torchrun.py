@@ -7,31 +7,12 @@ so they take a few seconds each.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"  # tests/scripts
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run(*argv, nproc: int = 1, timeout: int = 300) -> str:
-    """Run ``label-refinery ARGV`` (or a script) in ``nproc`` processes; returns stdout + stderr."""
-    argv = [str(a) for a in argv]
-    target = argv if argv[0].endswith(".py") else ["-m", "label_refinery", *argv]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    proc = subprocess.run(launcher + target, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout + proc.stderr
-
-
-def metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+from tests.harness import SCRIPTS, metric_rows, run
 
 
 def test_two_processes_give_the_single_process_weights(tmp_path):
@@ -70,7 +51,7 @@ def test_torchrun_cli_matches_one_process_and_only_rank0_writes(tmp_path):
     args = ["train", "--dataset", "digits", "--epochs", "6", "--batch-size", "64", "--device", "cpu", "--no-progress"]
     run(*args, "--out", tmp_path / "one")
     log = run(*args, "--out", tmp_path / "two", nproc=2)
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = metric_rows(tmp_path / "one", drop=()), metric_rows(tmp_path / "two", drop=())
     assert len(two) == 6  # one line per epoch: rank 1 appended nothing
     assert log.count("epoch 6/6") == 1 and log.count(" done: ") == 1  # only rank 0 logs
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["config.yaml", "meta.json", "metrics.jsonl", "model.safetensors"]
