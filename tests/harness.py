@@ -30,6 +30,8 @@ What a run left, and comparisons
     metric_rows(folder)       metrics.jsonl without wall-clock fields
     assert_same_weights(a, b) two finished runs hold the same weights, bit for bit
     assert_same_arrays(a, b, names)  two label stores hold the same .npy arrays
+    top1(folder, split)       the finished run's top-1 (%) on a split, computed here (a reference for
+                              the accuracies the run recorded)
 
 Pages in a browser (audit and report pages)
     chromium(why)             the browser's path, or skip the test saying what was not checked
@@ -254,6 +256,21 @@ def assert_same_arrays(a: Path, b: Path, names: Iterable[str], byte_for_byte: bo
             assert fa.read_bytes() == fb.read_bytes(), name
         else:
             assert np.array_equal(np.load(fa), np.load(fb)), name
+
+
+def top1(folder: Path, split, batch_size: int = 512) -> float:
+    """Top-1 (%) of the finished run's model on ``split``'s evaluation views, computed here from the
+    checkpoint (eval mode, plain argmax): a reference for the accuracies the run recorded."""
+    from label_refinery.checkpoint import load_checkpoint
+
+    model = load_checkpoint(folder).build_model().eval()
+    correct = n = 0
+    with torch.no_grad():
+        for batch in split.iter_batches(batch_size):
+            correct += int((model(batch.images).argmax(1) == batch.targets).sum())
+            n += len(batch.targets)
+    assert n == len(split), (n, len(split))
+    return 100.0 * correct / n
 
 
 # ---- pages in a browser ----

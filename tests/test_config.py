@@ -71,4 +71,6 @@ def test_one_refinery_stays_a_string_and_several_are_a_tuple():
 def test_set_none_clears_an_optional_key():
     from label_refinery import load_config
 
-    assert load_config(overrides={"refinery": "none", "data.image_size": "null"}).refinery is None
+    assert load_config(overrides={"data.image_size": 24}).data.image_size == 24
+    cfg = load_config(overrides={"refinery": "none", "data.image_size": "null"})
+    assert cfg.refinery is None and cfg.data.image_size is None

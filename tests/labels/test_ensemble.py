@@ -23,7 +23,7 @@ def members(tmp_path_factory):
     """Two generation-1 models on digits (seeds 0 and 1)."""
     root = tmp_path_factory.mktemp("members")
     for seed in (0, 1):
-        main(["train", *BASE, "--seed", str(seed), "--out", str(root / f"g{seed}")])
+        assert main(["train", *BASE, "--seed", str(seed), "--out", str(root / f"g{seed}")]) == 0
     return root / "g0", root / "g1"
 
 
@@ -51,13 +51,15 @@ def test_train_and_store_with_an_ensemble_and_resume_checks_it(members, tmp_path
     assert meta["config"]["refinery"] == [a, b]
     assert meta["config"]["seed"] == 1  # the first member's seed (0) + 1
     # a label store baked from the ensemble: the same labels up to its top-5 and fp16 rounding
-    main(["train", *BASE, "--refinery", a, "--refinery", b, "--label-source", "store", "--out", str(tmp_path / "st")])
+    assert main(["train", *BASE, "--refinery", a, "--refinery", b, "--label-source", "store", "--out", str(tmp_path / "st")]) == 0
     manifest = json.loads((tmp_path / "st/labels/manifest.json").read_text())
     assert manifest["refinery_sha256"] == digest
     st = json.loads((tmp_path / "st/meta.json").read_text())
     assert abs(st["metrics"]["test_top1"] - meta["metrics"]["test_top1"]) < 2.0
     # the same command again: finished, nothing retrained; another member order is another refinery
-    main(["train", *BASE, "--refinery", a, "--refinery", b, "--out", str(tmp_path / "live")])
+    stamp = (tmp_path / "live/model.safetensors").stat().st_mtime_ns
+    assert main(["train", *BASE, "--refinery", a, "--refinery", b, "--out", str(tmp_path / "live")]) == 0
+    assert (tmp_path / "live/model.safetensors").stat().st_mtime_ns == stamp
     assert main(["train", *BASE, "--refinery", b, "--refinery", a, "--seed", "1", "--out", str(tmp_path / "live")]) == 2
     assert "was trained with another refinery" in capsys.readouterr().err
 

@@ -78,7 +78,10 @@ def test_experiment_runs_arms_over_seeds_and_tables_are_right(tmp_path):
     m, sd = mean_std(deltas)
     half = 12.706 * sd / math.sqrt(2)  # t(0.975, 1 degree of freedom)
     assert f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}]" in dline and dline.endswith(f"| {sum(d > 0 for d in deltas)}/2 |")
-    assert all("entropy_crops" in r for r in rows)  # analyze ran on every generation
+    # analyze ran on every generation: each row carries that generation's own analysis.json
+    for r in rows:
+        analysis = json.loads((tmp_path / f"xp/seed{r['seed']}/{r['arm']}/gen{r['generation']}/analysis.json").read_text())
+        assert r["entropy_crops"] == analysis["entropy_crops"] and 0 < r["entropy_crops"] < math.log(10)
     # a second run resumes: nothing is retrained
     stamp = (tmp_path / "xp/seed0/self/gen1/model.safetensors").stat().st_mtime_ns
     assert run_experiment(load_experiment(tmp_path / "xp.yaml"), log=lambda _: None) == md

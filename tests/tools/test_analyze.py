@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
+from label_refinery.checkpoint import load_checkpoint
 from label_refinery.data import load_dataset
+from label_refinery.tools.probe import ANALYSIS_SEED
 
 
 def test_analyze_measures_distractor_mass_on_scenes(tmp_path):
@@ -26,6 +30,21 @@ def test_analyze_measures_distractor_mass_on_scenes(tmp_path):
     for view in ("crops", "images"):
         assert 0 < row[f"distractor_mass_{view}"] < 1 and 0 < row[f"given_mass_{view}"] < 1
         assert row[f"distractor_mass_{view}"] + row[f"given_mass_{view}"] <= 1 + 1e-6
-        assert 0 <= row[f"distractor_top1_{view}"] <= 1
+    # whole images, by hand: the 200 images analyze draws (its fixed seed), the model's softmax on
+    # their evaluation views, the mean probability on the given and on the distractor class, and the
+    # share whose top-1 is the distractor
+    pos = np.sort(np.random.default_rng(ANALYSIS_SEED).permutation(len(ds.train))[:200])
+    sample = ds.train.subset(pos)
+    batch = next(sample.iter_batches(len(sample)))
+    model = load_checkpoint(tmp_path / "run/gen1").build_model().eval()
+    with torch.no_grad():
+        p = torch.softmax(model(batch.images), 1)
+    assert torch.equal(batch.targets, sample.targets)  # in the split's order
+    y, d = sample.targets, sample.distractors
+    assert row["given_mass_images"] == pytest.approx(float(p[torch.arange(200), y].mean()), abs=1e-5)
+    assert row["distractor_mass_images"] == pytest.approx(float(p[torch.arange(200), d].mean()), abs=1e-5)
+    assert row["distractor_top1_images"] == pytest.approx(float((p.argmax(1) == d).float().mean()), abs=1e-9)
+    k = 400 * row["distractor_top1_crops"]  # a count of the 200 x 2 crops
+    assert 0 <= k <= 400 and round(k, 6) == round(k)
     assert json.loads((tmp_path / "run/gen1/analysis.json").read_text())["distractor_mass_crops"] == row["distractor_mass_crops"]
     assert not (tmp_path / "run/analysis").exists()  # examples=0: no example figure data

@@ -47,7 +47,7 @@ def noisy_run(tmp_path_factory) -> tuple[Path, Path, set[str]]:
 
 
 def test_analyze_writes_every_generation(noisy_run, capsys):
-    run, _, _ = noisy_run
+    run, root, _ = noisy_run
     assert main(["analyze", str(run), "--images", "500", "--crops", "3", "--device", "cpu", "--no-progress"]) == 0
     a1, a2 = (json.loads((run / f"gen{g}/analysis.json").read_text()) for g in (1, 2))
     assert a1["kl_from_previous_crops"] is None and a2["kl_from_previous_crops"] > 0
@@ -57,7 +57,15 @@ def test_analyze_writes_every_generation(noisy_run, capsys):
         m = np.array(a["soft_confusion"])
         assert m.shape == (10, 10) and np.allclose(m.sum(1), 1, atol=1e-4)
         assert len(a["ambiguous_pairs"]) == 5 and a["test_top1"] > 50
-    assert (run / "analysis/examples.npz").is_file()
+    for g, a in ((1, a1), (2, a2)):  # the generation's own recorded accuracy, not another's
+        assert a["test_top1"] == json.loads((run / f"gen{g}/meta.json").read_text())["metrics"]["test_top1"]
+    # the report's examples: 4 training images, 3 crops each, both generations' top-3 on each view
+    z = np.load(run / "analysis/examples.npz")
+    assert z["top_idx"].shape == (2, 4, 3) and z["crop_top_idx"].shape == (2, 4, 3, 3) and len(z["images"]) == 4
+    ds = load_dataset(f"imagefolder:{root}", image_size=16)
+    pos = {int(i): k for k, i in enumerate(ds.train.ids.tolist())}
+    assert z["targets"].tolist() == [int(ds.train.targets[pos[int(i)]]) for i in z["ids"]]  # the images' given labels
+    assert (np.diff(z["top_prob"], axis=-1) <= 0).all() and (z["top_prob"] > 0).all()  # top-3, best first
 
 
 def test_audit_ranks_flipped_labels_first(noisy_run):
@@ -123,7 +131,14 @@ def test_chain_report_flag(tmp_path):
     out = tmp_path / "chain"
     assert main(["chain", "--dataset", "digits", "--epochs", "1", "--generations", "2", "--device", "cpu", "--report",
                  "--out", str(out), "--no-progress"]) == 0
-    assert (out / "gen2/analysis.json").is_file() and (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert (out / "report.html").is_file()
+    for g in (1, 2):  # analyze ran on every generation of this chain
+        a = json.loads((out / f"gen{g}/analysis.json").read_text())
+        assert a["generation"] == g and a["test_top1"] == json.loads((out / f"gen{g}/meta.json").read_text())["metrics"]["test_top1"]
+    assert a["kl_from_previous_crops"] > 0  # generation 2 was compared with generation 1
+    md = (out / "report.md").read_text()
+    assert {"top1_gap.png", "entropy.png"} <= set(re.findall(r"\]\(figures/([^)]+)\)", md))  # training and label plots
+    assert all((out / ref).is_file() for ref in re.findall(r"\]\((figures/[^)]+)\)", md))
 
 
 def test_training_code_never_imports_report_code():

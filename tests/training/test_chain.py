@@ -7,7 +7,7 @@ import yaml
 from label_refinery import UserError, load_config, run_chain, train_generation
 from label_refinery.checkpoint import sha256_file
 from label_refinery.data import load_dataset
-from tests.harness import assert_same_weights, crash, quiet, rerun, stop_on_log
+from tests.harness import assert_same_weights, crash, quiet, rerun, stop_on_log, top1
 
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
 
@@ -46,13 +46,13 @@ def test_two_generation_chain_files_and_provenance(tmp_path):
 def test_rerun_skips_finished_generations(tmp_path):
     out = tmp_path / "chain"
     cfg = load_config(overrides={**FAST, "chain.generations": 2})
-    run_chain(cfg, out, log=lambda _: None)
+    first = run_chain(cfg, out, log=lambda _: None)
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("gen*/model.safetensors")}
     messages = []
     rows = run_chain(cfg, out, log=messages.append)
     assert sum("skipping" in m for m in messages) == 2
     assert {p: p.stat().st_mtime_ns for p in out.glob("gen*/model.safetensors")} == stamps
-    assert len(rows) == 2
+    assert len(rows) == 2 and rows == first  # the same table, read back from the finished generations
     # extending the chain trains only the new generation
     messages.clear()
     run_chain(load_config(overrides={**FAST, "chain.generations": 3}), out, log=messages.append)
@@ -155,7 +155,10 @@ def test_chain_reports_val_top1_every_epoch(tmp_path):
                                  "chain.generations": 1})
     rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
     lines = [json.loads(x) for x in (tmp_path / "c/gen1/metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(0 <= r["val_top1"] <= 100 for r in lines)
+    assert len(lines) == 2 and all(round(3 * r["val_top1"], 6) == round(3 * r["val_top1"]) for r in lines)  # k of 300 images
+    # the last epoch's val top-1 is the saved model's on the 300 held-out images, computed here
+    val = load_dataset("digits", val_split=300).val
+    assert lines[-1]["val_top1"] == pytest.approx(top1(tmp_path / "c/gen1", val), abs=1e-9) and lines[-1]["val_top1"] > 50
     assert rows[0]["val_top1"] == lines[-1]["val_top1"]
     assert "| val top-1 |" in (tmp_path / "c/summary.md").read_text()
 

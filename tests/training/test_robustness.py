@@ -8,6 +8,7 @@ labels/test_store.py.)
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 
@@ -20,7 +21,7 @@ from label_refinery import UserError, load_config, train_generation
 from label_refinery.checkpoint import load_checkpoint, load_tensors
 from label_refinery.data import load_dataset
 from label_refinery.models import create_model
-from tests.harness import Interruption, crash, nan_loss_at, position, raise_in, rerun
+from tests.harness import Interruption, crash, metric_rows, nan_loss_at, position, raise_in, rerun
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,9 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, digits):
     assert "the previous state.safetensors is intact" in str(err.value)
     assert position(tmp_path / "run") == (1, 0)  # epoch 1's state, loadable
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the partial file was removed
-    rerun(train, tmp_path / "run")
-    assert (tmp_path / "run/meta.json").is_file()
+    meta, _ = rerun(train, tmp_path / "run")  # resumes from epoch 1's state, finishes
+    assert json.loads((tmp_path / "run/meta.json").read_text()) == meta and meta["metrics"]["test_top1"] > 50
+    assert [r["epoch"] for r in metric_rows(tmp_path / "run")] == [0, 1]  # epoch 2 logged once, not twice
 
 
 def test_damaged_training_state_is_named(tmp_path, digits):
