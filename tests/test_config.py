@@ -1,7 +1,7 @@
 import pytest
 
 from label_refinery import UserError, load_config
-from label_refinery.config import save_config, to_dict
+from label_refinery.config import refinery_paths, save_config, to_dict
 
 
 def test_defaults_are_the_papers_label_settings():
@@ -33,7 +33,7 @@ def test_saved_config_reloads_identically(tmp_path):
         ({"optim.epochs": 0}, "optim.epochs must be >= 1"),
         ({"optim.epochs": "ten"}, "expected a number"),
         ({"data.crop_scale": [0.9, 0.1]}, "crop_scale"),
-        ({"labels.gt_weight": 2}, "gt_weight"),
+        ({"loss.gt_weight": 2}, "loss.gt_weight must be in"),
         ({"optim.schedule": "linear"}, "cosine, step or constant"),
         ({"chain.models": "a,b", "chain.generations": 3}, "one per generation"),
         ({"data.flip": "maybe"}, "true/false"),
@@ -57,3 +57,20 @@ def test_fractions_for_pixel_amounts():
     assert load_config(overrides={"jitter.eps": "2/255"}).jitter.eps == pytest.approx(2 / 255)
     with pytest.raises(UserError, match="2/255"):
         load_config(overrides={"jitter.eps": "2/0"})
+
+
+def test_one_refinery_stays_a_string_and_several_are_a_tuple():
+    assert load_config(overrides={"refinery.path": ["a"]}).refinery.path == "a"  # `--refinery a`: as before
+    cfg = load_config(overrides={"refinery.path": ["a", "b"]})
+    assert cfg.refinery.path == ("a", "b") and refinery_paths(cfg) == ("a", "b")
+    assert refinery_paths(load_config()) == ()
+    with pytest.raises(UserError, match="named twice"):
+        load_config(overrides={"refinery": ["a", "a"]})
+
+
+def test_set_none_clears_an_optional_key():
+    from label_refinery import load_config
+
+    assert load_config(overrides={"data.image_size": 24}).data.image_size == 24
+    cfg = load_config(overrides={"refinery.path": "none", "data.image_size": "null"})
+    assert cfg.refinery.path is None and cfg.data.image_size is None

@@ -65,35 +65,6 @@ def test_each_sample_gets_its_own_crop():
     assert torch.allclose(out[1, 0], img[1, 0, 4:, 4:], atol=1e-4)
 
 
-def test_batches_of_in_memory_split_are_deterministic_and_keyed_by_index():
-    from label_refinery.data import load_dataset
-
-    ds = load_dataset("digits")
-    s = CropSampler(seed=1)
-    a = list(ds.train.iter_batches(64, epoch=2, crops=s, order_seed=1))
-    b = list(ds.train.iter_batches(64, epoch=2, crops=s, order_seed=1))
-    assert all(torch.equal(x.images, y.images) and torch.equal(x.indices, y.indices) for x, y in zip(a, b))
-    seen = torch.cat([x.indices for x in a])
-    assert sorted(seen.tolist()) == list(range(len(ds.train)))  # every image once per epoch
-    first = a[0]
-    expected = s.sample_batch(first.indices.numpy(), 2, 8, 8)
-    assert np.array_equal(first.crops.numpy(), expected)
-    assert torch.equal(first.targets, ds.train.targets[first.indices])
-
-
-def test_shards_partition_each_global_batch():
-    from label_refinery.data import load_dataset
-
-    ds = load_dataset("digits")
-    s = CropSampler(seed=0)
-    whole = list(ds.train.iter_batches(32, epoch=0, crops=s, order_seed=0, drop_last=True))
-    parts = [list(ds.train.iter_batches(16, epoch=0, crops=s, order_seed=0, drop_last=True, shard=(r, 2))) for r in range(2)]
-    assert len(parts[0]) == len(parts[1]) == len(whole)
-    for w, p0, p1 in zip(whole, *parts):
-        assert torch.equal(w.indices, torch.cat([p0.indices, p1.indices]))
-        assert torch.allclose(w.images, torch.cat([p0.images, p1.images]))
-
-
 def test_shrinking_crops_are_antialiased_like_the_evaluation_view():
     """Issue 13: a crop that shrinks its image is supersampled and averaged, as the evaluation view is.
     A 1-pixel checkerboard halved is flat grey (plain bilinear sampling would alias it), and the

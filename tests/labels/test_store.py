@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from label_refinery import UserError, load_config, run_chain
+from label_refinery import UserError
 from label_refinery.config import OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
@@ -15,6 +15,7 @@ from label_refinery.labels.bake import BakeSpec, bake
 from label_refinery.labels.store import StoredLabels, expand_topk, index_dtype
 from label_refinery.models import create_model
 from label_refinery.training.engine import lr_schedule, make_optimizer, train_one_epoch
+from tests.harness import FailsAt, assert_same_arrays, crash, rerun
 
 SAMPLER = CropSampler(seed=3, scale=(0.25, 1.0))
 
@@ -136,36 +137,21 @@ def test_incomplete_or_truncated_stores_are_refused(tmp_path, digits, refinery):
         _open(tmp_path / "nothing", digits)
 
 
-class _Crash(Exception):
-    pass
-
-
-class _Flaky(nn.Module):
-    """The refinery, failing on its ``crash_at``-th forward pass (an interrupted bake)."""
-
-    def __init__(self, inner, crash_at: int):
-        super().__init__()
-        self.inner, self.crash_at, self.calls = inner, crash_at, 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls == self.crash_at:
-            raise _Crash
-        return self.inner(x)
+def baker(model, ds, **kw):
+    """The run of the harness: bake ``model``'s labels of ``ds`` into a folder."""
+    return lambda folder, log: _bake(model, ds, folder, log=log, **kw)
 
 
 def test_interrupted_bake_resumes_to_identical_arrays(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
     monkeypatch.setattr(bake_mod, "FLUSH_SECONDS", 0.0)  # flush after every batch
-    with pytest.raises(_Crash):  # the 20th batch is in the middle of epoch 2 (15 batches per epoch)
-        _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100)
+    # the 20th batch is in the middle of epoch 2 (15 batches per epoch)
+    crash(baker(FailsAt(refinery, 20), digits, top_k=3, batch_size=100), tmp_path / "resumed")
     assert not (tmp_path / "resumed/manifest.json").exists()
     assert json.loads((tmp_path / "resumed/progress.json").read_text()) == {"epoch": 1, "batch": 4, "batch_size": 100}
-    messages = []
-    _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=100, log=messages.append)
+    _, messages = rerun(baker(refinery, digits, top_k=3, batch_size=100), tmp_path / "resumed")
     assert any("resuming at epoch 2, batch 4" in m for m in messages)
-    for name in ("indices", "probs", "ids"):
-        assert np.array_equal(np.load(tmp_path / f"whole/{name}.npy"), np.load(tmp_path / f"resumed/{name}.npy"))
+    assert_same_arrays(tmp_path / "whole", tmp_path / "resumed", ("indices", "probs", "ids"))
     # a finished store is reused, and other settings are refused
     assert _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)["top_k"] == 3
     with pytest.raises(UserError, match="other settings"):
@@ -206,36 +192,6 @@ def test_static_labels_are_identical_across_crops(tmp_path, digits, refinery):
     assert torch.allclose(stored(a), expected, atol=1e-3)
 
 
-def test_chain_from_store_records_provenance(tmp_path):
-    cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "chain.generations": 2, "labels.source": "store"})
-    rows = run_chain(cfg, tmp_path / "c", log=lambda _: None)
-    m1 = json.loads((tmp_path / "c/gen1/meta.json").read_text())
-    m2 = json.loads((tmp_path / "c/gen2/meta.json").read_text())
-    assert m1["labels"]["kind"] == "ground-truth" and m2["labels"]["kind"] == "stored"
-    assert m2["labels"]["sha256"] == m1["sha256"] and rows[1]["refinery"] == "gen1 (cnn-small)"
-    manifest = json.loads((tmp_path / "c/gen2/labels/manifest.json").read_text())
-    assert manifest["sampler"]["seed"] == 1 and manifest["epochs"] == 1 and manifest["top_k"] == 5
-
-
-def test_train_from_a_named_store_reruns_as_a_skip(tmp_path, digits):
-    from label_refinery import train_generation
-
-    fast = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
-    train_generation(load_config(overrides=fast), tmp_path / "g1", dataset=digits, log=lambda _: None)
-    from label_refinery.checkpoint import load_checkpoint
-    from label_refinery.training.build import store_provenance
-
-    live = LiveRefinery.from_checkpoint(tmp_path / "g1")
-    spec = BakeSpec(num_classes=10, epochs=1, provenance=store_provenance(live, digits.fingerprint(), 8))
-    bake(live.model, digits.train, tmp_path / "store", spec, sampler=CropSampler(1, (0.25, 1.0)), log=lambda _: None)
-    cfg = load_config(overrides={**fast, "seed": 1, "labels.store": str(tmp_path / "store"), "labels.source": "store"})
-    first = train_generation(cfg, tmp_path / "g2", dataset=digits, log=lambda _: None)
-    assert first["labels"]["sha256"] == load_checkpoint(tmp_path / "g1").sha256
-    messages = []
-    again = train_generation(cfg, tmp_path / "g2", dataset=digits, log=messages.append)
-    assert again == first and any("skipping" in m for m in messages)
-
-
 def test_expansion_never_ranks_a_top_k_class_below_the_rest():
     # uint8 rounded the 5th class to 0 while 0.1 of mass is left for 995 others
     idx = torch.tensor([[0, 1, 2, 3, 4]])
@@ -249,17 +205,8 @@ def test_expansion_never_ranks_a_top_k_class_below_the_rest():
 def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits, refinery, monkeypatch):
     _bake(refinery, digits, tmp_path / "whole", top_k=3, batch_size=100)
     monkeypatch.setattr(bake_mod, "FLUSH_SECONDS", 0.0)
-    with pytest.raises(_Crash):
-        _bake(_Flaky(refinery, crash_at=20), digits, tmp_path / "resumed", top_k=3, batch_size=100, provenance={
-            "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"})
-    _bake(refinery, digits, tmp_path / "resumed", top_k=3, batch_size=64, provenance={
-        "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"})
-    for name in ("indices", "probs"):
-        assert np.array_equal(np.load(tmp_path / f"whole/{name}.npy"), np.load(tmp_path / f"resumed/{name}.npy"))
-
-
-def test_contradicting_label_flags(capsys, tmp_path):
-    from label_refinery.cli import main
-
-    code = main(["train", "--dataset", "digits", "--labels", "static", "--label-source", "store", "--out", str(tmp_path / "x")])
-    assert code == 2 and "contradicts" in capsys.readouterr().err
+    crash(baker(FailsAt(refinery, 20), digits, top_k=3, batch_size=100, provenance={
+        "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "runs/g1/model.safetensors"}), tmp_path / "resumed")
+    rerun(baker(refinery, digits, top_k=3, batch_size=64, provenance={
+        "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"}), tmp_path / "resumed")
+    assert_same_arrays(tmp_path / "whole", tmp_path / "resumed", ("indices", "probs"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 
 from label_refinery.cli import main
 from label_refinery.data import load_dataset
+from tests.harness import chromium, dump_dom
 
 FLIP = 0.10
 
@@ -47,7 +47,7 @@ def noisy_run(tmp_path_factory) -> tuple[Path, Path, set[str]]:
 
 
 def test_analyze_writes_every_generation(noisy_run, capsys):
-    run, _, _ = noisy_run
+    run, root, _ = noisy_run
     assert main(["analyze", str(run), "--images", "500", "--crops", "3", "--device", "cpu", "--no-progress"]) == 0
     a1, a2 = (json.loads((run / f"gen{g}/analysis.json").read_text()) for g in (1, 2))
     assert a1["kl_from_previous_crops"] is None and a2["kl_from_previous_crops"] > 0
@@ -57,7 +57,15 @@ def test_analyze_writes_every_generation(noisy_run, capsys):
         m = np.array(a["soft_confusion"])
         assert m.shape == (10, 10) and np.allclose(m.sum(1), 1, atol=1e-4)
         assert len(a["ambiguous_pairs"]) == 5 and a["test_top1"] > 50
-    assert (run / "analysis/examples.npz").is_file()
+    for g, a in ((1, a1), (2, a2)):  # the generation's own recorded accuracy, not another's
+        assert a["test_top1"] == json.loads((run / f"gen{g}/meta.json").read_text())["metrics"]["test_top1"]
+    # the report's examples: 4 training images, 3 crops each, both generations' top-3 on each view
+    z = np.load(run / "analysis/examples.npz")
+    assert z["top_idx"].shape == (2, 4, 3) and z["crop_top_idx"].shape == (2, 4, 3, 3) and len(z["images"]) == 4
+    ds = load_dataset(f"imagefolder:{root}", image_size=16)
+    pos = {int(i): k for k, i in enumerate(ds.train.ids.tolist())}
+    assert z["targets"].tolist() == [int(ds.train.targets[pos[int(i)]]) for i in z["ids"]]  # the images' given labels
+    assert (np.diff(z["top_prob"], axis=-1) <= 0).all() and (z["top_prob"] > 0).all()  # top-3, best first
 
 
 def test_audit_ranks_flipped_labels_first(noisy_run):
@@ -109,14 +117,11 @@ def test_report_files_and_browser(noisy_run):
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)  # self-contained
     n_images = html.count("<img ")
     assert n_images >= 3 + 4 * 4  # three plots, then 4 example images with 3 crops each
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium): the HTML was not rendered in a browser")
+    browser = chromium("the HTML was not rendered in a browser")
     for page in (run / "report.html", run / "audit/audit.html"):
         if not page.is_file():
             continue
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
-                              page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+        dom = dump_dom(browser, page)
         title = re.search(r"<title>(.*?)</title>", dom).group(1)
         loaded, total = map(int, re.search(r"\[(\d+)/(\d+) images\]", title).groups())
         assert loaded == total > 0, title  # every picture decoded in a real browser
@@ -126,7 +131,14 @@ def test_chain_report_flag(tmp_path):
     out = tmp_path / "chain"
     assert main(["chain", "--dataset", "digits", "--epochs", "1", "--generations", "2", "--device", "cpu", "--report",
                  "--out", str(out), "--no-progress"]) == 0
-    assert (out / "gen2/analysis.json").is_file() and (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert (out / "report.html").is_file()
+    for g in (1, 2):  # analyze ran on every generation of this chain
+        a = json.loads((out / f"gen{g}/analysis.json").read_text())
+        assert a["generation"] == g and a["test_top1"] == json.loads((out / f"gen{g}/meta.json").read_text())["metrics"]["test_top1"]
+    assert a["kl_from_previous_crops"] > 0  # generation 2 was compared with generation 1
+    md = (out / "report.md").read_text()
+    assert {"top1_gap.png", "entropy.png"} <= set(re.findall(r"\]\(figures/([^)]+)\)", md))  # training and label plots
+    assert all((out / ref).is_file() for ref in re.findall(r"\]\((figures/[^)]+)\)", md))
 
 
 def test_training_code_never_imports_report_code():

@@ -12,12 +12,14 @@ import torch
 
 from label_refinery.cli import main
 from label_refinery.config import load_config
+from label_refinery.data import load_dataset
 from label_refinery.models import check_model_name, create_model
 from label_refinery.training.engine import lr_schedule
+from tests.harness import top1
 
 PAPER = ["alexnet", "mobilenet", "mobilenet-0.75", "mobilenet-0.5", "mobilenet-0.25", "resnet18", "resnet34",
          "resnet50", "xnor-resnet50", "vgg16", "vgg19", "darknet19"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "configs" / "imagenet").glob("*.yaml"))
 
 
@@ -77,4 +79,7 @@ def test_recipe_runs_end_to_end(tmp_path, three_class_folder, recipe):
     assert json.loads((out / "meta.json").read_text())["config"]["optim"]["lr"] == base_lr
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["lr"] for line in lines] == pytest.approx([base_lr, base_lr / 10])  # the step decay happened
-    assert all(0 <= line["test_top1"] <= 100 for line in lines)
+    # every test top-1 counts some of the folder's 6 validation images; the last is the saved model's
+    assert all(round(6 * line["test_top1"] / 100, 6) == round(6 * line["test_top1"] / 100) for line in lines), lines
+    ds = load_dataset(f"imagefolder:{three_class_folder}", image_size=16)
+    assert len(ds.test) == 6 and lines[-1]["test_top1"] == pytest.approx(top1(out, ds.test), abs=1e-9)

@@ -1,13 +1,14 @@
 """Nothing lost, nothing unsafe: NaN losses, a full disk, damaged training state, malicious pickles.
 
 (Bad data — corrupt images, empty class folders, train/val classes that differ, refineries of other
-classes, truncated label stores — is tested in test_imagefolder.py, test_cli_errors.py and
-test_store.py.)
+classes, truncated label stores — is tested in data/test_imagefolder.py, cli/test_cli_errors.py and
+labels/test_store.py.)
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 
@@ -16,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 import label_refinery.files as files
-import label_refinery.losses as losses
 from label_refinery import UserError, load_config, train_generation
 from label_refinery.checkpoint import load_checkpoint, load_tensors
 from label_refinery.data import load_dataset
 from label_refinery.models import create_model
+from tests.harness import Interruption, crash, metric_rows, nan_loss_at, position, raise_in, rerun
 
 
 @pytest.fixture(scope="module")
@@ -32,31 +33,24 @@ def config(**extra):
     return load_config(overrides={"data.dataset": "digits", "optim.epochs": 2, "optim.batch_size": 32, "device": "cpu", **extra})
 
 
-def position(folder):
-    return load_tensors(folder / "state.safetensors")[1]["next"]
+def trainer(cfg, dataset):
+    """The run of the harness: train_generation(cfg) into a folder."""
+    return lambda folder, log: train_generation(cfg, folder, dataset=dataset, log=log)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits, monkeypatch):
-    real_loss, calls = losses.refinery_loss, {"n": 0}
-
-    def loss_that_blows_up(*args, **kwargs):
-        calls["n"] += 1
-        out = real_loss(*args, **kwargs)
-        return out * float("nan") if calls["n"] == 53 else out  # step 52: inside epoch 2 (44 steps per epoch)
-
-    monkeypatch.setattr(losses, "refinery_loss", loss_that_blows_up)  # what the generation's loss is built from
-    with pytest.raises(UserError, match="loss became nan at step 52") as err:
-        train_generation(config(save_every=10), tmp_path / "run", dataset=digits, log=lambda _: None)
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits):
+    train = trainer(config(save_every=10), digits)
+    # step 52: inside epoch 2 (44 steps per epoch)
+    err = crash(train, tmp_path / "run", nan_loss_at(53), match="loss became nan at step 52")
     assert "re-run the same command to resume" in str(err.value)
-    assert position(tmp_path / "run") == {"epoch": 1, "batch": 6}  # global step 50, the last checkpoint before the NaN
+    assert position(tmp_path / "run") == (1, 6)  # global step 50, the last checkpoint before the NaN
     tensors, _, _ = load_tensors(tmp_path / "run/state.safetensors")
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model.") and t.is_floating_point())
-    monkeypatch.undo()
-    meta = train_generation(config(save_every=10), tmp_path / "run", dataset=digits, log=lambda _: None)  # resumes, finishes
+    meta, _ = rerun(train, tmp_path / "run")  # resumes, finishes
     assert meta["metrics"]["test_top1"] > 50
 
 
-def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, digits, monkeypatch):
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, digits):
     real_fsync, state_writes = os.fsync, {"n": 0}
 
     def fsync_full_on_second_state(fd):
@@ -67,15 +61,15 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, digits, 
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr(files.os, "fsync", fsync_full_on_second_state)
-    with pytest.raises(UserError, match="No space left on device; is the disk full") as err:
-        train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
+    full_disk = Interruption(UserError, patches=[(files.os, "fsync", fsync_full_on_second_state)])
+    train = trainer(config(), digits)
+    err = crash(train, tmp_path / "run", full_disk, match="No space left on device; is the disk full")
     assert "the previous state.safetensors is intact" in str(err.value)
-    assert position(tmp_path / "run") == {"epoch": 1, "batch": 0}  # epoch 1's state, loadable
+    assert position(tmp_path / "run") == (1, 0)  # epoch 1's state, loadable
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the partial file was removed
-    monkeypatch.undo()
-    train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
-    assert (tmp_path / "run/meta.json").is_file()
+    meta, _ = rerun(train, tmp_path / "run")  # resumes from epoch 1's state, finishes
+    assert json.loads((tmp_path / "run/meta.json").read_text()) == meta and meta["metrics"]["test_top1"] > 50
+    assert [r["epoch"] for r in metric_rows(tmp_path / "run")] == [0, 1]  # epoch 2 logged once, not twice
 
 
 def test_damaged_training_state_is_named(tmp_path, digits):
@@ -85,21 +79,16 @@ def test_damaged_training_state_is_named(tmp_path, digits):
         train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
 
 
-def test_missing_metrics_of_a_trained_generation_is_a_clear_error(tmp_path, digits, monkeypatch):
+def test_missing_metrics_of_a_trained_generation_is_a_clear_error(tmp_path, digits):
     """Issue 13: every epoch trained (the state says so) but metrics.jsonl deleted: a clear error, not an IndexError."""
     import label_refinery.training.generation as generation
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt  # stopped during the final save, after the last epoch's state
-
-    monkeypatch.setattr(generation, "save_final", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
-    monkeypatch.undo()
-    assert position(tmp_path / "run") == {"epoch": 2, "batch": 0}
+    train = trainer(config(), digits)
+    crash(train, tmp_path / "run", raise_in(generation, "save_final"))  # stopped during the final save, after the last epoch's state
+    assert position(tmp_path / "run") == (2, 0)
     (tmp_path / "run/metrics.jsonl").unlink()
     with pytest.raises(UserError, match=r"metrics.jsonl is missing or lacks epochs \(0 of 2 logged\).*delete .* to retrain"):
-        train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)
+        rerun(train, tmp_path / "run")
 
 
 class Payload:
@@ -168,18 +157,9 @@ def test_meters_wait_on_the_device_and_a_late_nan_still_saves_nothing(tmp_path, 
     m.add(logits, refined, y, torch.tensor(float("nan")), 3.0)
     with pytest.raises(engine.NonFinite):
         m.settle()
-    real_loss, calls = losses.refinery_loss, {"n": 0}
-
-    def loss_that_blows_up(*args, **kwargs):
-        calls["n"] += 1
-        out = real_loss(*args, **kwargs)
-        return out * float("nan") if calls["n"] == 53 else out
-
-    monkeypatch.setattr(losses, "refinery_loss", loss_that_blows_up)
     monkeypatch.setattr(engine, "_settle_every", lambda device: 5)
-    with pytest.raises(UserError, match=r"loss became nan or inf at step 50\.\.54"):
-        train_generation(config(save_every=10), tmp_path / "run", dataset=digits, log=lambda _: None)
-    assert position(tmp_path / "run") == {"epoch": 1, "batch": 6}  # step 50: the last checkpoint before the NaN
+    crash(trainer(config(save_every=10), digits), tmp_path / "run", nan_loss_at(53), match=r"loss became nan or inf at step 50\.\.54")
+    assert position(tmp_path / "run") == (1, 6)  # step 50: the last checkpoint before the NaN
     tensors, _, _ = load_tensors(tmp_path / "run/state.safetensors")
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model.") and t.is_floating_point())
 
@@ -197,4 +177,4 @@ def test_cuda_settings_leave_a_cpu_run_alone():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     from pathlib import Path
 
-    assert load_config(Path(__file__).parents[1] / "configs/imagenet/resnet50.yaml").amp == "auto"
+    assert load_config(Path(__file__).parents[2] / "configs/imagenet/resnet50.yaml").amp == "auto"

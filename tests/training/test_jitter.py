@@ -4,13 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from label_refinery import UserError, load_checkpoint, load_config, run_chain, train_generation
+from label_refinery import UserError, load_config, run_chain, train_generation
 from label_refinery.config import JitterConfig, OptimConfig
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.labels import LiveRefinery
 from label_refinery.models import create_model
 from label_refinery.training.engine import Step, lr_schedule, make_optimizer, train_one_epoch
 from label_refinery.training.jitter import Jitter
+from tests.harness import assert_same_weights
 
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}
 
@@ -104,8 +105,7 @@ def test_eps_zero_trains_exactly_as_without_jittering(tmp_path, digits, refinery
     train_generation(load_config(overrides=base), tmp_path / "plain", dataset=digits, log=lambda _: None)
     zero = {**base, "jitter.enabled": True, "jitter.eps": 0.0, "jitter.steps": 2}
     train_generation(load_config(overrides=zero), tmp_path / "zero", dataset=digits, log=lambda _: None)
-    a, b = load_checkpoint(tmp_path / "plain").state_dict, load_checkpoint(tmp_path / "zero").state_dict
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "plain", tmp_path / "zero")
 
 
 def test_jitter_inside_a_chain(tmp_path):
@@ -128,4 +128,3 @@ def test_jitter_needs_a_live_refinery(tmp_path, digits):
         train_generation(load_config(overrides={**FAST, "jitter.enabled": True}), tmp_path / "g", dataset=digits, log=lambda _: None)
     with pytest.raises(UserError, match="jitter.eps"):
         load_config(overrides={"jitter.eps": 2})
-

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from label_refinery.tools import analysis as A
+from label_refinery.tools.analysis import distractor_mass
 
 
 def test_entropy_and_max_prob():
@@ -53,3 +54,14 @@ def test_crop_disagreement_and_summary():
     assert (s["images"], s["crops_per_image"]) == (2, 2)
     assert s["agreement_images"] == 1.0 and s["agreement_crops"] == 0.75 and s["crops_other_top1"] == 0.25
     assert s["max_prob_crops"] == pytest.approx((0.9 + 0.6 + 0.7 + 0.9) / 4)
+
+
+def test_distractor_mass_by_hand():
+    p = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.1, 0.7], [0.5, 0.5, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    d = torch.tensor([1, 2, 2])
+    out = distractor_mass(p, y, d)
+    assert out["distractor_mass"] == pytest.approx((0.3 + 0.7 + 0.0) / 3)
+    assert out["given_mass"] == pytest.approx((0.6 + 0.2 + 0.5) / 3)
+    assert out["other_mass"] == pytest.approx((0.1 + 0.1 + 0.5) / 3)  # 3 classes: one "other" per row
+    assert out["distractor_top1"] == pytest.approx(1 / 3)  # only row 2's top-1 is its distractor

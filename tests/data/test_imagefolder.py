@@ -14,6 +14,7 @@ import label_refinery
 from label_refinery import UserError
 from label_refinery.data import CropSampler, load_dataset
 from label_refinery.data import imagefolder
+from tests.harness import top1
 
 S = 16  # side of crops and evaluation views
 # class -> [(file name, PIL mode, (width, height))]: mixed modes, sizes and extensions (.JPEG upper case)
@@ -198,6 +199,8 @@ def test_train_generation_end_to_end(root, tmp_path):
     assert saved["in_chans"] == 3 and saved["image_size"] == 16
     ckpt = label_refinery.load_checkpoint(out)
     assert ckpt.build_model()(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
+    # the recorded test top-1 is the saved model's on the 4 validation images, computed here
+    assert meta["metrics"]["test_top1"] == pytest.approx(top1(out, load_dataset(f"imagefolder:{root}", image_size=16).test), abs=1e-9)
 
 
 # ---- errors: each a UserError whose message names the problem ----
@@ -363,7 +366,8 @@ def test_folder_index_is_cached_and_checked_by_directory_times(root, monkeypatch
     monkeypatch.setattr(folder_index, "scan", no_scan)
     again = load_dataset(f"imagefolder:{root}", image_size=S)
     assert again.fingerprint() == first.fingerprint() and again.train.samples == first.train.samples
-    assert again.train.index.sizes is not None  # read from the cache, not from the files' headers
+    # read from the cache, not from the files' headers: the sizes the first load measured
+    assert again.train.index.sizes is not None and again.train.index.sizes.tolist() == np.stack([heights, widths], 1).tolist()
     assert [a.tolist() for a in again.train.image_sizes()] == [heights.tolist(), widths.tolist()]
     monkeypatch.undo()
     write_image(root / "train" / "cat" / "c9.png", "RGB", (20, 20), seed=5)  # the class folder's time moves

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -45,25 +44,3 @@ def test_fashion_scenes_dataset():
     sub = ds.train.subset([5, 3])
     assert sub.distractors.tolist() == [int(ds.train.distractors[5]), int(ds.train.distractors[3])]
     assert 0.1 < ds.mean[0] < 0.3 and 0.2 < ds.std[0] < 0.4  # mostly black canvas
-
-
-def test_analyze_measures_distractor_mass_on_scenes(tmp_path):
-    from label_refinery import load_config, run_chain
-    from label_refinery.tools.analyze import analyze_run
-
-    try:
-        ds = load_dataset("fashion-scenes", image_size=24, train_subset=600, val_split=300)
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"Fashion-MNIST not available here: {err}")
-    assert (ds.train.distractors != ds.train.targets).all() and len(ds.val.distractors) == 300
-    cfg = load_config(overrides={"data.dataset": "fashion-scenes", "data.image_size": 24, "data.train_subset": 600,
-                                 "data.val_split": 300, "optim.epochs": 2, "chain.generations": 1})
-    run_chain(cfg, tmp_path / "run", log=lambda _: None, dataset=ds)
-    rows = analyze_run(tmp_path / "run", images=200, crops_per_image=2, examples=0, log=lambda _: None, dataset=ds)
-    row = rows[0]
-    for view in ("crops", "images"):
-        assert 0 < row[f"distractor_mass_{view}"] < 1 and 0 < row[f"given_mass_{view}"] < 1
-        assert row[f"distractor_mass_{view}"] + row[f"given_mass_{view}"] <= 1 + 1e-6
-        assert 0 <= row[f"distractor_top1_{view}"] <= 1
-    assert json.loads((tmp_path / "run/gen1/analysis.json").read_text())["distractor_mass_crops"] == row["distractor_mass_crops"]
-    assert not (tmp_path / "run/analysis").exists()  # examples=0: no example figure data

@@ -18,14 +18,21 @@ def test_builtin_sizes():
 
 
 def test_torchvision_adapted():
+    import torchvision
+
     model = create_model("torchvision:resnet18", in_chans=1, num_classes=5).eval()
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 5)
+    # torchvision's own ResNet-18 for 5 classes, with a 1-channel stem: 64 x 2 x 7 x 7 stem weights fewer
+    reference = torchvision.models.resnet18(num_classes=5)
+    assert count_parameters(model) == count_parameters(reference) - 64 * 2 * 7 * 7
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 5
 
 
 def test_timm_adapted():
-    pytest.importorskip("timm", reason="timm is an optional dependency")
+    timm = pytest.importorskip("timm", reason="timm is an optional dependency")
     model = create_model("timm:resnet18", in_chans=1, num_classes=5).eval()
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 5)
+    assert count_parameters(model) == count_parameters(timm.create_model("resnet18", in_chans=1, num_classes=5))
 
 
 def test_pretrained_from_local_file(tmp_path):
