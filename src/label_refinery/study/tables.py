@@ -49,11 +49,14 @@ def collect(exp: Experiment) -> list[dict]:
                 if not (gen / META).is_file():
                     continue
                 meta = json.loads((gen / META).read_text())
+                data = upgrade(meta["config"]).get("data", {})
                 row = {
                     "seed": seed,
                     "arm": arm.name,
                     "generation": meta["generation"],
                     "model": meta["model"],
+                    "dataset": data.get("dataset"),  # names the pairing of fashion-pairs:seed=S
+                    "subset_seed": data.get("subset_seed", 0),  # which training subset (issue 24)
                     "labels": _labels(meta, arm, len(exp.seeds)),
                     **meta["metrics"],
                 }
