@@ -1,6 +1,7 @@
 """Issue 24's tables, built from the committed results files (one row per finished run), never by hand.
 
     python bench/table.py tune configs/table/tune.results.json          # the tuning table (markdown)
+    python bench/table.py paper configs/table/pairs-s*.results.json --figure docs/figures/table.png
     python bench/table.py save configs/table/tune.yaml configs/table/tune.results.json   # refresh it
     python bench/table.py save configs/table/tune.yaml FILE --out runs/elsewhere     # runs made elsewhere
 
@@ -10,6 +11,13 @@ every number in docs/results.md can be checked without rerunning anything. `tune
 arm family (ground truth `gt-*`, refined by itself `self-*`, refined by the strong refinery
 `strong-*`), every trial's val top-1 and the one chosen on val, with its test top-1; test numbers
 of the trials not chosen are shown too, for honesty, and never used to choose.
+
+`paper` is the paper's table, small: per student (a run's `model`), its ground-truth test top-1
+and the gains of refined labels, paired by (pairing, subset, seed): `self-*` (refined by its own
+generation 1) and `strong-*` (by the strong refinery, arm `refinery`), mean [95 % t-interval] and
+how many pairs gained; `--figure` plots each gain against the student's own accuracy (the
+paper's claim: the weakest students gain most). Arms are named `gt-STUDENT`, `self-STUDENT`,
+`strong-STUDENT`, and `refinery` for the strong refinery itself.
 """
 
 from __future__ import annotations
@@ -58,6 +66,65 @@ def tune_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _key(r: dict) -> tuple:
+    return (r.get("dataset"), r.get("subset_seed"), r["seed"])
+
+
+def paper_rows(rows: list[dict]) -> list[dict]:
+    """One dict per student: ground-truth accuracy and the paired gains of each refined arm."""
+    from label_refinery.study.stats import mean_std, t_interval
+
+    by = {(r["arm"].partition("-")[0], r["model"], _key(r)): r for r in rows if r["arm"] != "refinery"}
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows if r["arm"].startswith("gt-")):
+        gt = {k: r for (fam, m, k), r in by.items() if fam == "gt" and m == model}
+        entry = {"model": model, "pairs": len(gt), "gt_test": mean_std([r["test_top1"] for r in gt.values()])}
+        for family in ("self", "strong"):
+            diffs = [by[(family, model, k)]["test_top1"] - r["test_top1"] for k, r in gt.items() if (family, model, k) in by]
+            entry[family] = (t_interval(diffs), sum(d > 0 for d in diffs), len(diffs)) if len(diffs) >= 2 else None
+        out.append(entry)
+    return out
+
+
+def paper_table(rows: list[dict]) -> str:
+    refinery = [r["test_top1"] for r in rows if r["arm"] == "refinery"]
+    lines = ["| student | pairs | ground truth, test top-1 | refined by itself, Δ test | refined by the strong refinery, Δ test |",
+             "|---|---:|---:|---|---|"]  # fmt: skip
+    for e in paper_rows(rows):
+        cells = []
+        for family in ("self", "strong"):
+            if e[family] is None:
+                cells.append("not run")
+                continue
+            (m, half), better, n = e[family]
+            cells.append(f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}], {better}/{n}")
+        lines.append(f"| `{e['model']}` | {e['pairs']} | {e['gt_test'][0]:.2f} ± {e['gt_test'][1]:.2f} | {cells[0]} | {cells[1]} |")
+    if refinery:
+        lines.append(f"\nThe strong refinery: test top-1 {sum(refinery) / len(refinery):.2f} (mean of {len(refinery)}).")
+    return "\n".join(lines)
+
+
+def paper_figure(rows: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for family, color in (("self", "tab:blue"), ("strong", "tab:red")):
+        points = [(e["gt_test"][0], *e[family][0], e["model"]) for e in paper_rows(rows) if e[family]]
+        if points:
+            x, y, err, names = zip(*points)
+            ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=f"refined by {'itself' if family == 'self' else 'the strong refinery'}")
+            for xi, yi, name in zip(x, y, names):
+                ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("student's ground-truth test top-1 (%)")
+    ax.set_ylabel("gain in test top-1 (points, 95 % interval)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -67,11 +134,19 @@ def main() -> None:
     s.add_argument("--out", type=Path, help="where its runs are [default: the file's out]")
     t = sub.add_parser("tune")
     t.add_argument("results", type=Path)
+    q = sub.add_parser("paper")
+    q.add_argument("results", type=Path, nargs="+", help="results files of the table's studies (one per subset)")
+    q.add_argument("--figure", type=Path, help="also plot the gains against the students' accuracy")
     a = p.parse_args()
     if a.what == "save":
         save(a.experiment, a.target, a.out)
-    else:
+    elif a.what == "tune":
         print(tune_table(json.loads(a.results.read_text())))
+    else:
+        rows = [r for f in a.results for r in json.loads(f.read_text())]
+        print(paper_table(rows))
+        if a.figure:
+            paper_figure(rows, a.figure)
 
 
 if __name__ == "__main__":
