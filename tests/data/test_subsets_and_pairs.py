@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from label_refinery import UserError, load_config
-from label_refinery.config import DataConfig
-from label_refinery.data import dataset_from_config, load_dataset, subset_positions
+from label_refinery.data import choose, load_dataset, open_dataset, subset_positions
+from label_refinery.training.setup import load_data
 
 
 def _fashion_pairs(name: str):
@@ -30,10 +30,10 @@ def test_stratified_subsets_hold_every_class_equally_and_seeds_choose_others():
 
 
 def test_subset_seed_and_stratify_reach_the_dataset():
-    base = dataset_from_config(DataConfig("digits", train_subset=300))
+    base = choose(open_dataset("digits"), train_subset=300)
     assert base.fingerprint() == load_dataset("digits", train_subset=300).fingerprint()  # seed 0: as before
-    other = dataset_from_config(DataConfig("digits", train_subset=300, subset_seed=1))
-    strat = dataset_from_config(DataConfig("digits", train_subset=300, stratify=True))
+    other = choose(open_dataset("digits"), train_subset=300, subset_seed=1)
+    strat = load_data(load_config(overrides={"data.dataset": "digits", "data.train_subset": 300, "data.stratify": True}))
     assert set(other.train.ids.tolist()) != set(base.train.ids.tolist())
     assert np.bincount(strat.train.targets.numpy()).tolist() == [30] * 10
     assert load_config(overrides={"data.subset_seed": 2, "data.stratify": True}).data.stratify
@@ -51,6 +51,6 @@ def test_fashion_pairs_options_pair_otherwise_and_keep_validation_items_apart():
     halves = lambda x: {bytes(h) for img in x.numpy()[:, 0] for h in (img[:16], img[16:])}  # noqa: E731
     assert not halves(ds.val.images) & halves(ds.train.images)
     with pytest.raises(UserError, match="brings its own validation split"):
-        dataset_from_config(DataConfig("fashion-pairs:val_items=2000", val_split=100))
+        choose(open_dataset("fashion-pairs:val_items=2000"), val_split=100)
     with pytest.raises(UserError, match="options are seed=N, val_items=N"):
         load_dataset("fashion-pairs:nope=1")

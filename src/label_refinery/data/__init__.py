@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import DataConfig
 from ..errors import UserError
 from . import digits, fashion_mnist, imagefolder, pairs, scenes
 from .base import Batch, ImageDataset, Split
@@ -68,8 +67,8 @@ def load_dataset(
     label_overrides: str | None = None,
     holdout_fold: tuple[int, int] | None = None,
 ) -> ImageDataset:
-    """Load a dataset by registry name (every choice of :class:`~label_refinery.config.DataConfig`:
-    :func:`dataset_from_config`).
+    """Load a dataset by registry name (:func:`open_dataset`) and take a run's images and labels from
+    it (:func:`choose`, which also takes ``subset_seed`` and ``stratify``).
 
     Args:
         name: ``fashion-mnist``, ``digits`` or ``imagefolder:PATH``.
@@ -88,39 +87,52 @@ def load_dataset(
         holdout_fold: ``(k, K)``: train on the training images outside fold ``k`` of ``K`` (a seeded
             partition of the final training split, :func:`fold_of`): the audit's held-out models.
     """
-    d = DataConfig(name, data_dir, image_size, train_subset, val_split=val_split, label_noise=label_noise,
-                   label_noise_seed=noise_seed, label_overrides=label_overrides, holdout_fold=holdout_fold,
-                   workers=workers)  # fmt: skip
-    return dataset_from_config(d)
+    ds = open_dataset(name, data_dir, image_size, workers)
+    return choose(ds, train_subset=train_subset, val_split=val_split, label_noise=label_noise, noise_seed=noise_seed,
+                  label_overrides=label_overrides, holdout_fold=holdout_fold)  # fmt: skip
 
 
-def dataset_from_config(d: DataConfig) -> ImageDataset:
-    """The dataset ``d`` describes: its images, its training subset (``train_subset``, chosen by
-    ``subset_seed``, ``stratify``d by class or not) and validation split, its labels (noise,
-    overrides) and an audit fold held out. Each argument is described at :func:`load_dataset`."""
-    name = d.dataset
+def open_dataset(name: str, data_dir: str | None = None, image_size: int | None = None, workers: int = 0) -> ImageDataset:
+    """The whole dataset a registry name gives (see :func:`load_dataset` for the arguments)."""
     prefix, _, arg = name.partition(":")
     if name in DATASETS:
-        ds = DATASETS[name](data_dir=d.data_dir, image_size=d.image_size)
-    elif prefix in OPTIONS and arg:
-        ds = DATASETS[prefix](data_dir=d.data_dir, image_size=d.image_size, **_options(name, arg, OPTIONS[prefix]))
-    elif prefix in PREFIXED and arg:
-        ds = PREFIXED[prefix](arg, image_size=d.image_size, workers=d.workers)
-    else:
-        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
-    _choose_images(ds, d.train_subset, d.val_split, (d.subset_seed, d.stratify))
-    if d.label_noise:
-        if not 0 < d.label_noise < 1:
-            raise UserError(f"label_noise must be a share in [0, 1), got {d.label_noise}")
+        return DATASETS[name](data_dir=data_dir, image_size=image_size)
+    if prefix in OPTIONS and arg:
+        return DATASETS[prefix](data_dir=data_dir, image_size=image_size, **_options(name, arg, OPTIONS[prefix]))
+    if prefix in PREFIXED and arg:
+        return PREFIXED[prefix](arg, image_size=image_size, workers=workers)
+    raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
+
+
+def choose(
+    ds: ImageDataset,
+    *,
+    train_subset: int | None = None,
+    subset_seed: int = SUBSET_SEED,
+    stratify: bool = False,
+    val_split: int = 0,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
+    label_overrides: str | None = None,
+    holdout_fold: tuple[int, int] | None = None,
+) -> ImageDataset:
+    """The images and labels a run takes from ``ds`` (changed in place and returned): a validation
+    split, a training subset (``subset_seed`` chooses which; ``stratify``: as many images of every
+    class), label noise, label overrides, an audit fold held out; the arguments as for
+    :func:`load_dataset` (``data.*`` of the config)."""
+    _choose_images(ds, train_subset, val_split, (subset_seed, stratify))
+    if label_noise:
+        if not 0 < label_noise < 1:
+            raise UserError(f"label_noise must be a share in [0, 1), got {label_noise}")
         ds.train.targets, ds.label_changes = symmetric_noise(
-            ds.train.targets, ds.train.ids, ds.num_classes, d.label_noise, d.label_noise_seed
+            ds.train.targets, ds.train.ids, ds.num_classes, label_noise, noise_seed
         )
-    if d.label_overrides:
+    if label_overrides:
         ds.train.targets, ds.label_overrides = apply_overrides(
-            ds.train.targets, ds.train.ids, ds.classes, d.label_overrides
+            ds.train.targets, ds.train.ids, ds.classes, label_overrides
         )
-    if d.holdout_fold is not None:
-        ds.train = without_fold(ds.train, *d.holdout_fold)
+    if holdout_fold is not None:
+        ds.train = without_fold(ds.train, *holdout_fold)
     return ds
 
 
@@ -187,10 +199,11 @@ __all__ = [
     "ImageDataset",
     "Split",
     "apply_crops",
-    "dataset_from_config",
+    "choose",
     "dataset_names",
     "fold_of",
     "load_dataset",
+    "open_dataset",
     "subset_positions",
     "without_fold",
 ]

@@ -26,7 +26,7 @@ from .. import distributed
 from ..checkpoint import META
 from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
-from ..data import CropSampler, ImageDataset, dataset_from_config
+from ..data import CropSampler, ImageDataset, choose, open_dataset
 from ..errors import UserError
 from ..models import check_input_size, check_model_name, create_model
 from ..typed import to_dict
@@ -98,7 +98,13 @@ def resolve(cfg: Config) -> Config:
 
 def load_data(cfg: Config) -> ImageDataset:
     """The dataset ``cfg.data`` describes: its images, splits and (overridden or noisy) labels."""
-    return dataset_from_config(cfg.data)
+    d = cfg.data
+    return choose(
+        open_dataset(d.dataset, d.data_dir, d.image_size, d.workers),
+        train_subset=d.train_subset, subset_seed=d.subset_seed, stratify=d.stratify, val_split=d.val_split,
+        label_noise=d.label_noise, noise_seed=d.label_noise_seed, label_overrides=d.label_overrides,
+        holdout_fold=d.holdout_fold,
+    )  # fmt: skip
 
 
 def checkpoint_data(checkpoint, dataset: str | None = None, data_dir: str | None = None) -> ImageDataset:
