@@ -62,7 +62,7 @@ def main() -> None:
     p = np.load(path, mmap_mode="r")
     t1 = time.time()
     table = audit._table(p, y, np.zeros(n, dtype=np.float32), c)
-    summary = audit._summary(table, y, [str(i) for i in range(c)], 5, 1, 1, "self_confidence")
+    summary = audit._summary(table, y, [str(i) for i in range(c)], 5, 1, 1, 1, "self_confidence")  # folds, fold gens, seeds, gens
     ranked = np.argsort(table["self_confidence"], kind="stable")
     took = time.time() - t1
     done.set()
