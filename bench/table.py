@@ -1,6 +1,7 @@
 """Issue 24's tables, built from the committed results files (one row per finished run), never by hand.
 
     python bench/table.py tune configs/table/tune.results.json          # the tuning table (markdown)
+    python bench/table.py tune configs/table/tune.results.json --into docs/results.md   # ... between its markers
     python bench/table.py paper configs/table/pairs-s*.results.json --figure docs/figures/table.png
     python bench/table.py save configs/table/tune.yaml configs/table/tune.results.json   # refresh it
     python bench/table.py save configs/table/tune.yaml FILE --out runs/elsewhere     # runs made elsewhere
@@ -9,7 +10,7 @@
 subset seed, seed, val/test/train top-1, gap, seconds) into a small file beside its config, so
 every number in docs/results.md can be checked without rerunning anything. `tune` prints, for each
 arm family (ground truth `gt-*`, refined by itself `self-*`, refined by the strong refinery
-`strong-*`), every trial's val top-1 and the one chosen on val, with its test top-1; test numbers
+`strong-*`), every trial's changes (read from the experiment file beside the results file), val top-1 and the one chosen on val, with its test top-1; test numbers
 of the trials not chosen are shown too, for honesty, and never used to choose.
 
 `paper` is the paper's table, small: per student (a run's `model`), its ground-truth test top-1
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import yaml
 
 KEEP = ("arm", "model", "dataset", "subset_seed", "seed", "generation", "labels", "val_top1", "test_top1",
         "train_top1_clean", "gap", "train_seconds")  # fmt: skip
@@ -49,9 +52,28 @@ def families(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def tune_table(rows: list[dict]) -> str:
-    by_family = families(rows)
-    lines = ["| arm | trial | labels | val top-1 | test top-1 | chosen on val |", "|---|---|---|---:|---:|---|"]
+def _flat(changes: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in changes.items():
+        if isinstance(v, dict):
+            out += _flat(v, f"{prefix}{k}.")
+        elif f"{prefix}{k}" != "chain.generations":
+            out.append(f"{prefix}{k}={v}")
+    return out
+
+
+def settings(experiment: Path | None) -> dict[str, str]:
+    """Each arm's changes to the base config, in words (``data.crop_scale=[0.6, 1.0]``, ...)."""
+    if experiment is None or not experiment.is_file():
+        return {}
+    doc = yaml.safe_load(experiment.read_text())
+    return {a["name"]: ", ".join(_flat(a.get("set") or {})) or "the base config" for a in doc["arms"]}
+
+
+def tune_table(rows: list[dict], changes: dict[str, str] | None = None) -> str:
+    by_family, changes = families(rows), changes or {}
+    lines = ["| arm | trial | labels | changes to the base | val top-1 | test top-1 | chosen on val |",
+             "|---|---|---|---|---:|---:|---|"]  # fmt: skip
     for family in ("gt", "self", "strong"):
         trials = sorted(by_family.get(family, []), key=lambda r: r["arm"])
         if not trials:
@@ -59,10 +81,12 @@ def tune_table(rows: list[dict]) -> str:
         best = max(trials, key=lambda r: r["val_top1"])
         for r in trials:
             mark = "**chosen**" if r is best else ""
-            lines.append(f"| {family} | {r['arm']} | {r['labels']} | {r['val_top1']:.2f} | {r['test_top1']:.2f} | {mark} |")
+            lines.append(f"| {family} | {r['arm']} | {r['labels']} | {changes.get(r['arm'], '')} | {r['val_top1']:.2f} | "
+                         f"{r['test_top1']:.2f} | {mark} |")  # fmt: skip
     refinery = [r for r in rows if r["arm"] == "strong"]
     for r in refinery:
-        lines.append(f"| (the strong refinery) | strong | {r['model']}, {r['labels']} | {r['val_top1']:.2f} | {r['test_top1']:.2f} | |")
+        lines.append(f"| (the strong refinery) | strong | {r['labels']} | {changes.get('strong', '')} | {r['val_top1']:.2f} | "
+                     f"{r['test_top1']:.2f} | |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -125,6 +149,17 @@ def paper_figure(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def into(path: Path, marker: str, text: str) -> None:
+    """Replace what stands between ``<!-- MARKER -->`` and ``<!-- /MARKER -->`` in ``path`` by ``text``."""
+    doc = path.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path} has no {start} ... {end} block")
+    head, rest = doc.split(start, 1)
+    path.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+    print(f"{path}: {marker} rewritten")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -134,6 +169,7 @@ def main() -> None:
     s.add_argument("--out", type=Path, help="where its runs are [default: the file's out]")
     t = sub.add_parser("tune")
     t.add_argument("results", type=Path)
+    t.add_argument("--into", type=Path, help="write it between <!-- TUNE --> markers of this file instead")
     q = sub.add_parser("paper")
     q.add_argument("results", type=Path, nargs="+", help="results files of the table's studies (one per subset)")
     q.add_argument("--figure", type=Path, help="also plot the gains against the students' accuracy")
@@ -141,7 +177,9 @@ def main() -> None:
     if a.what == "save":
         save(a.experiment, a.target, a.out)
     elif a.what == "tune":
-        print(tune_table(json.loads(a.results.read_text())))
+        experiment = a.results.with_name(a.results.name.replace(".results.json", ".yaml"))
+        text = tune_table(json.loads(a.results.read_text()), settings(experiment))
+        into(a.into, "TUNE", text) if a.into else print(text)
     else:
         rows = [r for f in a.results for r in json.loads(f.read_text())]
         print(paper_table(rows))

@@ -36,6 +36,9 @@ def chosen(tune: dict, rows: list[dict]) -> dict[str, dict]:
     out = {"refinery": arms["strong"].get("set", {})}
     for family in ("gt", "self", "strong"):
         trials = [r for r in rows if r["arm"].startswith(family + "-")]
+        if len(trials) < len([a for a in arms if a.startswith(family + "-")]):
+            raise SystemExit(f"the tuning study has {len(trials)} finished {family}-* trials of "
+                             f"{len([a for a in arms if a.startswith(family + '-')])}: finish configs/table/tune.yaml first")
         best = max(trials, key=lambda r: r["val_top1"])
         out[family] = dict(arms[best["arm"]].get("set", {}), _trial=best["arm"])
     return out
