@@ -154,8 +154,6 @@ class Run:
     """What one generation trains with, built once by :func:`build_run` from its :class:`Plan`."""
 
     plan: Plan
-    cfg: Config
-    folder: Path
     ds: ImageDataset
     device: torch.device
     student: nn.Module  # the plain model: saved, evaluated, attacked by jittering
@@ -168,6 +166,14 @@ class Run:
     refinery_sha: str | None  # of the checkpoint behind the labels (None: ground truth)
     crops: CropSampler
     steps: int  # per epoch, the same in every process
+
+    @property
+    def cfg(self) -> Config:
+        return self.plan.cfg
+
+    @property
+    def folder(self) -> Path:
+        return self.plan.folder
 
     def evaluate_on(self, split, desc: str, progress: bool) -> dict:
         distributed.sync_buffers(self.student)  # every process evaluates rank 0's BatchNorm statistics
@@ -212,8 +218,6 @@ def build_run(plan: Plan, ds: ImageDataset, log: Callable[[str], None], progress
     per_process = distributed.per_process_batch(cfg.optim.batch_size)
     return Run(
         plan=plan,
-        cfg=cfg,
-        folder=folder,
         ds=ds,
         device=device,
         student=student,
