@@ -118,25 +118,8 @@ class LiveRefinery:
         from ..models.ensemble import ProbabilityEnsemble
 
         members = [cls.from_checkpoint(p, device, channels_last) for p in paths]
-        first = members[0].provenance
-        for m in members[1:]:
-            for key in ("classes", "in_chans", "image_size", "mean", "std"):
-                if m.provenance.get(key) != first.get(key):
-                    raise UserError(
-                        f"the refinery ensemble's members see different inputs: {m.provenance['path']} has {key} "
-                        f"{m.provenance.get(key)!r}, {first['path']} has {first.get(key)!r}; an ensemble averages "
-                        "models trained on the same kind of data"
-                    )
-        fingerprints = {m.provenance.get("dataset_fingerprint") for m in members}
-        prov = {
-            **{key: first.get(key) for key in ("classes", "in_chans", "image_size", "mean", "std")},
-            "path": [m.provenance["path"] for m in members],
-            "sha256": ensemble_sha256([m.provenance["sha256"] for m in members]),
-            "model": f"ensemble of {len(members)}: " + ", ".join(m.provenance["model"] for m in members),
-            "generation": max(int(m.provenance.get("generation") or 0) for m in members),
-            "dataset_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
-            "members": [{k: m.provenance.get(k) for k in ("path", "sha256", "model", "generation")} for m in members],
-        }
+        prov = members_provenance(members, "ensemble")
+        prov["sha256"] = ensemble_sha256([m.provenance["sha256"] for m in members])
         return cls(ProbabilityEnsemble([m.model for m in members]), provenance=prov, **kwargs)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
@@ -149,6 +132,33 @@ class LiveRefinery:
 
     def describe(self) -> dict:
         return {"kind": "live-refinery", "temperature": self.temperature, "bn_train": self.bn_train, **self.provenance}
+
+
+INPUTS = ("classes", "in_chans", "image_size", "mean", "std")  # what a refinery sees, from its checkpoint
+
+
+def members_provenance(members: list["LiveRefinery"], kind: str) -> dict:
+    """The provenance of several checkpoints acting as one refinery (an ``ensemble``, a ``cross-fit``):
+    they must see the same inputs (:data:`INPUTS`); ``path`` lists them, ``members`` records each.
+    The caller sets ``sha256``, the identity of the combination."""
+    first = members[0].provenance
+    for m in members[1:]:
+        for key in INPUTS:
+            if m.provenance.get(key) != first.get(key):
+                raise UserError(
+                    f"the refinery {kind}'s members see different inputs: {m.provenance['path']} has {key} "
+                    f"{m.provenance.get(key)!r}, {first['path']} has {first.get(key)!r}; an {kind} combines "
+                    "models trained on the same kind of data"
+                )
+    fingerprints = {m.provenance.get("dataset_fingerprint") for m in members}
+    return {
+        **{key: first.get(key) for key in INPUTS},
+        "path": [m.provenance["path"] for m in members],
+        "model": f"{kind} of {len(members)}: " + ", ".join(m.provenance["model"] for m in members),
+        "generation": max(int(m.provenance.get("generation") or 0) for m in members),
+        "dataset_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
+        "members": [{k: m.provenance.get(k) for k in ("path", "sha256", "model", "generation")} for m in members],
+    }
 
 
 def _num_outputs(model: nn.Module, provenance: dict | None) -> int:

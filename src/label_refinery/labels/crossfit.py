@@ -31,7 +31,7 @@ from ..config import config_from_dict
 from ..data import fold_of
 from ..data.base import Batch, Split
 from ..errors import UserError
-from . import LiveRefinery, refine
+from . import LiveRefinery, members_provenance, refine
 
 # The data settings that decide which images (and labels) make the training split.
 SAME_IMAGES = ("dataset", "train_subset", "subset_seed", "stratify", "val_split", "label_noise",
@@ -92,17 +92,10 @@ class CrossFitRefinery(LiveRefinery):
         """Fold models from their checkpoints (any order; sorted by fold and checked by :func:`fold_members`)."""
         ordered = fold_members(list(paths), data)
         members = [LiveRefinery.from_checkpoint(p, device, channels_last) for p in ordered]
-        first = members[0].provenance
-        prov = {
-            **{key: first.get(key) for key in ("classes", "in_chans", "image_size", "mean", "std")},
-            "path": [m.provenance["path"] for m in members],
-            "sha256": ensemble_sha256(["cross-fit"] + [m.provenance["sha256"] for m in members]),
-            "model": f"cross-fit of {len(members)}: " + ", ".join(m.provenance["model"] for m in members),
-            "generation": max(int(m.provenance.get("generation") or 0) for m in members),
-            "dataset_fingerprint": None,  # each member saw other images, by design
-            "cross_fit": True,
-            "members": [{k: m.provenance.get(k) for k in ("path", "sha256", "model", "generation")} for m in members],
-        }
+        prov = members_provenance(members, "cross-fit")
+        prov["sha256"] = ensemble_sha256(["cross-fit"] + [m.provenance["sha256"] for m in members])
+        prov["dataset_fingerprint"] = None  # each member saw other images, by design
+        prov["cross_fit"] = True
         return cls([m.model for m in members], train, provenance=prov, **kwargs)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
