@@ -7,7 +7,8 @@ Each file is one training subset (its own pairing of fashion-pairs and its own s
 validation pairs of held-out items), with seeds 1-3; arms per student: `gt-STUDENT` (the chosen
 ground-truth trial), `self-STUDENT` (refined by its own `gt-STUDENT` generation 1, with the chosen
 self-refinement trial's knobs), `strong-STUDENT` (refined by `refinery`, the strong refinery of
-that subset and seed, with the chosen strong trial's knobs). The recipes were tuned on cnn-small
+that subset and seed, with the chosen strong trial's knobs; its labels baked once per (subset,
+seed) into a shared store with every class kept, so six students cost one refinery pass). The recipes were tuned on cnn-small
 and are applied to every student (stated in docs/results.md).
 """
 
@@ -19,15 +20,16 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parents[1] / "configs" / "table"
-STUDENTS = {  # arm suffix -> architecture: 19k to 0.25M parameters, a wide range of accuracy
+STUDENTS = {  # arm suffix -> architecture: 19k to 0.25M parameters; the headline student first
+    "cnn": "cnn-small",
     "mlp": "mlp",
     "cnn4": "cnn-small:width=0.25",
-    "cnn": "cnn-small",
     "mobilenet": "mobilenet-0.25:small=true",
     "vgg": "vgg-small:width=16",
     "resnet": "resnet-cifar:depth=14,width=8",
 }
 SUBSETS = (1, 2, 3)
+CLASSES = 100  # fashion-pairs
 
 
 def chosen(tune: dict, rows: list[dict]) -> dict[str, dict]:
@@ -44,13 +46,17 @@ def chosen(tune: dict, rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def arm(name: str, student: str, changes: dict, refinery: str | None = None, seed_offset: int = 0) -> dict:
+def arm(name: str, student: str, changes: dict, refinery: str | None = None, seed_offset: int = 0,
+        store: str | None = None) -> dict:
     changes = {k: v for k, v in changes.items() if not k.startswith("_")}
     out = {"name": name, "set": {**changes, "model": student, "chain": {"generations": 1}}}
     if refinery:
         out["refinery"] = refinery
     if seed_offset:
         out["seed_offset"] = seed_offset
+    if store:  # one bake of the strong refinery serves every student (same seed, crops, epochs)
+        out["store"] = store
+        out["set"]["store"] = {"top_k": CLASSES}  # whole distributions, as live labels are
     return out
 
 
@@ -58,10 +64,11 @@ def study(subset: int, tune: dict, choice: dict) -> dict:
     base = json.loads(json.dumps(tune["base"]))
     base["data"] |= {"dataset": f"fashion-pairs:seed={100 + subset},val_items=5000", "subset_seed": subset}
     arms = [{"name": "refinery", "seed_offset": 2, "set": {**choice["refinery"], "chain": {"generations": 1}}}]
-    for key, student in STUDENTS.items():
-        arms.append(arm(f"gt-{key}", student, choice["gt"]))
-        arms.append(arm(f"self-{key}", student, choice["self"], f"gt-{key}/gen1", 1))
-        arms.append(arm(f"strong-{key}", student, choice["strong"], "refinery/gen1", 1))
+    # grouped so that two processes can share a (subset, seed) on 2 cores, about evenly:
+    #   --arms refinery strong-*        and        --arms gt-* self-*
+    arms += [arm(f"gt-{key}", student, choice["gt"]) for key, student in STUDENTS.items()]
+    arms += [arm(f"strong-{key}", student, choice["strong"], "refinery/gen1", 1, "strong") for key, student in STUDENTS.items()]
+    arms += [arm(f"self-{key}", student, choice["self"], f"gt-{key}/gen1", 1) for key, student in STUDENTS.items()]
     return {"out": f"runs/table/pairs-s{subset}", "seeds": [1, 2, 3], "analyze": False, "base": base, "arms": arms}
 
 
@@ -72,7 +79,9 @@ def main() -> None:
         path = HERE / f"pairs-s{subset}.yaml"
         head = (f"# Issue 24's table, training subset {subset}: written by bench/table_configs.py from the tuning study's\n"
                 f"# choices on val ({choice['gt']['_trial']}, {choice['self']['_trial']}, {choice['strong']['_trial']}).\n"
-                f"#   label-refinery experiment {path.relative_to(HERE.parents[1])} --threads 1 --no-progress\n")  # fmt: skip
+                f"# One (subset, seed) on 2 cores, two processes (bench/table_run.sh does this):\n"
+                f"#   label-refinery experiment {path.relative_to(HERE.parents[1])} --seeds S --threads 1 --no-progress --arms refinery strong-*\n"
+                f"#   label-refinery experiment {path.relative_to(HERE.parents[1])} --seeds S --threads 1 --no-progress --arms gt-* self-*\n")  # fmt: skip
         path.write_text(head + yaml.safe_dump(study(subset, tune, choice), sort_keys=False, width=120))
         print(path)
 

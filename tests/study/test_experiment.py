@@ -129,7 +129,42 @@ def test_experiment_cli(tmp_path, capsys):
     assert "not in the experiment's seeds" in capsys.readouterr().err
     assert main(["experiment", str(path), "--arms", "nope"]) == 2
     assert "no arm named 'nope'" in capsys.readouterr().err
+    assert main(["experiment", str(path), "--arms", "x*"]) == 2  # a pattern matching no arm
+    assert "no arm named 'x*'" in capsys.readouterr().err
     assert main(["experiment", str(path), "--table"]) == 0
     assert "no finished generation yet" in capsys.readouterr().out
-    assert main(["experiment", str(path), "--no-progress"]) == 0
+    assert main(["experiment", str(path), "--no-progress", "--arms", "s*"]) == 0
     assert "| self | 2 |" in (tmp_path / "xp/results.md").read_text()
+
+
+def test_arms_naming_one_store_share_one_bake(tmp_path):
+    """``store: NAME``: students of two architectures that see the same crops train from one bake of
+    their refinery; the labels are the ones an arm baking its own store gets (same weights)."""
+    top = {"store": {"top_k": 10}, "chain": {"generations": 1}}
+    arms = [
+        {"name": "self", "set": {"chain": {"generations": 1}}},
+        {"name": "a", "refinery": "self/gen1", "seed_offset": 1, "store": "shared", "set": top},
+        {"name": "b", "refinery": "self/gen1", "seed_offset": 1, "store": "shared", "set": {**top, "model": "mlp"}},
+        {"name": "own", "refinery": "self/gen1", "seed_offset": 1, "set": {**top, "labels": {"source": "store"}}},
+    ]
+    exp = load_experiment(_write(tmp_path, arms, seeds=[0], reference=[], analyze=False))
+    logs: list[str] = []
+    run_experiment(exp, log=logs.append)
+    store = tmp_path / "xp/seed0/stores/shared"
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["refinery_sha256"] and manifest["shape"][:2] == [2, 500] and manifest["top_k"] == 10
+    assert sum("finished earlier, reusing it" in line and "stores/shared" in line for line in logs) == 1  # b reused a's bake
+    assert not (tmp_path / "xp/seed0/a/gen1/labels").exists() and (tmp_path / "xp/seed0/own/gen1/labels/manifest.json").is_file()
+    meta = lambda arm: json.loads((tmp_path / f"xp/seed0/{arm}/gen1/meta.json").read_text())  # noqa: E731
+    assert meta("a")["config"]["labels"] == {"source": "store", "store": str(store)} and meta("b")["config"]["model"] == "mlp"
+    assert meta("a")["metrics"]["test_top1"] == meta("own")["metrics"]["test_top1"]  # same labels, same run
+    from safetensors.torch import load_file
+
+    wa, wo = (load_file(tmp_path / f"xp/seed0/{arm}/gen1/model.safetensors") for arm in ("a", "own"))
+    assert all(torch.equal(wa[k], wo[k]) for k in wa)
+    # an arm with other crops naming the same store is refused when it opens it, before training
+    bad = arms[:2] + [{"name": "c", "refinery": "self/gen1", "seed_offset": 2, "store": "shared", "set": top}]
+    with pytest.raises(UserError, match="finished label store with other settings"):
+        run_experiment(load_experiment(_write(tmp_path, bad, seeds=[0], reference=[], analyze=False)), log=lambda _: None)
+    with pytest.raises(UserError, match="needs a refinery"):
+        load_experiment(_write(tmp_path, [{"name": "x", "store": "s"}], seeds=[0], reference=[]))

@@ -115,7 +115,7 @@ def _add_label_tools(sub, fmt) -> None:
     xp.add_argument("file", help="experiment YAML (base config, arms, seeds)")
     xp.add_argument("--out", help="results folder [default: the file's `out`]")
     xp.add_argument("--seeds", type=int, nargs="+", help="run these seeds only [default: the file's]")
-    xp.add_argument("--arms", nargs="+", help="run these arms only, in the file's order [default: all]")
+    xp.add_argument("--arms", nargs="+", help="run these arms only, in the file's order: names or quoted patterns ('strong-*') [default: all]")
     xp.add_argument("--threads", type=_positive_int, help="CPU threads of this process (e.g. 1 with two processes on 2 cores)")
     xp.add_argument("--table", action="store_true", help="only rebuild results.md/json from the finished runs")
     xp.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -320,6 +320,16 @@ def cmd_report(args) -> None:
     print(f"report saved to {report_run(args.run)} (and report.md)")
 
 
+def _chosen_arms(exp, patterns: list[str]) -> list[str]:
+    """Arm names or shell patterns (``'strong-*'``), in the file's order; one matching nothing is refused."""
+    import fnmatch
+
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(a.name, pattern) for a in exp.arms):
+            exp.arm(pattern)  # fails with the list of arms
+    return [a.name for a in exp.arms if any(fnmatch.fnmatchcase(a.name, p) for p in patterns)]
+
+
 def cmd_experiment(args) -> None:
     from ..study.run import run_experiment
     from ..study.spec import load_experiment
@@ -336,9 +346,7 @@ def cmd_experiment(args) -> None:
     unknown = sorted(set(args.seeds or []) - set(exp.seeds))
     if unknown:
         raise UserError(f"seed {unknown[0]} is not in the experiment's seeds {list(exp.seeds)}")
-    for name in args.arms or []:
-        exp.arm(name)  # unknown names fail with the list of arms
-    order = [a.name for a in exp.arms if a.name in set(args.arms)] if args.arms else None
+    order = _chosen_arms(exp, args.arms) if args.arms else None
     print(run_experiment(exp, seeds=args.seeds, arms=order, progress=_progress(args)))
     print(f"results: {exp.out}/results.md")
 

@@ -22,7 +22,12 @@ seed (that arm must come earlier). A list (``refinery: [big/gen1, self/gen1]``) 
 ensemble, averaged in probability; ``ARM/genK@others`` stands for that generation of every *other*
 seed of the experiment (a leave-one-out ensemble of independently trained models: seed S's student
 is refined by the models of the other seeds, never its own paired generation 1). Arms refined
-across seeds run after every seed of the arms they need. Seed ``S`` runs every arm with ``config seed = base seed + 1000 * S
+across seeds run after every seed of the arms they need. ``store: NAME`` (with a refinery) bakes the
+arm's labels into ``OUT/seed{S}/stores/NAME`` instead of labelling live, and every arm naming the same
+store reuses that bake: students of different architectures that see the same crops (same seed, crop
+settings and epochs) pay for one refinery forward pass per crop, not one each (a store baked for
+other crops or another refinery is refused when opened). Add ``store: {top_k: C}`` (C classes) to
+its ``set`` to keep whole distributions, as live labels are. Seed ``S`` runs every arm with ``config seed = base seed + 1000 * S
 + seed_offset`` (a chain adds ``g - 1`` for its generation ``g``): with ``seed_offset: 1`` an arm refined
 by ``self/gen1`` starts from the same initialisation, crops and batch order as ``self/gen2``, so
 the two differ only in their labels.
@@ -52,6 +57,7 @@ class Arm:
     changes: dict = field(default_factory=dict)  # nested config keys on top of the base
     refinery: tuple[str, ...] = ()  # "ARM/genK" (same seed) or "ARM/genK@others" each; several: an ensemble
     seed_offset: int = 0
+    store: str | None = None  # a shared label store's name: OUT/seed{S}/stores/NAME
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class Experiment:
         if arm.refinery:
             paths = [str(p) for p in self.refinery_paths(arm, seed)]
             values.setdefault("refinery", {})["path"] = paths[0] if len(paths) == 1 else paths
+        if arm.store:
+            values.setdefault("labels", {}).update(source="store", store=str(self.out / f"seed{seed}" / "stores" / arm.store))
         cfg = config_from_dict(values)
         validate(cfg)
         return cfg
@@ -137,9 +145,9 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     for i, a in enumerate(raw["arms"]):
         if not isinstance(a, dict) or "name" not in a:
             raise UserError(f"experiment file {p}: arm {i + 1} needs a name")
-        extra = sorted(set(a) - {"name", "set", "refinery", "seed_offset"})
+        extra = sorted(set(a) - {"name", "set", "refinery", "seed_offset", "store"})
         if extra:
-            raise UserError(f"arm {a['name']!r}: unknown key {extra[0]!r}; keys: name, set, refinery, seed_offset")
+            raise UserError(f"arm {a['name']!r}: unknown key {extra[0]!r}; keys: name, set, refinery, seed_offset, store")
         name = str(a["name"])
         if name in seen or "/" in name:
             raise UserError(f"arm names must be unique and contain no '/': {name!r}")
@@ -147,8 +155,11 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
         for ref in refs:
             if split_ref(split_others(ref)[0])[0] not in seen:
                 raise UserError(f"arm {name!r}: its refinery {ref!r} must be an earlier arm's generation")
+        store = a.get("store")
+        if store is not None and (not refs or not str(store) or "/" in str(store) or str(store).startswith(".")):
+            raise UserError(f"arm {name!r}: store is the name of a shared label store (no '/') and needs a refinery")
         seen.add(name)
-        arms.append(Arm(name, a.get("set") or {}, refs, int(a.get("seed_offset", 0))))
+        arms.append(Arm(name, a.get("set") or {}, refs, int(a.get("seed_offset", 0)), None if store is None else str(store)))
     seeds = tuple(int(s) for s in raw.get("seeds", [0, 1, 2]))
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"experiment file {p}: seeds must be a non-empty list of distinct integers, got {list(seeds)}")

@@ -4,8 +4,10 @@
 - ``labels.store``: an existing store (:class:`StoredLabels`), checked against the run;
 - a refinery with ``labels.source``:
   - ``live``: :class:`LiveRefinery`, a forward pass per step on the student's crop;
-  - ``store``: bake the refinery's labels for this run's crops into ``FOLDER/labels``, then train
-    from it (same labels as live, up to the store's top-k and fp16 rounding);
+  - ``store``: bake the refinery's labels for this run's crops into ``FOLDER/labels`` (or into
+    ``labels.store`` when one is named: a finished store there with the same settings is reused, so
+    students that see the same crops share one bake), then train from it (same labels as live, up to
+    the store's top-k and fp16 rounding);
   - ``static``: bake one label per image (its evaluation view) into ``FOLDER/static-labels``.
 """
 
@@ -176,7 +178,7 @@ def build_label_source(
             refinery_sha256=sha,
         )
 
-    if lab.store:
+    if lab.store and not (cfg.refinery.path and lab.source == "store"):
         return open_store(lab.store, refinery_sha256(cfg.refinery.path) if cfg.refinery.path else None)
     if is_ground_truth(cfg):
         if lab.source != "live":
@@ -186,7 +188,7 @@ def build_label_source(
     if lab.source == "live":
         return refinery
     crops = None if lab.source == "static" else sampler  # static: one label per image
-    store_dir = Path(folder) / STORE_DIRS[lab.source]
+    store_dir = Path(lab.store) if lab.store else Path(folder) / STORE_DIRS[lab.source]
     # every process bakes its share of the batches (bake.py); rank 0 writes the manifest when all are done
     bake_labels(
         ds, refinery, store_dir, bake_spec(cfg, ds, crops), sampler=crops, device=device, fingerprint=fingerprint,
