@@ -111,12 +111,14 @@ def paper_rows(rows: list[dict]) -> list[dict]:
     out = []
     for model in dict.fromkeys(r["model"] for r in rows if r["arm"].startswith("gt-")):
         gt = {k: r for (fam, m, k), r in by.items() if fam == "gt" and m == model}
-        entry = {"model": model, "pairs": len(gt), "gt_test": mean_std([r["test_top1"] for r in gt.values()])}
+        entry = {"model": model, "pairs": len(gt), "gt_test": mean_std([r["test_top1"] for r in gt.values()]),
+                 "name": next(iter(gt.values()))["arm"].partition("-")[2]}  # fmt: skip
         entry["hours"] = {f: sum(r.get("train_seconds") or 0 for (fam, m, _), r in by.items() if fam == f and m == model) / 3600
                           for f in ("gt", "self", "strong")}  # fmt: skip
         for family in ("self", "strong"):
             diffs = [by[(family, model, k)]["test_top1"] - r["test_top1"] for k, r in gt.items() if (family, model, k) in by]
-            entry[family] = (t_interval(diffs), sum(d > 0 for d in diffs), len(diffs)) if len(diffs) >= 2 else None
+            entry[family] = (t_interval(diffs) if len(diffs) >= 2 else (diffs[0], None), sum(d > 0 for d in diffs),
+                             len(diffs)) if diffs else None  # fmt: skip
         out.append(entry)
     return out
 
@@ -138,7 +140,7 @@ def paper_table(rows: list[dict]) -> str:
                 cells.append("not run")
                 continue
             (m, half), better, n = e[family]
-            cells.append(f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}], {better}/{n}")
+            cells.append(f"{m:+.2f} (one pair, no interval)" if half is None else f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}], {better}/{n}")
         hours = " / ".join(f"{e['hours'][f]:.2f}" for f in ("gt", "self", "strong"))
         lines.append(f"| `{e['model']}` | {parameters(e['model']) / 1e3:.0f}k | {e['pairs']} | {e['gt_test'][0]:.2f} ± {e['gt_test'][1]:.2f} "
                      f"| {cells[0]} | {cells[1]} | {hours} |")  # fmt: skip
@@ -158,7 +160,7 @@ def paper_figure(rows: list[dict], path: Path) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for family, color in (("self", "tab:blue"), ("strong", "tab:red")):
-        points = [(e["gt_test"][0], *e[family][0], e["model"]) for e in paper_rows(rows) if e[family]]
+        points = [(e["gt_test"][0], e[family][0][0], e[family][0][1] or 0, e["name"]) for e in paper_rows(rows) if e[family]]
         if points:
             x, y, err, names = zip(*points)
             ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=f"refined by {'itself' if family == 'self' else 'the strong refinery'}")
