@@ -87,3 +87,45 @@ def test_optimizer_state_round_trip(tmp_path):
     assert opt2.param_groups[0]["nesterov"] and opt2.param_groups[0]["lr"] == 0.1
     for p in model.parameters():
         assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[p]["momentum_buffer"])
+
+
+def test_weights_check_themselves_without_meta_json(tmp_path):
+    """Issue 28: the header's digest covers the metadata and every tensor byte, so a damaged
+    model.safetensors copied without its meta.json is refused (a flipped weight byte loaded silently)."""
+    save_final(tmp_path, create_model("cnn-small", 1, 10), _meta())
+    (tmp_path / "meta.json").unlink()
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    for offset in (header + 5, len(data) - 3):  # a weight byte near the start and at the end
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x10
+        weights.write_bytes(bytes(damaged))
+        with pytest.raises(UserError, match="do not match the digest in its own header"):
+            load_checkpoint(weights)
+    # an edited number in the header's metadata (still valid JSON) is caught the same way
+    text = bytes(data[:header]).replace(b'\\"generation\\": 1', b'\\"generation\\": 7')
+    assert text != bytes(data[:header]) and len(text) == header
+    weights.write_bytes(text + bytes(data[header:]))
+    with pytest.raises(UserError, match="do not match the digest in its own header"):
+        load_checkpoint(weights)
+    weights.write_bytes(bytes(data))
+    assert load_checkpoint(weights).meta["generation"] == 1
+
+
+def test_read_meta_refuses_an_edited_or_damaged_meta_json(tmp_path):
+    from label_refinery.checkpoint import read_meta
+
+    save_final(tmp_path, create_model("cnn-small", 1, 10), {**_meta(), "metrics": {"test_top1": 53.48}})
+    assert read_meta(tmp_path)["metrics"]["test_top1"] == 53.48
+    path = tmp_path / "meta.json"
+    good = path.read_text()
+    path.write_text(good.replace("53.48", "99.9"))  # the number a summary would print
+    with pytest.raises(UserError, match="does not match .*model.safetensors"):
+        read_meta(tmp_path)
+    path.write_bytes(good.encode()[:-40])  # truncated
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        read_meta(tmp_path)
+    path.write_bytes(good.encode().replace(b'"model"', b'"m\xe9del"'))  # not UTF-8
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        read_meta(tmp_path)

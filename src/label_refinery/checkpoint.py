@@ -24,17 +24,31 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import UserError
-from .files import atomic_write, sha256_bytes, sha256_file, write_json
+from .files import atomic_write, read_json, sha256_bytes, sha256_file, write_json
 
 FORMAT = "label-refinery-checkpoint/1"
 META_KEY = "label_refinery"
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.safetensors"
 
 
+DIGEST_KEY = "label_refinery_sha256"  # header key: SHA-256 of the metadata JSON + the tensor bytes
+
+
+def _content_digest(meta_json: str, body: bytes) -> str:
+    return sha256_bytes(meta_json.encode() + b"\0" + body)
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> str:
-    """Save tensors with ``meta`` in the safetensors header, atomically; returns the file's SHA-256."""
+    """Save tensors with ``meta`` in the safetensors header, atomically; returns the file's SHA-256.
+
+    The header also carries a digest of the metadata and every tensor byte (``DIGEST_KEY``), so a
+    file checks itself on every load, with or without its meta.json (cost: one SHA-256 pass over
+    the file, ~0.3 s for a 100 MB ResNet-50)."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    data = st_save(flat, metadata={META_KEY: json.dumps({"format": FORMAT, **meta}, sort_keys=True)})
+    meta_json = json.dumps({"format": FORMAT, **meta}, sort_keys=True)
+    plain = st_save(flat, metadata={META_KEY: meta_json})  # the tensor bytes do not depend on the header
+    body = plain[8 + int.from_bytes(plain[:8], "little") :]
+    data = st_save(flat, metadata={META_KEY: meta_json, DIGEST_KEY: _content_digest(meta_json, body)})
     atomic_write(path, data)
     return sha256_bytes(data)
 
@@ -57,7 +71,14 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, str]:
     except (SafetensorError, ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is corrupt or not a safetensors file ({err}); retrain or restore it") from err
     raw = (header.get("__metadata__") or {}).get(META_KEY)
-    meta = json.loads(raw) if raw else {}
+    recorded = (header.get("__metadata__") or {}).get(DIGEST_KEY)  # files of before 0.x have none
+    if recorded and recorded != _content_digest(raw or "", data[8 + header_len :]):
+        raise UserError(f"{path} is corrupt: its weights or metadata do not match the digest in its own header; "
+                        "restore it or retrain")  # fmt: skip
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError as err:
+        raise UserError(f"{path} is corrupt (its header's metadata is not JSON); restore it or retrain") from err
     if meta.get("format") != FORMAT:
         raise UserError(
             f"{path} is a safetensors file but not a label-refinery checkpoint (no {FORMAT!r} metadata); "
@@ -115,13 +136,28 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     tensors, meta, digest = load_tensors(weights)
     sidecar = weights.parent / META
     if weights.name == WEIGHTS and sidecar.is_file():
-        recorded = json.loads(sidecar.read_text()).get("sha256")
+        recorded = read_json(sidecar, "metadata").get("sha256")
         if recorded and recorded != digest:
             raise UserError(f"{weights} does not match {sidecar} (SHA-256 differs): the file was changed or is corrupt")
     for key in ("model", "in_chans", "classes"):
         if key not in meta:
             raise UserError(f"{weights} has no {key!r} in its metadata; it is not a finished label-refinery model")
     return Checkpoint(weights, tensors, meta, digest)
+
+
+def read_meta(folder: str | Path) -> dict:
+    """A finished generation's meta.json, checked against the weights it describes: the numbers a
+    report or summary prints come from here, so an edited meta.json (or weights replaced beside it)
+    is one clear error, not a number trusted. Reads and hashes the weights file once."""
+    folder = Path(folder)
+    meta = read_json(folder / META, "metadata")
+    if not isinstance(meta, dict):
+        raise UserError(f"metadata {folder / META} is corrupt (not a JSON object); restore it or retrain {folder}")
+    _, header, digest = load_tensors(folder / WEIGHTS)
+    if meta.get("sha256") != digest or {k: v for k, v in meta.items() if k != "sha256"} != header:
+        raise UserError(f"{folder / META} does not match {folder / WEIGHTS} (edited, corrupt or from another "
+                        f"run): restore it, or delete {folder} and retrain")  # fmt: skip
+    return meta
 
 
 def save_final(folder: str | Path, model: torch.nn.Module, meta: dict) -> dict:

@@ -74,3 +74,51 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """A JSON file this project wrote (meta.json, manifest.json, ...), or one clear error naming it:
+    missing, unreadable, not UTF-8, truncated or not JSON (a damaged or hand-edited file)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{what} {path} does not exist") from err
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from err
+    except (UnicodeDecodeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{what} {path} is corrupt or truncated (not valid UTF-8 JSON: {str(err)[:120]}); "
+                        "restore it or delete the folder that holds it and re-run") from err  # fmt: skip
+
+
+def read_csv(path: str | Path, what: str, needed: set[str], hint: str = "") -> list[dict[str, str]]:
+    """The rows of a CSV a user gives us (label overrides, a reviewed audit), as dicts; the one CSV
+    reader. UTF-8 with or without the BOM spreadsheets write; one clear error naming the file (and
+    line) for a missing file, another encoding or binary data, a field over 128 KiB, or missing
+    columns. A file with a header and no rows gives ``[]``: the caller decides whether that is an error."""
+    import csv
+    import io
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as err:
+        raise UserError(f"{what} {path} does not exist") from err
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from err
+    if b"\0" in raw[:65536]:
+        raise UserError(f"{what} {path} is binary, not a CSV text file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(f"{what} {path}, line {line}: not UTF-8 text (save the CSV as UTF-8)") from err
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        missing = needed - {(f or "").strip() for f in reader.fieldnames or []}
+        if missing:
+            raise UserError(f"{what} {path} lacks the column(s) {', '.join(sorted(missing))}" + (f": {hint}" if hint else ""))
+        rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    except csv.Error as err:  # e.g. a field over the csv module's 128 KiB limit
+        raise UserError(f"{what} {path}, line {reader.line_num + 1}: {str(err)[:120]}") from err
+    return rows

@@ -137,6 +137,32 @@ def test_incomplete_or_truncated_stores_are_refused(tmp_path, digits, refinery):
         _open(tmp_path / "nothing", digits)
 
 
+def test_edited_or_out_of_range_arrays_are_refused(tmp_path, digits, refinery):
+    """Issue 28: the manifest records each array's SHA-256; opening checks them (and the class range)."""
+    manifest = _bake(refinery, digits, tmp_path / "s")
+    assert set(manifest["array_sha256"]) == {"indices", "probs", "ids"}
+    probs = np.load(tmp_path / "s/probs.npy")
+    edited = probs.copy()
+    edited[1, 7, 0] = np.float16(0.5)  # one probability changed, the file still well-formed
+    np.save(tmp_path / "s/probs.npy", edited)
+    with pytest.raises(UserError, match="probs.npy does not match the digest in its manifest"):
+        _open(tmp_path / "s", digits)
+    np.save(tmp_path / "s/probs.npy", probs)
+    assert _open(tmp_path / "s", digits).num_classes == 10
+    # a store from before digests were recorded: still opens, and an index out of range is one clear line
+    m = json.loads((tmp_path / "s/manifest.json").read_text())
+    del m["array_sha256"]
+    (tmp_path / "s/manifest.json").write_text(json.dumps(m))
+    indices = np.load(tmp_path / "s/indices.npy")
+    indices[0, 3, 1] = 4242
+    np.save(tmp_path / "s/indices.npy", indices)
+    with pytest.raises(UserError, match="holds class 4242, outside the store's 10 classes"):
+        _open(tmp_path / "s", digits)
+    (tmp_path / "s/manifest.json").write_bytes(b'{"format": "\xff')  # damaged manifest: one line naming it
+    with pytest.raises(UserError, match="manifest.json is corrupt or truncated"):
+        _open(tmp_path / "s", digits)
+
+
 def baker(model, ds, **kw):
     """The run of the harness: bake ``model``'s labels of ``ds`` into a folder."""
     return lambda folder, log: _bake(model, ds, folder, log=log, **kw)

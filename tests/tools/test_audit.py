@@ -170,7 +170,7 @@ def test_overrides_and_relabel_refuse_bad_files(tmp_path):
         relabel(bad, tmp_path / "o.csv")
     with pytest.raises(UserError, match="lacks the column"):
         relabel(bad, tmp_path / "o.csv", top=3)
-    with pytest.raises(UserError, match="do not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_dataset("digits", label_overrides=str(tmp_path / "nope.csv"))
 
 

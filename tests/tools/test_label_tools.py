@@ -180,5 +180,11 @@ def test_label_tools_refuse_other_data_and_missing_runs(tmp_path, capsys):
     meta = json.loads((run / "meta.json").read_text())
     meta["dataset_fingerprint"] = "0" * 64  # as if images had been added to the folder since training
     (run / "meta.json").write_text(json.dumps(meta))
+    assert main(["audit", str(run), "--no-progress"]) == 2  # an edited meta.json is not trusted (issue 28)
+    assert "meta.json does not match" in capsys.readouterr().err
+    from label_refinery.checkpoint import load_checkpoint, save_final
+
+    model = load_checkpoint(run / "model.safetensors").build_model()  # the weights check themselves
+    save_final(run, model, {k: v for k, v in meta.items() if k not in ("sha256", "format")})  # a run on other data
     assert main(["audit", str(run), "--no-progress"]) == 2
     assert "fingerprints differ" in capsys.readouterr().err

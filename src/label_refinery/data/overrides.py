@@ -15,13 +15,13 @@ Example::
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, bounded
+from ..files import read_csv
 from .noise import LabelChanges
 
 
@@ -29,34 +29,29 @@ def read_overrides(path: str | Path, classes: list[str]) -> dict[int, int]:
     """``{dataset index: class number}`` from an overrides CSV; every problem is a :class:`UserError`
     that names the file and the line."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"label overrides {p} do not exist")
     names = {c: i for i, c in enumerate(classes)}
     out: dict[int, int] = {}
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"index", "label"} <= set(reader.fieldnames):
+    rows = read_csv(p, "label overrides", {"index", "label"}, "the header needs the columns index and label")
+    if not rows:
+        raise UserError(f"label overrides {p} hold a header and no rows: nothing would change; pass a file with overrides")
+    for line, row in enumerate(rows, 2):
+        label = (row["label"] or "").strip()
+        try:
+            index = int(row["index"])
+        except (TypeError, ValueError):
+            raise UserError(f"{p}, line {line}: index must be an integer, got {bounded(row['index'])}") from None
+        if label in names:
+            cls = names[label]
+        elif label.isascii() and label.isdigit() and int(label) < len(classes):
+            cls = int(label)
+        else:
             raise UserError(
-                f"label overrides {p} need a header with the columns index and label, got {reader.fieldnames}"
+                f"{p}, line {line}: unknown class {bounded(label)}; classes: {', '.join(classes[:20])}"
+                + (" ..." if len(classes) > 20 else "")
             )
-        for line, row in enumerate(reader, 2):
-            label = (row["label"] or "").strip()
-            try:
-                index = int(row["index"])
-            except (TypeError, ValueError):
-                raise UserError(f"{p}, line {line}: index must be an integer, got {row['index']!r}") from None
-            if label in names:
-                cls = names[label]
-            elif label.isdigit() and int(label) < len(classes):
-                cls = int(label)
-            else:
-                raise UserError(
-                    f"{p}, line {line}: unknown class {label!r}; classes: {', '.join(classes[:20])}"
-                    + (" ..." if len(classes) > 20 else "")
-                )
-            if out.get(index, cls) != cls:
-                raise UserError(f"{p}, line {line}: image {index} is given two different labels")
-            out[index] = cls
+        if out.get(index, cls) != cls:
+            raise UserError(f"{p}, line {line}: image {index} is given two different labels")
+        out[index] = cls
     return out
 
 

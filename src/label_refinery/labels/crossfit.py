@@ -20,8 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
@@ -31,6 +29,7 @@ from ..config import config_from_dict
 from ..data import fold_of
 from ..data.base import Batch, Split
 from ..errors import UserError
+from ..files import read_json
 from . import LiveRefinery, members_provenance, refine
 
 # The data settings that decide which images (and labels) make the training split.
@@ -43,7 +42,7 @@ def _member_fold(path: str) -> tuple[int, int, dict]:
     sidecar = resolve(path).parent / META
     if not sidecar.is_file():
         raise UserError(f"a cross-fitted refinery needs fold models with their meta.json; {path} has none")
-    data = config_from_dict(json.loads(sidecar.read_text())["config"]).data
+    data = config_from_dict(read_json(sidecar, "metadata")["config"]).data
     if data.holdout_fold is None:
         raise UserError(
             f"{path} was trained on every training image (no data.holdout_fold): a cross-fitted refinery is made of "

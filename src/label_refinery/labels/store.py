@@ -32,7 +32,6 @@ evaluation view of each whole image; every crop of that image then gets the same
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ import torch
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
 from ..errors import UserError
+from ..files import read_json, sha256_file
 
 FORMAT = "label-refinery-store/1"
 ARRAYS = ("indices", "probs", "ids")
@@ -125,6 +125,25 @@ class StoredLabels:
     Open it with :meth:`open`, which refuses a store that does not match the run.
     """
 
+    FULL_CHECK_BYTES = 2 << 30  # arrays up to 2 GiB are hashed on every open (~1 s per GiB here)
+
+    def verify(self, full: bool | None = None) -> None:
+        """The arrays against the SHA-256 digests their bake recorded in the manifest (stores baked
+        before digests were recorded: shape only), and every class index in range. ``full=None``
+        hashes stores up to :attr:`FULL_CHECK_BYTES` and, above that, checks sizes and index range
+        only; ``full=True`` always hashes."""
+        digests = self.manifest.get("array_sha256") or {}
+        size = sum((self.path / f"{name}.npy").stat().st_size for name in ARRAYS)
+        if digests and (full or (full is None and size <= self.FULL_CHECK_BYTES)):
+            for name in ARRAYS:
+                if sha256_file(self.path / f"{name}.npy") != digests.get(name):
+                    raise UserError(f"label store {self.path}: {name}.npy does not match the digest in its manifest "
+                                    "(edited or corrupt); bake the store again")  # fmt: skip
+        top = int(self.indices.max()) if self.indices.size else 0
+        if top >= self.manifest["num_classes"]:
+            raise UserError(f"label store {self.path}: indices.npy holds class {top}, outside the store's "
+                            f"{self.manifest['num_classes']} classes (corrupt); bake the store again")  # fmt: skip
+
     def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
         self.path = Path(path)
         if not (self.path / "manifest.json").is_file():
@@ -134,7 +153,7 @@ class StoredLabels:
                 else "is this a label store folder?"
             )
             raise UserError(f"{self.path} has no manifest.json ({hint})")
-        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.manifest = read_json(self.path / "manifest.json", "label store manifest")
         if self.manifest.get("format") != FORMAT:
             raise UserError(f"{self.path} is not a label store of format {FORMAT!r}")
         self.indices, self.probs = open_array(self.path / "indices.npy", "r"), open_array(self.path / "probs.npy", "r")
@@ -142,6 +161,7 @@ class StoredLabels:
         shape = tuple(self.manifest["shape"])
         if self.indices.shape != shape or self.probs.shape != shape or ids.shape != (shape[1],):
             raise UserError(f"{self.path}: arrays do not have the manifest's shape {shape}; bake the store again")
+        self.verify()
         self.ids = np.asarray(ids)
         self.lookup = row_lookup(self.ids)
         self.num_classes = self.manifest["num_classes"]

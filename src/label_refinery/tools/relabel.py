@@ -20,23 +20,14 @@ import io
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, read_csv
 
 FIELDS = ("index", "label", "given", "suggested_p", "source")
 
 
 def _rows(path: Path, needed: set[str]) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = needed - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(
-                f"{path} lacks the column(s) {', '.join(sorted(missing))}: pass an audit.csv (with --top) or the "
-                "reviewed CSV that audit.html downloads (with --reviewed)"
-            )
-        return list(reader)
+    return read_csv(path, "audit table", needed, "pass an audit.csv (with --top) or the reviewed CSV that "
+                    "audit.html downloads (with --reviewed)")  # fmt: skip
 
 
 def relabel(

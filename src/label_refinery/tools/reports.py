@@ -12,13 +12,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import META
-from ..files import atomic_write
+from ..checkpoint import read_meta
+from ..files import atomic_write, read_json
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left;vertical-align:top}
@@ -192,7 +191,7 @@ def _examples_html(folder: Path) -> str:
     if not path.is_file():
         return ""
     ex = np.load(path)
-    classes = json.loads((folder / "analysis" / "examples.json").read_text())["classes"]
+    classes = read_json(folder / "analysis" / "examples.json", "analysis")["classes"]
 
     def labels(idx, prob) -> str:
         return "<br>".join(
@@ -236,9 +235,9 @@ def report_run(run: str | Path) -> Path:
 
     folder = Path(run)
     gens = generations(folder)
-    metas = [json.loads((g / META).read_text()) for g in gens]
+    metas = [read_meta(g) for g in gens]
     analyses = [
-        json.loads((g / "analysis.json").read_text()) if (g / "analysis.json").is_file() else None for g in gens
+        read_json(g / "analysis.json", "analysis") if (g / "analysis.json").is_file() else None for g in gens
     ]
     rows = [
         {

@@ -25,7 +25,7 @@ from ..checkpoint import META, STATE, refinery_sha256
 from ..config import Config, upgrade
 from ..data import ImageDataset
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, read_json
 from ..models import count_parameters
 from ..typed import merge, to_dict
 
@@ -102,7 +102,7 @@ def _current_refinery_sha(cfg: Config) -> str | None:
         return refinery_sha256(cfg.refinery.path)
     if cfg.labels.store:
         manifest = Path(cfg.labels.store) / "manifest.json"
-        return json.loads(manifest.read_text()).get("refinery_sha256") if manifest.is_file() else None
+        return read_json(manifest, "label store manifest").get("refinery_sha256") if manifest.is_file() else None
     return None
 
 

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -28,6 +27,7 @@ from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
 from ..data import CropSampler, ImageDataset, choose, open_dataset
 from ..errors import UserError
+from ..files import read_json
 from ..models import check_input_size, check_model_name, create_model
 from ..typed import to_dict
 from . import state
@@ -76,10 +76,10 @@ def resolve_seed(cfg: Config) -> Config:
     seed = 0
     if cfg.refinery.path:  # the refinery's recorded seed + 1 (a refinery from elsewhere, without meta.json: 0 + 1)
         sidecar = resolve_checkpoint(refinery_paths(cfg)[0]).parent / META  # an ensemble: its first member's
-        config = json.loads(sidecar.read_text()).get("config") or {} if sidecar.is_file() else {}
+        config = read_json(sidecar, "metadata").get("config") or {} if sidecar.is_file() else {}
         seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
-        manifest = json.loads((Path(cfg.labels.store) / "manifest.json").read_text())
+        manifest = read_json(Path(cfg.labels.store) / "manifest.json", "label store manifest")
         seed = int(manifest.get("sampler", {}).get("seed") or 0)
     return replace(cfg, seed=seed)
 
@@ -141,7 +141,7 @@ def plan_generation(cfg: Config, folder: str | Path, generation: int = 1) -> Pla
     is loaded)."""
     cfg, folder = resolve(cfg), Path(folder)
     values = to_dict(cfg)
-    finished = json.loads((folder / META).read_text()) if (folder / META).is_file() else None
+    finished = read_json(folder / META, "metadata") if (folder / META).is_file() else None
     if finished is not None:  # a replaced refinery first: the seed derived from it would differ too
         check_same_refinery(folder, finished["labels"].get("sha256"), cfg)
     if has_progress(folder):
