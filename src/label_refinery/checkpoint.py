@@ -53,22 +53,23 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
     return sha256_bytes(data)
 
 
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, str]:
-    """Tensors, metadata and SHA-256 of a file written by :func:`save_tensors`."""
-    path = Path(path)
+def _read(path: Path) -> bytes:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    data = path.read_bytes()
     if path.suffix != ".safetensors":
         raise UserError(
             f"{path} is not a label-refinery checkpoint: expected a .safetensors file written by label-refinery "
             "(pickled .pt/.pth files are never loaded, since unpickling can run arbitrary code)"
         )
+    return path.read_bytes()
+
+
+def _checked_meta(path: Path, data: bytes) -> dict:
+    """The metadata in the header of ``data`` (a file's bytes), checked against the header's own digest."""
     try:
-        tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is corrupt or not a safetensors file ({err}); retrain or restore it") from err
     raw = (header.get("__metadata__") or {}).get(META_KEY)
     recorded = (header.get("__metadata__") or {}).get(DIGEST_KEY)  # files of before 0.x have none
@@ -84,7 +85,18 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, str]:
             f"{path} is a safetensors file but not a label-refinery checkpoint (no {FORMAT!r} metadata); "
             "to start from foreign weights use --pretrained FILE instead"
         )
-    return tensors, meta, sha256_bytes(data)
+    return meta
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, str]:
+    """Tensors, metadata and SHA-256 of a file written by :func:`save_tensors`."""
+    path = Path(path)
+    data = _read(path)
+    try:
+        tensors = st_load(data)
+    except (SafetensorError, ValueError) as err:
+        raise UserError(f"{path} is corrupt or not a safetensors file ({err}); retrain or restore it") from err
+    return tensors, _checked_meta(path, data), sha256_bytes(data)
 
 
 @dataclass
@@ -153,7 +165,8 @@ def read_meta(folder: str | Path) -> dict:
     meta = read_json(folder / META, "metadata")
     if not isinstance(meta, dict):
         raise UserError(f"metadata {folder / META} is corrupt (not a JSON object); restore it or retrain {folder}")
-    _, header, digest = load_tensors(folder / WEIGHTS)
+    data = _read(folder / WEIGHTS)  # the header and its digest; no tensors built
+    header, digest = _checked_meta(folder / WEIGHTS, data), sha256_bytes(data)
     if meta.get("sha256") != digest or {k: v for k, v in meta.items() if k != "sha256"} != header:
         raise UserError(f"{folder / META} does not match {folder / WEIGHTS} (edited, corrupt or from another "
                         f"run): restore it, or delete {folder} and retrain")  # fmt: skip

@@ -74,18 +74,22 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise UserError(f"{what} {path} does not exist") from err
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from err
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
     """A JSON file this project wrote (meta.json, manifest.json, ...), or one clear error naming it:
     missing, unreadable, not UTF-8, truncated or not JSON (a damaged or hand-edited file)."""
     path = Path(path)
+    raw = _read_bytes(path, what)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError as err:
-        raise UserError(f"{what} {path} does not exist") from err
-    except OSError as err:
-        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from err
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
         raise UserError(f"{what} {path} is corrupt or truncated (not valid UTF-8 JSON: {str(err)[:120]}); "
                         "restore it or delete the folder that holds it and re-run") from err  # fmt: skip
@@ -100,12 +104,7 @@ def read_csv(path: str | Path, what: str, needed: set[str], hint: str = "") -> l
     import io
 
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as err:
-        raise UserError(f"{what} {path} does not exist") from err
-    except OSError as err:
-        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from err
+    raw = _read_bytes(path, what)
     if b"\0" in raw[:65536]:
         raise UserError(f"{what} {path} is binary, not a CSV text file")
     try:
