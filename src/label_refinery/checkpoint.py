@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import UserError
+from .errors import UserError, brief
 from .files import atomic_write, sha256_bytes, sha256_file, write_json
 
 FORMAT = "label-refinery-checkpoint/1"
@@ -60,7 +60,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, str]:
     meta = json.loads(raw) if raw else {}
     if meta.get("format") != FORMAT:
         raise UserError(
-            f"{path} is a safetensors file but not a label-refinery checkpoint (no {FORMAT!r} metadata); "
+            f"{path} is a safetensors file but not a label-refinery checkpoint (no {brief(FORMAT)} metadata); "
             "to start from foreign weights use --pretrained FILE instead"
         )
     return tensors, meta, sha256_bytes(data)
@@ -120,7 +120,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise UserError(f"{weights} does not match {sidecar} (SHA-256 differs): the file was changed or is corrupt")
     for key in ("model", "in_chans", "classes"):
         if key not in meta:
-            raise UserError(f"{weights} has no {key!r} in its metadata; it is not a finished label-refinery model")
+            raise UserError(f"{weights} has no {brief(key)} in its metadata; it is not a finished label-refinery model")
     return Checkpoint(weights, tensors, meta, digest)
 
 

@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Sequence
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from .examples import EXAMPLES
 from .flags import BAKE_KEYS, CHAIN_FLAGS, TRAIN_FLAGS, add_flags
 
@@ -145,7 +145,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
-            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+            raise UserError(f"--set takes KEY=VALUE, got {brief(item)}")
         out[key.strip()] = value.strip()
     return out
 

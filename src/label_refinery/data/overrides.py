@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from .noise import LabelChanges
 
 
@@ -44,14 +44,14 @@ def read_overrides(path: str | Path, classes: list[str]) -> dict[int, int]:
             try:
                 index = int(row["index"])
             except (TypeError, ValueError):
-                raise UserError(f"{p}, line {line}: index must be an integer, got {row['index']!r}") from None
+                raise UserError(f"{p}, line {line}: index must be an integer, got {brief(row['index'])}") from None
             if label in names:
                 cls = names[label]
             elif label.isdigit() and int(label) < len(classes):
                 cls = int(label)
             else:
                 raise UserError(
-                    f"{p}, line {line}: unknown class {label!r}; classes: {', '.join(classes[:20])}"
+                    f"{p}, line {line}: unknown class {brief(label)}; classes: {', '.join(classes[:20])}"
                     + (" ..." if len(classes) > 20 else "")
                 )
             if out.get(index, cls) != cls:

@@ -30,7 +30,7 @@ from ..checkpoint import META, ensemble_sha256, resolve
 from ..config import config_from_dict
 from ..data import fold_of
 from ..data.base import Batch, Split
-from ..errors import UserError
+from ..errors import UserError, brief
 from . import LiveRefinery, members_provenance, refine
 
 # The data settings that decide which images (and labels) make the training split.
@@ -64,7 +64,7 @@ def fold_members(paths: list[str], data) -> list[str]:
             raise UserError(f"{path} is fold {k + 1} of {folds}, but the cross-fitted refinery has {len(paths)} members")
         if k in found:
             raise UserError(f"{found[k]} and {path} both hold out fold {k + 1} of {folds}")
-        diff = [f"{key}: {theirs[key]!r} there, {wanted[key]!r} here" for key in SAME_IMAGES if theirs[key] != wanted[key]]
+        diff = [f"{key}: {brief(theirs[key])} there, {brief(wanted[key])} here" for key in SAME_IMAGES if theirs[key] != wanted[key]]
         if diff:
             raise UserError(f"the fold model {path} was trained on other images than this run's ({'; '.join(diff)})")
         found[k] = path

@@ -40,7 +40,7 @@ import torch
 
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
-from ..errors import UserError
+from ..errors import UserError, brief
 
 FORMAT = "label-refinery-store/1"
 ARRAYS = ("indices", "probs", "ids")
@@ -136,7 +136,7 @@ class StoredLabels:
             raise UserError(f"{self.path} has no manifest.json ({hint})")
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         if self.manifest.get("format") != FORMAT:
-            raise UserError(f"{self.path} is not a label store of format {FORMAT!r}")
+            raise UserError(f"{self.path} is not a label store of format {brief(FORMAT)}")
         self.indices, self.probs = open_array(self.path / "indices.npy", "r"), open_array(self.path / "probs.npy", "r")
         ids = open_array(self.path / "ids.npy", "r")
         shape = tuple(self.manifest["shape"])

@@ -7,7 +7,7 @@ import time
 from typing import Callable
 
 from ..checkpoint import META
-from ..errors import UserError
+from ..errors import UserError, brief
 from ..files import write_json
 from .spec import Arm, Experiment, split_others, split_ref
 from .tables import write_results
@@ -45,7 +45,7 @@ def run_experiment(
         missing = [str(p) for p in exp.refinery_paths(arm, seed) if not (p / META).is_file()]
         if missing:
             raise UserError(
-                f"arm {arm.name!r} (seed {seed}) is refined by {', '.join(arm.refinery)}, and {missing[0]} is not "
+                f"arm {brief(arm.name)} (seed {seed}) is refined by {', '.join(arm.refinery)}, and {missing[0]} is not "
                 "finished: run that arm first (with @others: for every seed)"
             )
         key = json.dumps(

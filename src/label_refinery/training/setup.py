@@ -27,7 +27,7 @@ from ..checkpoint import META
 from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
 from ..data import CropSampler, ImageDataset, choose, open_dataset
-from ..errors import UserError
+from ..errors import UserError, brief
 from ..models import check_input_size, check_model_name, create_model
 from ..typed import to_dict
 from . import state
@@ -44,11 +44,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise UserError(f"device {brief(name)} requested but CUDA is not available; use --device cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"unknown device {brief(name)}; use auto, cpu, cuda or cuda:N") from None
 
 
 def cuda_speedups(device: torch.device) -> None:

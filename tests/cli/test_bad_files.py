@@ -1,0 +1,66 @@
+"""Damaged artefacts and bad input files through the CLI (issue 28, goals 3 and 4): each is refused
+with exit status 2 and one ``error: ...`` line naming the file (and its line, key, epoch or row);
+none trains, reports or loads silently, none prints a traceback or an unbounded value."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from label_refinery.cli import main
+from tests.cli.test_cli_errors import assert_user_error, run_cli
+
+DIGITS = ["--dataset", "digits", "--train-subset", "300", "--epochs", "1", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Path:
+    """A finished 2-generation chain on 300 digits (a few seconds)."""
+    out = tmp_path_factory.mktemp("chain") / "run"
+    assert main(["chain", *DIGITS, "--generations", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run(chain, tmp_path) -> Path:
+    """A copy of the chain to damage."""
+    shutil.copytree(chain, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _one_line(err: str) -> None:
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+# ---- config files ----
+
+
+@pytest.mark.parametrize(
+    "yaml_text, phrase",
+    [
+        ("optim:\n  epochs: .inf\n", "config key optim.epochs: expected an integer, got inf"),
+        ("optim:\n  epochs: true\n", "config key optim.epochs: expected an integer, got True (true/false is not a number)"),
+        ("loss:\n  temperature: .inf\n", "config key loss.temperature: expected a finite number, got inf"),
+        ("refinery:\n  temperature: .nan\n", "config key refinery.temperature: expected a finite number, got nan"),
+        ("data:\n  crop_ratio: [0.5, .inf]\n", "config key data.crop_ratio: expected a finite number, got inf"),
+        ("optim:\n  lr: true\n", "config key optim.lr: expected a number, got True"),
+    ],
+    ids=["inf-epochs", "bool-epochs", "inf-temperature", "nan-refinery-temperature", "inf-crop-ratio", "bool-lr"],
+)
+def test_bad_numbers_in_a_config(capsys, tmp_path, yaml_text, phrase):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    code, err = run_cli(capsys, "train", "--dataset", "digits", "--config", tmp_path / "c.yaml", "--out", tmp_path / "r",
+                        "--no-progress")  # fmt: skip
+    assert_user_error(code, err, phrase)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_of_aliases_gives_a_short_error(capsys, tmp_path):
+    """207 bytes of YAML whose value's repr has 3 MB (9**6 leaves; issue 28 saw a 580 MB line)."""
+    levels = ["&a [x,x,x,x,x,x,x,x,x]"] + [f"&{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(5)]
+    (tmp_path / "bomb.yaml").write_text("optim:\n  epochs: [" + ", ".join(levels) + "]\n")
+    code, err = run_cli(capsys, "train", "--dataset", "digits", "--config", tmp_path / "bomb.yaml", "--out", tmp_path / "r")
+    assert_user_error(code, err, "config key optim.epochs: expected an integer, got [[")
+    assert len(err) < 300, len(err)
