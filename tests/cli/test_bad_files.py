@@ -64,3 +64,36 @@ def test_a_config_of_aliases_gives_a_short_error(capsys, tmp_path):
     code, err = run_cli(capsys, "train", "--dataset", "digits", "--config", tmp_path / "bomb.yaml", "--out", tmp_path / "r")
     assert_user_error(code, err, "config key optim.epochs: expected an integer, got [[")
     assert len(err) < 300, len(err)
+
+
+# ---- label overrides ----
+
+
+@pytest.mark.parametrize(
+    "data, phrase",
+    [
+        ("index,label\n0,caf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 2)"),
+        (bytes(range(256)) * 4, "is a binary file, not text"),
+        (b"index,label\n", "hold a header and no rows: nothing to override"),
+        (b"index,label\n0," + b"x" * 200 * 1024 + b"\n", "line 2: a field is longer than 128 KiB"),
+        ("index,label\n0,\u00b2\n".encode(), "line 2: unknown class '²'"),
+        (b"index,label\n\xef\xbc\x93,1\n", "line 2: index must be a non-negative integer, got '３'"),
+    ],
+    ids=["latin-1", "binary", "header-only", "big-field", "superscript-two", "fullwidth-digit"],
+)
+def test_bad_label_overrides(capsys, tmp_path, data, phrase):
+    (tmp_path / "fixes.csv").write_bytes(data)
+    code, err = run_cli(capsys, "train", *DIGITS, "--label-overrides", tmp_path / "fixes.csv", "--out", tmp_path / "r")
+    assert_user_error(code, err, str(tmp_path / "fixes.csv"), phrase)
+    _one_line(err)
+    assert len(err) < 400 and not (tmp_path / "r/model.safetensors").exists()
+
+
+def test_overrides_saved_by_a_spreadsheet_train(capsys, tmp_path):
+    """A byte-order mark and CRLF line ends, as spreadsheets save CSV (refused as '\\ufeffindex' before)."""
+    from label_refinery.data import load_dataset
+
+    first = int(load_dataset("digits", train_subset=300).train.ids[0])
+    (tmp_path / "fixes.csv").write_bytes(f"\ufeffindex,label\r\n{first},3\r\n".encode())
+    assert main(["train", *DIGITS, "--label-overrides", str(tmp_path / "fixes.csv"), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r/label-overrides.csv").read_text().splitlines()[1].startswith(f"{first},")

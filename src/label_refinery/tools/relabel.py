@@ -20,23 +20,15 @@ import io
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, read_csv
 
 FIELDS = ("index", "label", "given", "suggested_p", "source")
 
 
 def _rows(path: Path, needed: set[str]) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = needed - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(
-                f"{path} lacks the column(s) {', '.join(sorted(missing))}: pass an audit.csv (with --top) or the "
-                "reviewed CSV that audit.html downloads (with --reviewed)"
-            )
-        return list(reader)
+    """The rows of an audit.csv or reviewed CSV, through the one CSV reader (files.read_csv)."""
+    fix = ": pass an audit.csv (with --top) or the reviewed CSV that audit.html downloads (with --reviewed)"
+    return [row for _, row in read_csv(path, "audit table", sorted(needed), fix)]
 
 
 def relabel(

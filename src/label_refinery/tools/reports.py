@@ -67,7 +67,8 @@ def _cell(v) -> str:
 
 REVIEW_JS = """
 function reviewedCsv(){
-  const q=v=>'"'+String(v).replace(/"/g,'""')+'"';
+  // a cell that a spreadsheet would run as a formula gets a ' in front (files.csv_cell; relabel removes it)
+  const q=v=>{v=String(v); if(/^[=+\\-@\\t\\r']/.test(v)) v="'"+v; return '"'+v.replace(/"/g,'""')+'"';};
   const lines=['index,given,suggested,suggested_p,flag,decision,label'];
   for(const tr of document.querySelectorAll('tr[data-index]')){
     const d=tr.dataset, pick=tr.querySelector('input[type=radio]:checked');
