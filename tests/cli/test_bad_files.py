@@ -4,6 +4,7 @@ none trains, reports or loads silently, none prints a traceback or an unbounded 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -97,3 +98,45 @@ def test_overrides_saved_by_a_spreadsheet_train(capsys, tmp_path):
     (tmp_path / "fixes.csv").write_bytes(f"\ufeffindex,label\r\n{first},3\r\n".encode())
     assert main(["train", *DIGITS, "--label-overrides", str(tmp_path / "fixes.csv"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r/label-overrides.csv").read_text().splitlines()[1].startswith(f"{first},")
+
+
+# ---- checkpoints and their meta.json ----
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report", "audit", "chain"])
+def test_truncated_meta_json(capsys, run, command):
+    meta = run / "gen1/meta.json"
+    meta.write_text(meta.read_text()[:100])
+    argv = {"evaluate": ["evaluate", run / "gen1", "--device", "cpu"], "report": ["report", run],
+            "audit": ["audit", run, "--device", "cpu", "--no-progress"],
+            "chain": ["chain", *DIGITS, "--generations", "2", "--out", run]}[command]  # fmt: skip
+    code, err = run_cli(capsys, *argv)
+    assert_user_error(code, err, f"generation metadata {meta} is not valid JSON (truncated?)", "restore it")
+    _one_line(err)
+
+
+def test_edited_metrics_are_never_reported(capsys, run):
+    meta = run / "gen1/meta.json"
+    values = json.loads(meta.read_text())
+    values["metrics"]["test_top1"] = 99.9
+    meta.write_text(json.dumps(values))
+    summary = (run / "summary.md").read_text()
+    for argv in (["report", run], ["chain", *DIGITS, "--generations", "2", "--out", run]):
+        code, err = run_cli(capsys, *argv)
+        assert_user_error(code, err, f"{meta} does not match the metadata in the header of {run / 'gen1/model.safetensors'}",
+                          "differ in ['metrics']")  # fmt: skip
+        _one_line(err)
+    assert not (run / "report.md").exists() and (run / "summary.md").read_text() == summary and "99.9" not in summary
+
+
+def test_corrupt_weights_copied_without_meta_json(capsys, run, tmp_path):
+    lone = tmp_path / "lone" / "model.safetensors"
+    lone.parent.mkdir()
+    data = bytearray((run / "gen1/model.safetensors").read_bytes())
+    data[-200] ^= 0x40  # a byte of the last tensor
+    lone.write_bytes(bytes(data))
+    code, err = run_cli(capsys, "evaluate", lone, "--device", "cpu")
+    assert_user_error(code, err, f"{lone} is corrupt: its tensors do not match the SHA-256 in its header")
+    code, err = run_cli(capsys, "train", *DIGITS, "--refinery", lone.parent, "--out", tmp_path / "student")
+    assert_user_error(code, err, f"{lone} is corrupt")
+    assert not (tmp_path / "student/model.safetensors").exists()

@@ -20,13 +20,11 @@ Example:
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import META, ensemble_sha256, resolve
+from ..checkpoint import META, ensemble_sha256, read_meta, resolve
 from ..config import config_from_dict
 from ..data import fold_of
 from ..data.base import Batch, Split
@@ -43,7 +41,7 @@ def _member_fold(path: str) -> tuple[int, int, dict]:
     sidecar = resolve(path).parent / META
     if not sidecar.is_file():
         raise UserError(f"a cross-fitted refinery needs fold models with their meta.json; {path} has none")
-    data = config_from_dict(json.loads(sidecar.read_text())["config"]).data
+    data = config_from_dict(read_meta(sidecar)["config"]).data
     if data.holdout_fold is None:
         raise UserError(
             f"{path} was trained on every training image (no data.holdout_fold): a cross-fitted refinery is made of "

@@ -12,14 +12,16 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import META
-from ..files import atomic_write
+from ..checkpoint import read_meta
+from ..errors import UserError
+from ..files import atomic_write, read_json
 
+_REANALYZE = "; re-run label-refinery analyze on the run to write it again"
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}img.pic{image-rendering:pixelated;width:96px;height:96px;border:1px solid #999}
@@ -192,8 +194,11 @@ def _examples_html(folder: Path) -> str:
     path = folder / "analysis" / "examples.npz"
     if not path.is_file():
         return ""
-    ex = np.load(path)
-    classes = json.loads((folder / "analysis" / "examples.json").read_text())["classes"]
+    try:
+        ex = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"analysis examples {path} are truncated or corrupt ({err}){_REANALYZE}") from None
+    classes = read_json(folder / "analysis" / "examples.json", "analysis examples", _REANALYZE)["classes"]
 
     def labels(idx, prob) -> str:
         return "<br>".join(
@@ -237,10 +242,8 @@ def report_run(run: str | Path) -> Path:
 
     folder = Path(run)
     gens = generations(folder)
-    metas = [json.loads((g / META).read_text()) for g in gens]
-    analyses = [
-        json.loads((g / "analysis.json").read_text()) if (g / "analysis.json").is_file() else None for g in gens
-    ]
+    metas = [read_meta(g) for g in gens]  # the numbers, checked against each checkpoint's header
+    analyses = [read_json(g / "analysis.json", "analysis", _REANALYZE) if (g / "analysis.json").is_file() else None for g in gens]
     rows = [
         {
             "generation": m["generation"],

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import META
+from ..checkpoint import META, read_meta
 from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
 from ..data import CropSampler, ImageDataset, choose, open_dataset
@@ -76,7 +76,7 @@ def resolve_seed(cfg: Config) -> Config:
     seed = 0
     if cfg.refinery.path:  # the refinery's recorded seed + 1 (a refinery from elsewhere, without meta.json: 0 + 1)
         sidecar = resolve_checkpoint(refinery_paths(cfg)[0]).parent / META  # an ensemble: its first member's
-        config = json.loads(sidecar.read_text()).get("config") or {} if sidecar.is_file() else {}
+        config = read_meta(sidecar).get("config") or {} if sidecar.is_file() else {}
         seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
         manifest = json.loads((Path(cfg.labels.store) / "manifest.json").read_text())
@@ -141,7 +141,7 @@ def plan_generation(cfg: Config, folder: str | Path, generation: int = 1) -> Pla
     is loaded)."""
     cfg, folder = resolve(cfg), Path(folder)
     values = to_dict(cfg)
-    finished = json.loads((folder / META).read_text()) if (folder / META).is_file() else None
+    finished = read_meta(folder) if (folder / META).is_file() else None  # checked against its weights' header
     if finished is not None:  # a replaced refinery first: the seed derived from it would differ too
         check_same_refinery(folder, finished["labels"].get("sha256"), cfg)
     if has_progress(folder):
