@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from label_refinery.cli import main
@@ -140,3 +141,21 @@ def test_corrupt_weights_copied_without_meta_json(capsys, run, tmp_path):
     code, err = run_cli(capsys, "train", *DIGITS, "--refinery", lone.parent, "--out", tmp_path / "student")
     assert_user_error(code, err, f"{lone} is corrupt")
     assert not (tmp_path / "student/model.safetensors").exists()
+
+
+# ---- label stores ----
+
+
+def test_an_edited_label_store_does_not_train(capsys, run, tmp_path):
+    store, gen1 = tmp_path / "store", run / "gen1"
+    assert main(["bake", "--refinery", str(gen1), *DIGITS[:-3], "--epochs", "2", "--seed", "1", "--out", str(store),
+                 "--no-progress"]) == 0  # fmt: skip
+    train = ["train", *DIGITS[:-3], "--labels", store, "--no-progress"]  # the crops of the store's seed
+    probs = np.load(store / "probs.npy", mmap_mode="r+")
+    probs[1, 0, 0] = probs[1, 0, 1]  # epoch 1: one probability moved
+    probs.flush()
+    code, err = run_cli(capsys, *train, "--epochs", "2", "--out", tmp_path / "s2")
+    assert_user_error(code, err, f"label store array {store / 'probs.npy'}, epoch 1, does not match its digest")
+    assert not (tmp_path / "s2/model.safetensors").exists()
+    code, err = run_cli(capsys, *train, "--epochs", "1", "--out", tmp_path / "s1")
+    assert code == 0, err  # epoch 0 is intact

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -28,6 +27,7 @@ from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
 from ..data import CropSampler, ImageDataset, choose, open_dataset
 from ..errors import UserError, brief
+from ..labels.store import read_manifest
 from ..models import check_input_size, check_model_name, create_model
 from ..typed import to_dict
 from . import state
@@ -79,8 +79,8 @@ def resolve_seed(cfg: Config) -> Config:
         config = read_meta(sidecar).get("config") or {} if sidecar.is_file() else {}
         seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
-        manifest = json.loads((Path(cfg.labels.store) / "manifest.json").read_text())
-        seed = int(manifest.get("sampler", {}).get("seed") or 0)
+        manifest = read_manifest(cfg.labels.store)
+        seed = int((manifest.get("sampler") or {}).get("seed") or 0)  # a static store has no sampler
     return replace(cfg, seed=seed)
 
 
