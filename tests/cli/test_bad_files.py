@@ -159,3 +159,31 @@ def test_an_edited_label_store_does_not_train(capsys, run, tmp_path):
     assert not (tmp_path / "s2/model.safetensors").exists()
     code, err = run_cli(capsys, *train, "--epochs", "1", "--out", tmp_path / "s1")
     assert code == 0, err  # epoch 0 is intact
+
+
+# ---- label-refinery verify ----
+
+
+def test_verify_checks_every_artefact_and_names_the_bad_one(capsys, run):
+    assert main(["verify", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("checkpoint ") == 2 and "2 artefact(s) checked, none failed" in out
+    weights = run / "gen2/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-9] ^= 1
+    weights.write_bytes(bytes(data))
+    code = main(["verify", str(run)])
+    out, err = capsys.readouterr()
+    assert_user_error(code, err, "1 of 2 artefacts failed their check", f"{weights} is corrupt")
+    assert f"checkpoint {run / 'gen1/model.safetensors'}: ok" in out and f"FAILED: {weights} is corrupt" in out
+
+
+def test_verify_reads_every_epoch_of_a_label_store(capsys, run, tmp_path):
+    store = tmp_path / "store"
+    assert main(["bake", "--refinery", str(run / "gen1"), *DIGITS[:-3], "--epochs", "3", "--out", str(store), "--no-progress"]) == 0
+    assert main(["verify", str(store)]) == 0 and "3 epoch(s) x 300 images against the manifest's digests" in capsys.readouterr().out
+    indices = np.load(store / "indices.npy", mmap_mode="r+")
+    indices[2, 7, 0] = indices[2, 7, 1]  # the last epoch, which a shorter run would never read
+    indices.flush()
+    code, err = run_cli(capsys, "verify", store)
+    assert_user_error(code, err, f"label store array {store / 'indices.npy'}, epoch 2, does not match its digest")
