@@ -5,6 +5,7 @@ none trains, reports or loads silently, none prints a traceback or an unbounded 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -187,3 +188,26 @@ def test_verify_reads_every_epoch_of_a_label_store(capsys, run, tmp_path):
     indices.flush()
     code, err = run_cli(capsys, "verify", store)
     assert_user_error(code, err, f"label store array {store / 'indices.npy'}, epoch 2, does not match its digest")
+
+
+# ---- image folders ----
+
+
+@pytest.mark.parametrize("case", ["dangling", "loop", "not-utf8"])
+def test_image_folder_with_a_bad_file_name(capsys, three_class_folder, tmp_path, case):
+    folder = three_class_folder / "train" / "a"
+    if case == "dangling":
+        os.symlink(folder / "gone.png", folder / "x.png")
+        phrase = f"cannot read {folder / 'x.png'} (a symbolic link whose target is missing or loops)"
+    elif case == "loop":
+        os.symlink(folder / "y.png", folder / "z.png")
+        os.symlink(folder / "z.png", folder / "y.png")
+        phrase = "(a symbolic link whose target is missing or loops): Too many levels of symbolic links"
+    else:
+        with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:
+            f.write((folder / "0.png").read_bytes())
+        phrase = "the name b'a/caf\\xe9.png' is not UTF-8; rename it"
+    code, err = run_cli(capsys, "train", "--dataset", f"imagefolder:{three_class_folder}", "--image-size", "8",
+                        "--epochs", "1", "--device", "cpu", "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    assert_user_error(code, err, phrase)
+    _one_line(err)
