@@ -211,3 +211,14 @@ def test_image_folder_with_a_bad_file_name(capsys, three_class_folder, tmp_path,
                         "--epochs", "1", "--device", "cpu", "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     assert_user_error(code, err, phrase)
     _one_line(err)
+
+
+# ---- names in what we write ----
+
+
+def test_report_escapes_names_as_markdown(capsys, chain, tmp_path):
+    run = tmp_path / "a|b *c* <i>"
+    shutil.copytree(chain, run)
+    assert main(["report", str(run)]) == 0
+    title = (run / "report.md").read_text().splitlines()[0]
+    assert title == "# Label Refinery report: a\\|b \\*c\\* \\<i\\>"

@@ -64,6 +64,25 @@ def _cell(v) -> str:
     return f"{v:.2f}" if isinstance(v, float) else html.escape(str(v if v is not None else "–"))
 
 
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|~&"} | {"\n": " ", "\r": " "})
+
+
+def md_text(text) -> str:
+    """``text`` (a class, model or folder name) as literal markdown inside a line: the characters that
+    mark emphasis, code, links, table cells and HTML (``\\ ` * _ [ ] < > | ~ &``) backslash-escaped,
+    line breaks as spaces, so a name cannot break a table, add a link or inject HTML into report.md.
+
+    Example:
+        >>> print(md_text("a|b <i>"))
+        a\\|b \\<i\\>
+    """
+    return str(text).translate(_MARKDOWN)
+
+
+def _md_cell(v) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else md_text(v if v is not None else "–")
+
+
 # ---- audit ------------------------------------------------------------------------------------------
 
 
@@ -265,28 +284,27 @@ def report_run(run: str | Path) -> Path:
     for name, data in figures.items():
         atomic_write(folder / "figures" / name, data)
     md = [
-        f"# Label Refinery report: {folder.name}",
+        f"# Label Refinery report: {md_text(folder.name)}",
         "",
         "| " + " | ".join(t for _, t in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
-    md += ["| " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    md += ["| " + " | ".join(_md_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
     md += [""] + [f"![{n}](figures/{n})" for n in figures]
     if not any(analyses):
         md += ["", f"Label statistics and example figures appear after `label-refinery analyze {folder}`."]
     pairs = analyses[-1]["ambiguous_pairs"] if analyses[-1] else []
+    pairs_text = "Most ambiguous class pairs (refined mass exchanged, last generation): " + "; ".join(
+        f"{p['a']} / {p['b']} {p['mass']:.2f}" for p in pairs
+    )
     if pairs:
-        md += [
-            "",
-            "Most ambiguous class pairs (refined mass exchanged, last generation): "
-            + "; ".join(f"{p['a']} / {p['b']} {p['mass']:.2f}" for p in pairs),
-        ]
+        md += ["", md_text(pairs_text)]
     atomic_write(folder / "report.md", ("\n".join(md) + "\n").encode())
     body = (
         f"<h1>Label Refinery report: {html.escape(folder.name)}</h1>"
         + _table(rows, COLUMNS)
         + "".join(f"<figure>{img_tag(d, n)}</figure>" for n, d in figures.items())
-        + (f"<p>{html.escape(md[-1])}</p>" if pairs else "")
+        + (f"<p>{html.escape(pairs_text)}</p>" if pairs else "")
         + _examples_html(folder)
     )
     atomic_write(folder / "report.html", page(f"report: {folder.name}", body).encode())
