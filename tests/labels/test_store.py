@@ -137,32 +137,6 @@ def test_incomplete_or_truncated_stores_are_refused(tmp_path, digits, refinery):
         _open(tmp_path / "nothing", digits)
 
 
-def test_edited_or_out_of_range_arrays_are_refused(tmp_path, digits, refinery):
-    """Issue 28: the manifest records each array's SHA-256; opening checks them (and the class range)."""
-    manifest = _bake(refinery, digits, tmp_path / "s")
-    assert set(manifest["array_sha256"]) == {"indices", "probs", "ids"}
-    probs = np.load(tmp_path / "s/probs.npy")
-    edited = probs.copy()
-    edited[1, 7, 0] = np.float16(0.5)  # one probability changed, the file still well-formed
-    np.save(tmp_path / "s/probs.npy", edited)
-    with pytest.raises(UserError, match="probs.npy does not match the digest in its manifest"):
-        _open(tmp_path / "s", digits)
-    np.save(tmp_path / "s/probs.npy", probs)
-    assert _open(tmp_path / "s", digits).num_classes == 10
-    # a store from before digests were recorded: still opens, and an index out of range is one clear line
-    m = json.loads((tmp_path / "s/manifest.json").read_text())
-    del m["array_sha256"]
-    (tmp_path / "s/manifest.json").write_text(json.dumps(m))
-    indices = np.load(tmp_path / "s/indices.npy")
-    indices[0, 3, 1] = 4242
-    np.save(tmp_path / "s/indices.npy", indices)
-    with pytest.raises(UserError, match="holds class 4242, outside the store's 10 classes"):
-        _open(tmp_path / "s", digits)
-    (tmp_path / "s/manifest.json").write_bytes(b'{"format": "\xff')  # damaged manifest: one line naming it
-    with pytest.raises(UserError, match="manifest.json is corrupt or truncated"):
-        _open(tmp_path / "s", digits)
-
-
 def baker(model, ds, **kw):
     """The run of the harness: bake ``model``'s labels of ``ds`` into a folder."""
     return lambda folder, log: _bake(model, ds, folder, log=log, **kw)
@@ -236,3 +210,72 @@ def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits
     rerun(baker(refinery, digits, top_k=3, batch_size=64, provenance={
         "dataset_fingerprint": digits.fingerprint(), "image_size": 8, "refinery_path": "/abs/runs/g1/model.safetensors"}), tmp_path / "resumed")
     assert_same_arrays(tmp_path / "whole", tmp_path / "resumed", ("indices", "probs"))
+
+
+# ---- array digests (issue 28) ----
+
+
+def _edit(path, epoch, value):
+    """One stored entry of ``epoch`` (row 5, column 0) set to ``value`` in place, as an editor would."""
+    a = np.load(path, mmap_mode="r+")
+    a[epoch, 5, 0] = value
+    a.flush()
+
+
+def _batch(ds, epoch):
+    return next(ds.train.iter_batches(64, epoch=epoch, crops=SAMPLER))
+
+
+def test_edited_labels_never_train_under_the_default_check(tmp_path, digits, refinery):
+    """The default check: each epoch's digests before its first lookup; the full check: every epoch."""
+    manifest = _bake(refinery, digits, tmp_path / "s", epochs=3)
+    assert [len(manifest["array_digests"][k]) for k in ("indices", "probs")] == [3, 3]
+    _edit(tmp_path / "s/probs.npy", 2, 0.5)  # epoch 2: a run of 2 epochs never reads it
+    store = _open(tmp_path / "s", digits)
+    assert store(_batch(digits, 0)).shape == (64, 10) and store(_batch(digits, 1)).shape == (64, 10)
+    with pytest.raises(UserError, match=f"label store array {tmp_path / 's/probs.npy'}, epoch 2, does not match its digest"):
+        store(_batch(digits, 2))
+    with pytest.raises(UserError, match="probs.npy, epoch 2, does not match its digest"):
+        _open(tmp_path / "s", digits).verify()
+    _edit(tmp_path / "s/indices.npy", 0, 3)  # epoch 0: the first batch is refused, before any label of it is used
+    store = _open(tmp_path / "s", digits)
+    with pytest.raises(UserError, match="indices.npy, epoch 0, does not match its digest in manifest.json"):
+        store(_batch(digits, 0))
+    ids = np.load(tmp_path / "s/ids.npy", mmap_mode="r+")
+    ids[0] = ids[1]
+    ids.flush()
+    with pytest.raises(UserError, match="ids.npy does not match its digest"):
+        _open(tmp_path / "s", digits)
+
+
+def test_stores_from_before_the_digests_open_with_their_checks(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "new")
+    _bake(refinery, digits, tmp_path / "old")
+    manifest = json.loads((tmp_path / "old/manifest.json").read_text())
+    del manifest["array_digests"]  # as bake wrote it before the digests
+    (tmp_path / "old/manifest.json").write_text(json.dumps(manifest))
+    batch = _batch(digits, 1)
+    assert torch.equal(_open(tmp_path / "old", digits)(batch), _open(tmp_path / "new", digits)(batch))
+    assert _open(tmp_path / "old", digits).verify().digests is None
+    _edit(tmp_path / "old/indices.npy", 1, 99)  # a class index that does not exist
+    row, image = 5, int(np.load(tmp_path / "old/ids.npy")[5])
+    with pytest.raises(UserError, match=f"indices.npy, epoch 1, row {row} \\(image {image}\\): class index 99 is out of range"):
+        _open(tmp_path / "old", digits)(batch)
+    _bake(refinery, digits, tmp_path / "fp16", prob_dtype="fp16")
+    manifest = json.loads((tmp_path / "fp16/manifest.json").read_text())
+    del manifest["array_digests"]
+    (tmp_path / "fp16/manifest.json").write_text(json.dumps(manifest))
+    _edit(tmp_path / "fp16/probs.npy", 0, np.nan)
+    with pytest.raises(UserError, match="probs.npy, epoch 0, row 5 .*probability nan is out of range"):
+        _open(tmp_path / "fp16", digits).verify()
+
+
+def test_a_truncated_manifest_or_a_missing_epoch_is_one_clear_line(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "s")
+    store = _open(tmp_path / "s", digits)
+    with pytest.raises(UserError, match="holds epochs 0..1, asked for epoch 5"):
+        store(_batch(digits, 5))
+    text = (tmp_path / "s/manifest.json").read_text()
+    (tmp_path / "s/manifest.json").write_text(text[:40])
+    with pytest.raises(UserError, match="label store manifest .*manifest.json is not valid JSON \\(truncated\\?\\).*bake the store again"):
+        _open(tmp_path / "s", digits)

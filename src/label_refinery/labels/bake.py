@@ -28,11 +28,13 @@ from .. import distributed
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
 from ..errors import UserError
-from ..files import read_json, sha256_file, write_json
+from ..files import write_json
 from . import refine
 from .store import (
     ARRAYS,
+    DIGESTS,
     FORMAT,
+    array_digests,
     PROB_DTYPES,
     crop_digest,
     estimate_bytes,
@@ -48,7 +50,7 @@ FLUSH_SECONDS = 30.0  # an interrupted bake loses at most this much work
 
 def _comparable(spec: dict) -> dict:
     """The settings that define a store's content (a refinery's path may be spelled many ways; its SHA-256 counts)."""
-    keys = set(spec) - {"refinery_path", "shape", "crop_digests", "created", "bake_images_per_s", "processes", "array_sha256"}
+    keys = set(spec) - {"refinery_path", "shape", "crop_digests", "array_digests", "created", "bake_images_per_s", "processes"}
     return {k: spec.get(k) for k in keys}
 
 
@@ -79,7 +81,7 @@ class _Bake:
 
     def _create_or_check(self, out: Path, spec: dict, ids: np.ndarray, shape, resuming: bool) -> None:
         if resuming:
-            if _comparable(read_json(out / "bake.json", "bake progress")) != _comparable(spec):
+            if _comparable(json.loads((out / "bake.json").read_text())) != _comparable(spec):
                 raise UserError(
                     f"{out} holds an unfinished bake with other settings; delete it or bake into another folder"
                 )
@@ -163,7 +165,6 @@ def _progress_file(out: Path, rank: int, world: int) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    """Another rank's progress file, tolerantly: missing or being replaced reads as ``{}`` (again later)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):  # being replaced: read again later
@@ -244,7 +245,7 @@ def bake(
     done = state.fill(model, split, sampler, spec.batch_size, device, spec.channels_last, progress)
     if state.rank:
         distributed.wait_for(out / "manifest.json")  # rank 0 writes it when every rank is done
-        return read_json(out / "manifest.json", "label store manifest")
+        return json.loads((out / "manifest.json").read_text())
     state.wait_for_ranks()
     manifest = _write_manifest(state, split, sampler, done, time.perf_counter() - start)
     log(
@@ -256,13 +257,13 @@ def bake(
 
 
 def _write_manifest(state: _Bake, split: Split, sampler: CropSampler | None, done: int, seconds: float) -> dict:
-    """Rank 0, every rank done: the store's spec with its shape, crop digests and speed, written last."""
+    """Rank 0, every rank done: the store's spec with its shape, crop digests, array digests (of the
+    files, as every rank flushed them: one read of the store) and speed, written last."""
     sizes = split.image_sizes() if sampler is not None else None
     epochs = state.spec["epochs"]
     digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
-    arrays = {name: sha256_file(state.out / f"{name}.npy") for name in ARRAYS}  # every rank flushed (fill)
     manifest = {**state.spec, "shape": list(state.indices.shape), "crop_digests": digests, "processes": state.world,
-                "array_sha256": arrays,
+                DIGESTS: array_digests(state.out, epochs),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "bake_images_per_s": done * state.world / seconds if done else None}  # fmt: skip
     write_json(state.out / "manifest.json", manifest)
@@ -271,7 +272,7 @@ def _write_manifest(state: _Bake, split: Split, sampler: CropSampler | None, don
 
 def _finished_store(out: Path, spec: dict, log: Callable[[str], None]) -> dict:
     """A store baked earlier with the same settings, reused as it is; another one is refused."""
-    manifest = read_json(out / "manifest.json", "label store manifest")
+    manifest = json.loads((out / "manifest.json").read_text())
     if _comparable(manifest) != _comparable(spec):
         raise UserError(f"{out} holds a finished label store with other settings; delete it or bake into another folder")
     log(f"label store {out}: finished earlier, reusing it")

@@ -24,7 +24,7 @@ METRICS = [  # (key, title, source): source "meta" is meta.json's metrics, "anal
 def ensembles_table(exp: Experiment) -> str:
     """The ensemble ceilings measured so far, one row per ``ARM/genK``."""
     path = exp.out / "ensembles.json"
-    cache = read_json(path, "results cache") if path.is_file() else {}
+    cache = read_json(path, "ensemble measurements", "; delete it to measure again") if path.is_file() else {}
     rows = [(ref, cache[ref]) for ref in exp.ensembles if ref in cache]
     if not rows:
         return ""
@@ -59,7 +59,7 @@ def collect(exp: Experiment) -> list[dict]:
                     **meta["metrics"],
                 }
                 if (gen / "analysis.json").is_file():
-                    analysis = read_json(gen / "analysis.json", "analysis")
+                    analysis = read_json(gen / "analysis.json", "analysis", f"; re-run label-refinery analyze {folder}")
                     row |= {k: analysis[k] for k, _, src in METRICS if src == "analysis" and k in analysis}
                 rows.append(row)
     return rows

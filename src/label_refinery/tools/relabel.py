@@ -26,8 +26,9 @@ FIELDS = ("index", "label", "given", "suggested_p", "source")
 
 
 def _rows(path: Path, needed: set[str]) -> list[dict]:
-    return read_csv(path, "audit table", needed, "pass an audit.csv (with --top) or the reviewed CSV that "
-                    "audit.html downloads (with --reviewed)")  # fmt: skip
+    """The rows of an audit.csv or reviewed CSV, through the one CSV reader (files.read_csv)."""
+    fix = ": pass an audit.csv (with --top) or the reviewed CSV that audit.html downloads (with --reviewed)"
+    return [row for _, row in read_csv(path, "audit table", sorted(needed), fix)]
 
 
 def relabel(

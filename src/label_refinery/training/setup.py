@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import META
+from ..checkpoint import META, read_meta
 from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
 from ..data import CropSampler, ImageDataset, choose, open_dataset
-from ..errors import UserError
-from ..files import read_json
+from ..errors import UserError, brief
+from ..labels.store import read_manifest
 from ..models import check_input_size, check_model_name, create_model
 from ..typed import to_dict
 from . import state
@@ -44,11 +44,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise UserError(f"device {brief(name)} requested but CUDA is not available; use --device cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"unknown device {brief(name)}; use auto, cpu, cuda or cuda:N") from None
 
 
 def cuda_speedups(device: torch.device) -> None:
@@ -76,11 +76,11 @@ def resolve_seed(cfg: Config) -> Config:
     seed = 0
     if cfg.refinery.path:  # the refinery's recorded seed + 1 (a refinery from elsewhere, without meta.json: 0 + 1)
         sidecar = resolve_checkpoint(refinery_paths(cfg)[0]).parent / META  # an ensemble: its first member's
-        config = read_json(sidecar, "metadata").get("config") or {} if sidecar.is_file() else {}
+        config = read_meta(sidecar).get("config") or {} if sidecar.is_file() else {}
         seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
-        manifest = read_json(Path(cfg.labels.store) / "manifest.json", "label store manifest")
-        seed = int(manifest.get("sampler", {}).get("seed") or 0)
+        manifest = read_manifest(cfg.labels.store)
+        seed = int((manifest.get("sampler") or {}).get("seed") or 0)  # a static store has no sampler
     return replace(cfg, seed=seed)
 
 
@@ -141,7 +141,7 @@ def plan_generation(cfg: Config, folder: str | Path, generation: int = 1) -> Pla
     is loaded)."""
     cfg, folder = resolve(cfg), Path(folder)
     values = to_dict(cfg)
-    finished = read_json(folder / META, "metadata") if (folder / META).is_file() else None
+    finished = read_meta(folder) if (folder / META).is_file() else None  # checked against its weights' header
     if finished is not None:  # a replaced refinery first: the seed derived from it would differ too
         check_same_refinery(folder, finished["labels"].get("sha256"), cfg)
     if has_progress(folder):
