@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write
+from ..locks import claim_file
 
 FIELDS = ("index", "label", "given", "suggested_p", "source")
 
@@ -40,9 +41,16 @@ def _rows(path: Path, needed: set[str]) -> list[dict]:
 
 
 def relabel(
-    source: str | Path, out: str | Path, *, top: int | None = None, reviewed: bool = False, flags=("wrong",)
+    source: str | Path,
+    out: str | Path,
+    *,
+    top: int | None = None,
+    reviewed: bool = False,
+    flags=("wrong",),
+    force: bool = False,
 ) -> int:
-    """Write the override file ``out`` from an audit or a reviewed CSV; returns how many labels change."""
+    """Write the override file ``out`` from an audit or a reviewed CSV; returns how many labels change.
+    An existing ``out`` (perhaps fixes edited by hand) is replaced only with ``force``."""
     source = Path(source)
     if reviewed == (top is not None):
         raise UserError("relabel needs exactly one of --top N (an audit.csv) or --reviewed (a reviewed CSV)")
@@ -65,7 +73,8 @@ def relabel(
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")  # csv quotes class names with commas
     writer.writeheader()
     writer.writerows(fixes)
-    atomic_write(out, buf.getvalue().encode())
+    with claim_file(out, force=force):
+        atomic_write(out, buf.getvalue().encode())
     return len(fixes)
 
 
