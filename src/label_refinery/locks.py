@@ -81,7 +81,8 @@ def _entry_present(folder: Path, entry: str) -> bool:
 def _record(path: Path) -> dict:
     """What a lock file says about its (last) holder; {} if unreadable."""
     try:
-        record = json.loads(path.read_text(errors="replace"))
+        with open(path, "rb") as f:
+            record = json.loads(f.read(1 << 16))  # ours are a few hundred bytes
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -115,7 +116,8 @@ def check_ours(folder: str | Path, accept: tuple[str, ...], *, force: bool = Fal
         return
     shown = ", ".join(_short(n, 40) for n in names[:_NAMES_SHOWN]) + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else "")
     ours = sorted(kinds_of(folder))
-    what = f"a label-refinery {' / '.join(ours)} folder, not a {accept[0]}" if ours else f"not a label-refinery {accept[0]} folder"
+    article = "an" if accept[0][0] in "aeiou" else "a"
+    what = f"a label-refinery {' / '.join(ours)} folder, not {article} {accept[0]}" if ours else f"not a label-refinery {accept[0]} folder"
     raise UserError(
         f"{_short(str(folder))} is not empty and is {what} (it holds {shown}): pass another --out, or --force to "
         "write into it anyway (files of the same names are then replaced)"
