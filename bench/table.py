@@ -39,8 +39,17 @@ def save(experiment: Path, target: Path, out: Path | None = None) -> None:
 
     rows = collect(load_experiment(experiment, out))
     slim = [{k: r.get(k) for k in KEEP} for r in rows]
-    target.write_text(json.dumps(slim, indent=1) + "\n")
-    print(f"{len(slim)} rows -> {target}")
+    # run folders do not outlive a session here: rows saved earlier (other seeds, other sessions) are
+    # kept unless a finished run of the same arm, data and seed replaces them
+    new = {_row_key(r) for r in slim}
+    kept = [r for r in (json.loads(target.read_text()) if target.is_file() else []) if _row_key(r) not in new]
+    merged = sorted(kept + slim, key=lambda r: (str(r.get("subset_seed")), r["seed"], r["arm"], r.get("generation") or 0))
+    target.write_text(json.dumps(merged, indent=1) + "\n")
+    print(f"{len(slim)} rows from {out or 'the runs'} ({len(kept)} kept from before) -> {target}")
+
+
+def _row_key(r: dict) -> tuple:
+    return (r["arm"], r.get("dataset"), r.get("subset_seed"), r["seed"], r.get("generation"))
 
 
 def families(rows: list[dict]) -> dict[str, list[dict]]:
@@ -102,18 +111,28 @@ def paper_rows(rows: list[dict]) -> list[dict]:
     out = []
     for model in dict.fromkeys(r["model"] for r in rows if r["arm"].startswith("gt-")):
         gt = {k: r for (fam, m, k), r in by.items() if fam == "gt" and m == model}
-        entry = {"model": model, "pairs": len(gt), "gt_test": mean_std([r["test_top1"] for r in gt.values()])}
+        entry = {"model": model, "pairs": len(gt), "gt_test": mean_std([r["test_top1"] for r in gt.values()]),
+                 "name": next(iter(gt.values()))["arm"].partition("-")[2]}  # fmt: skip
+        entry["hours"] = {f: sum(r.get("train_seconds") or 0 for (fam, m, _), r in by.items() if fam == f and m == model) / 3600
+                          for f in ("gt", "self", "strong")}  # fmt: skip
         for family in ("self", "strong"):
             diffs = [by[(family, model, k)]["test_top1"] - r["test_top1"] for k, r in gt.items() if (family, model, k) in by]
-            entry[family] = (t_interval(diffs), sum(d > 0 for d in diffs), len(diffs)) if len(diffs) >= 2 else None
+            entry[family] = (t_interval(diffs) if len(diffs) >= 2 else (diffs[0], None), sum(d > 0 for d in diffs),
+                             len(diffs)) if diffs else None  # fmt: skip
         out.append(entry)
     return out
 
 
+def parameters(model: str) -> int:
+    from label_refinery.models import count_parameters, create_model
+
+    return count_parameters(create_model(model, in_chans=1, num_classes=100))  # fashion-pairs: grey, 100 classes
+
+
 def paper_table(rows: list[dict]) -> str:
-    refinery = [r["test_top1"] for r in rows if r["arm"] == "refinery"]
-    lines = ["| student | pairs | ground truth, test top-1 | refined by itself, Δ test | refined by the strong refinery, Δ test |",
-             "|---|---:|---:|---|---|"]  # fmt: skip
+    refinery = [r for r in rows if r["arm"] == "refinery"]
+    lines = ["| student | parameters | pairs | ground truth, test top-1 | refined by itself, Δ test | refined by the strong refinery, Δ test | CPU-hours (gt / self / strong) |",
+             "|---|---:|---:|---:|---|---|---|"]  # fmt: skip
     for e in paper_rows(rows):
         cells = []
         for family in ("self", "strong"):
@@ -121,10 +140,17 @@ def paper_table(rows: list[dict]) -> str:
                 cells.append("not run")
                 continue
             (m, half), better, n = e[family]
-            cells.append(f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}], {better}/{n}")
-        lines.append(f"| `{e['model']}` | {e['pairs']} | {e['gt_test'][0]:.2f} ± {e['gt_test'][1]:.2f} | {cells[0]} | {cells[1]} |")
+            cells.append(f"{m:+.2f} (one pair, no interval)" if half is None else f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}], {better}/{n}")
+        hours = " / ".join(f"{e['hours'][f]:.2f}" for f in ("gt", "self", "strong"))
+        lines.append(f"| `{e['model']}` | {parameters(e['model']) / 1e3:.0f}k | {e['pairs']} | {e['gt_test'][0]:.2f} ± {e['gt_test'][1]:.2f} "
+                     f"| {cells[0]} | {cells[1]} | {hours} |")  # fmt: skip
     if refinery:
-        lines.append(f"\nThe strong refinery: test top-1 {sum(refinery) / len(refinery):.2f} (mean of {len(refinery)}).")
+        from label_refinery.study.stats import mean_std
+
+        (m, sd), (vm, vsd) = (mean_std([r[k] for r in refinery]) for k in ("test_top1", "val_top1"))
+        hours = sum(r.get("train_seconds") or 0 for r in refinery) / 3600
+        lines.append(f"\nThe strong refinery (`{refinery[0]['model']}`): test top-1 {m:.2f} ± {sd:.2f}, val {vm:.2f} ± {vsd:.2f} "
+                     f"({len(refinery)} trainings, {hours:.2f} CPU-hours; its labels baked once per (subset, seed) for every student).")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -134,7 +160,7 @@ def paper_figure(rows: list[dict], path: Path) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for family, color in (("self", "tab:blue"), ("strong", "tab:red")):
-        points = [(e["gt_test"][0], *e[family][0], e["model"]) for e in paper_rows(rows) if e[family]]
+        points = [(e["gt_test"][0], e[family][0][0], e[family][0][1] or 0, e["name"]) for e in paper_rows(rows) if e[family]]
         if points:
             x, y, err, names = zip(*points)
             ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=f"refined by {'itself' if family == 'self' else 'the strong refinery'}")
@@ -173,6 +199,7 @@ def main() -> None:
     q = sub.add_parser("paper")
     q.add_argument("results", type=Path, nargs="+", help="results files of the table's studies (one per subset)")
     q.add_argument("--figure", type=Path, help="also plot the gains against the students' accuracy")
+    q.add_argument("--into", type=Path, help="write it between <!-- PAPER --> markers of this file instead")
     a = p.parse_args()
     if a.what == "save":
         save(a.experiment, a.target, a.out)
@@ -182,7 +209,8 @@ def main() -> None:
         into(a.into, "TUNE", text) if a.into else print(text)
     else:
         rows = [r for f in a.results for r in json.loads(f.read_text())]
-        print(paper_table(rows))
+        text = paper_table(rows)
+        into(a.into, "PAPER", text) if a.into else print(text)
         if a.figure:
             paper_figure(rows, a.figure)
 

@@ -31,7 +31,7 @@ def test_saved_config_reloads_identically(tmp_path):
         ({"optim.nope": 1}, "unknown config key optim.nope; valid keys: .*optim.lr"),
         ({"nope": 1}, "unknown config key nope"),
         ({"optim.epochs": 0}, "optim.epochs must be >= 1"),
-        ({"optim.epochs": "ten"}, "expected a number"),
+        ({"optim.epochs": "ten"}, "optim.epochs: expected an integer"),
         ({"data.crop_scale": [0.9, 0.1]}, "crop_scale"),
         ({"loss.gt_weight": 2}, "loss.gt_weight must be in"),
         ({"optim.schedule": "linear"}, "cosine, step or constant"),

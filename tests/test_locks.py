@@ -152,14 +152,18 @@ def test_a_forked_worker_does_not_keep_the_lock(tmp_path):
     """A DataLoader worker forked while a folder is held closes its copy of the lock: the folder is
     free once the command ends, not once its last worker does."""
     out = tmp_path / "run"
+    release, hold = os.pipe()
     with claim(out, "chain"):
         child = os.fork()
-        if child == 0:  # the worker: outlives the claim
-            time.sleep(3)
+        if child == 0:  # the worker: outlives the claim, until the parent closes the pipe
+            os.close(hold)
+            os.read(release, 1)
             os._exit(0)
+    os.close(release)
     try:
         with holding(out, "chain") as other:  # another process takes it while the worker still runs
             assert json.loads((out / LOCK).read_text())["pid"] == other.pid
         assert os.waitpid(child, os.WNOHANG) == (0, 0)  # the worker was alive throughout
     finally:
+        os.close(hold)
         os.waitpid(child, 0)

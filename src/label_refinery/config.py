@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, brief
 from .files import atomic_write
 from .typed import from_dict, merge, nest, read_yaml_mapping, to_dict, valid_keys
 
@@ -211,7 +211,7 @@ def upgrade(values: dict) -> dict:
         if not isinstance(target, dict):
             raise UserError(f"config key {new_sec}: expected a mapping of {', '.join(valid_keys(Config))}")
         if new_key in target and target[new_key] != value:
-            raise UserError(f"config keys {old} (an earlier name) and {new} are both given, {value!r} and {target[new_key]!r}")
+            raise UserError(f"config keys {old} (an earlier name) and {new} are both given, {brief(value)} and {brief(target[new_key])}")
         target[new_key] = value
     return out
 
@@ -248,7 +248,7 @@ def _check(ok: bool, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Precise errors for values that cannot work."""
     o, d, ch = cfg.optim, cfg.data, cfg.chain
-    _check(cfg.amp in ("off", "bf16", "fp16", "auto"), f"amp must be off, bf16, fp16 or auto, got {cfg.amp!r}")
+    _check(cfg.amp in ("off", "bf16", "fp16", "auto"), f"amp must be off, bf16, fp16 or auto, got {brief(cfg.amp)}")
     _check(cfg.eval_every >= 1, f"eval_every must be >= 1 epochs, got {cfg.eval_every}")
     _check(cfg.save_every >= 0, f"save_every must be >= 0 steps, got {cfg.save_every}")
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
@@ -282,7 +282,7 @@ def validate(cfg: Config) -> None:
     )
     _check(
         o.schedule in ("cosine", "step", "constant"),
-        f"optim.schedule must be cosine, step or constant, got {o.schedule!r}",
+        f"optim.schedule must be cosine, step or constant, got {brief(o.schedule)}",
     )
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")
     _check(
@@ -310,10 +310,10 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
     _check(0 <= loss.gt_weight <= 1, f"loss.gt_weight must be in [0, 1], got {loss.gt_weight}")
     _check(0 <= loss.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {loss.label_smoothing}")
     _check(
-        lab.source in ("live", "store", "static"), f"labels.source must be live, store or static, got {lab.source!r}"
+        lab.source in ("live", "store", "static"), f"labels.source must be live, store or static, got {brief(lab.source)}"
     )
     _check(cfg.store.top_k >= 1, f"store.top_k must be >= 1, got {cfg.store.top_k}")
-    _check(cfg.store.dtype in ("fp16", "uint8"), f"store.dtype must be fp16 or uint8, got {cfg.store.dtype!r}")
+    _check(cfg.store.dtype in ("fp16", "uint8"), f"store.dtype must be fp16 or uint8, got {brief(cfg.store.dtype)}")
     _check(not (lab.store and lab.source == "static"), "labels.store and labels.source=static exclude each other")
     paths = refinery_paths(cfg)
     _check(all(p for p in paths), "refinery: an empty checkpoint path")
@@ -327,7 +327,7 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
         "refinery.cross_fit needs two or more fold models (--refinery FOLD1 --refinery FOLD2 ...) labelling live "
         "(labels.source=live, no label store, no jitter)",
     )
-    _check(cfg.mix.kind in ("off", "mixup", "cutmix"), f"mix.kind must be off, mixup or cutmix, got {cfg.mix.kind!r}")
+    _check(cfg.mix.kind in ("off", "mixup", "cutmix"), f"mix.kind must be off, mixup or cutmix, got {brief(cfg.mix.kind)}")
     _check(cfg.mix.alpha > 0, f"mix.alpha must be > 0, got {cfg.mix.alpha}")
     _check(
         cfg.mix.kind == "off" or (lab.source == "live" and not lab.store),
@@ -338,7 +338,7 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
     _check(0 < j.fraction <= 1, f"jitter.fraction must be in (0, 1], got {j.fraction}")
     _check(j.steps >= 1, f"jitter.steps must be >= 1, got {j.steps}")
     _check(j.step_size is None or j.step_size >= 0, f"jitter.step_size must be >= 0, got {j.step_size}")
-    _check(j.grad in ("student", "refinery"), f"jitter.grad must be student or refinery, got {j.grad!r}")
+    _check(j.grad in ("student", "refinery"), f"jitter.grad must be student or refinery, got {brief(j.grad)}")
     _check(
         not (j.enabled and (lab.store or lab.source != "live")),
         "jitter needs a live refinery (labels.source=live): a label store only holds labels of the un-jittered crops",

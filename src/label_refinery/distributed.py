@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, brief
 
 
 def world() -> int:
@@ -76,7 +76,7 @@ def plan(device: str, cuda_available: bool, local_rank: int, local_world: int) -
     processes); ``cpu``: gloo only.
     """
     if device.startswith("cuda") and not cuda_available:
-        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise UserError(f"device {brief(device)} requested but CUDA is not available; use --device cpu")
     if device == "cpu" or (device == "auto" and not cuda_available) or not device.startswith(("cuda", "auto")):
         return "gloo", None
     if device in ("auto", "cuda"):

@@ -1,4 +1,5 @@
-"""Files written safely and identified by content: atomic writes, JSON, SHA-256. No torch here.
+"""Files written safely, read carefully and identified by content: atomic writes, JSON, CSV,
+SHA-256. No torch here.
 
 Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
 target (``os.replace``), so a crash or a full disk leaves the previous file intact (readers see the
@@ -7,6 +8,15 @@ manifests and checkpoints are all written through :func:`atomic_write`. Files th
 (``audit.csv`` and its ``audit.html``, ``summary.json`` and ``summary.md``) are written into a hidden
 folder beside them and moved in together (:func:`together`).
 
+Reading: every JSON artefact goes through :func:`read_json` and every CSV the project reads
+(label overrides, audit.csv, the reviewed CSV) through :func:`read_csv`, so a truncated, binary or
+mis-encoded file is one :class:`UserError` line naming the file (and the line), never a traceback.
+
+CSV cells we write that begin with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return would run
+as formulas in a spreadsheet (CSV injection); :func:`csv_cell` prefixes such text with ``'`` as
+OWASP recommends (a cell that begins with ``'`` gets one more), and :func:`read_csv` removes that
+one prefix again, so class names make the round trip unchanged.
+
 Example:
     >>> write_json("runs/x/summary.json", {"top1": 91.2})                # doctest: +SKIP
     >>> sha256_file("runs/x/summary.json")[:12]                         # doctest: +SKIP
@@ -14,16 +24,18 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from .errors import UserError
+from .errors import UserError, brief
 
 
 def _umask() -> int:
@@ -127,3 +139,104 @@ def together(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     _move_in(stage, folder)
+def _read_bytes(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from err
+
+
+def _text(data: bytes, path: Path, what: str, fix: str) -> str:
+    """UTF-8 text (a leading byte-order mark dropped); a binary or otherwise encoded file is refused."""
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise UserError(f"{what} {path} is a binary file, not text (a NUL byte on line {line}){fix}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}): save it as UTF-8{fix}"
+        ) from None
+
+
+def read_json(path: str | Path, what: str = "file", fix: str = "") -> Any:
+    """The JSON value in ``path``; a missing, truncated, binary or invalid file is a :class:`UserError`
+    naming ``what`` the file is, the line, and ``fix`` (appended to the message, e.g. "; restore it")."""
+    path = Path(path)
+    text = _text(_read_bytes(path, what), path, what, fix)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        cut = " (truncated?)" if err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated") else ""
+        raise UserError(f"{what} {path} is not valid JSON{cut} ({err.msg}: line {err.lineno}, column {err.colno}){fix}") from None
+
+
+CSV_FIELD_LIMIT = 128 * 1024  # characters in one CSV field (the csv module's own default limit)
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value for a CSV cell we write: text beginning with ``= + - @``, a tab or a carriage return
+    (a spreadsheet formula) or with ``'`` gets a ``'`` in front; numbers stay numbers.
+
+    Example:
+        >>> csv_cell("=HYPERLINK(1)"), csv_cell("cat"), csv_cell(-1.5)
+        ("'=HYPERLINK(1)", 'cat', -1.5)
+    """
+    return "'" + value if isinstance(value, str) and value.startswith((*_FORMULA, "'")) else value
+
+
+def _uncell(text: str) -> str:
+    """The text :func:`csv_cell` was given: one ``'`` in front of a formula character (or ``'``) removed."""
+    return text[1:] if text.startswith("'") and text[1:].startswith((*_FORMULA, "'")) else text
+
+
+def csv_text(header: Iterable[str], rows: Iterable[dict]) -> str:
+    """CSV text of ``rows`` (dicts with the ``header`` keys), every cell through :func:`csv_cell`."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n")  # quotes cells with commas
+    writer.writeheader()
+    writer.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
+    return buf.getvalue()
+
+
+def read_csv(path: str | Path, what: str, columns: Iterable[str] = (), fix: str = "") -> list[tuple[int, dict[str, str]]]:
+    """``(line, row)`` for every row of a CSV file with a header, ``row`` a dict from column to text.
+
+    UTF-8 (a leading byte-order mark, as spreadsheets save one, is dropped), fields of at most
+    :data:`CSV_FIELD_LIMIT` characters, every row as many fields as the header, the header holding
+    ``columns``; cells come back as :func:`csv_cell` was given them. Anything else is a
+    :class:`UserError` naming ``what`` the file is, the line and ``fix``. Blank lines are skipped.
+    """
+    path = Path(path)
+    text = _text(_read_bytes(path, what), path, what, fix)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # a broken quote is an error, not a guess
+    rows: list[tuple[int, dict[str, str]]] = []
+    header = None
+    try:
+        for fields in reader:
+            if any(len(f) > CSV_FIELD_LIMIT for f in fields):
+                raise csv.Error("field larger than field limit")
+            if not fields:
+                continue
+            fields = [_uncell(f) for f in fields]
+            if header is None:
+                header = [f.strip() for f in fields]
+                missing = [c for c in columns if c not in header]
+                if missing:
+                    raise UserError(f"{what} {path} lacks the column(s) {', '.join(missing)} (its header: {brief(header)}){fix}")
+                continue
+            if len(fields) != len(header):
+                raise UserError(f"{what} {path}, line {reader.line_num}: {len(fields)} fields, the header has {len(header)}{fix}")
+            rows.append((reader.line_num, dict(zip(header, fields))))
+    except csv.Error as err:
+        line = reader.line_num
+        if "field limit" in str(err):
+            raise UserError(f"{what} {path}, line {line}: a field is longer than {CSV_FIELD_LIMIT // 1024} KiB; is this the right file?{fix}") from None
+        raise UserError(f"{what} {path}, line {line}: not valid CSV ({err}){fix}") from None
+    if header is None:
+        raise UserError(f"{what} {path} is empty: expected a header with the columns {', '.join(columns)}{fix}")
+    return rows

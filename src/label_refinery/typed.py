@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, brief
 
 
 def valid_keys(cls, prefix: str = "") -> list[str]:
@@ -52,37 +53,47 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):  # "a b" or "a,b" (use spaces when items contain commas)
             value = value.split() if any(c.isspace() for c in value.strip()) else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key}: expected a list, got {value!r}")
+            raise UserError(f"config key {key}: expected a list, got {brief(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)
         if len(value) != len(args):
-            raise UserError(f"config key {key}: expected {len(args)} values, got {list(value)}")
+            raise UserError(f"config key {key}: expected {len(args)} values, got {brief(list(value))}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if tp is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         if isinstance(value, bool):
             return value
-        raise UserError(f"config key {key}: expected true/false, got {value!r}")
-    if tp is float and isinstance(value, str) and "/" in value:  # e.g. jitter.eps=2/255
-        num, _, den = value.partition("/")
-        try:
-            return float(num) / float(den)
-        except (ValueError, ZeroDivisionError):
-            raise UserError(f"config key {key}: expected a number such as 0.008 or 2/255, got {value!r}") from None
+        raise UserError(f"config key {key}: expected true/false, got {brief(value)}")
     if tp in (int, float):
-        try:
-            out = tp(value)
-        except (TypeError, ValueError):
-            raise UserError(f"config key {key}: expected a number, got {value!r}") from None
-        if tp is int and isinstance(value, float) and value != out:
-            raise UserError(f"config key {key}: expected an integer, got {value!r}")
-        return out
+        return _number(value, tp, key)
     if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise UserError(f"config key {key}: expected a string, got {value!r}")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"config key {key}: expected a string, got {brief(value)}")
         return str(value)
     return value
+
+
+def _number(value: Any, tp: type, key: str) -> int | float:
+    """An int or a finite float: ``true`` is not 1, ``.inf`` and ``nan`` are no numbers of a config,
+    ``2/255`` is a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        yes_no = " (true/false is not a number)" if isinstance(value, bool) else ""
+        raise UserError(f"config key {key}: expected {'an integer' if tp is int else 'a number'}, got {brief(value)}{yes_no}")
+    try:
+        if tp is float and isinstance(value, str) and "/" in value:  # e.g. jitter.eps=2/255
+            num, _, den = value.partition("/")
+            out = float(num) / float(den)
+        else:
+            out = tp(value)
+        if tp is int and isinstance(value, float) and value != out:
+            raise ValueError
+    except (ValueError, ZeroDivisionError, OverflowError):
+        kind = "an integer" if tp is int else "a number such as 0.008 or 2/255"
+        raise UserError(f"config key {key}: expected {kind}, got {brief(value)}") from None
+    if not math.isfinite(out):
+        raise UserError(f"config key {key}: expected a finite number, got {brief(value)}")
+    return out
 
 
 def from_dict(cls, values: dict, prefix: str = "", root=None):

@@ -243,3 +243,70 @@ def test_a_store_being_baked_refuses_a_second_bake(tmp_path, digits, refinery):
         with pytest.raises(UserError, match=rf"s is being written by another label-refinery command \(PID {other.pid}: "):
             bake(refinery, digits.train, tmp_path / "s", spec, sampler=SAMPLER, log=lambda _: None)
     assert bake(refinery, digits.train, tmp_path / "s", spec, sampler=SAMPLER, log=lambda _: None)["top_k"] == 3
+# ---- array digests (issue 28) ----
+
+
+def _edit(path, epoch, value):
+    """One stored entry of ``epoch`` (row 5, column 0) set to ``value`` in place, as an editor would."""
+    a = np.load(path, mmap_mode="r+")
+    a[epoch, 5, 0] = value
+    a.flush()
+
+
+def _batch(ds, epoch):
+    return next(ds.train.iter_batches(64, epoch=epoch, crops=SAMPLER))
+
+
+def test_edited_labels_never_train_under_the_default_check(tmp_path, digits, refinery):
+    """The default check: each epoch's digests before its first lookup; the full check: every epoch."""
+    manifest = _bake(refinery, digits, tmp_path / "s", epochs=3)
+    assert [len(manifest["array_digests"][k]) for k in ("indices", "probs")] == [3, 3]
+    _edit(tmp_path / "s/probs.npy", 2, 0.5)  # epoch 2: a run of 2 epochs never reads it
+    store = _open(tmp_path / "s", digits)
+    assert store(_batch(digits, 0)).shape == (64, 10) and store(_batch(digits, 1)).shape == (64, 10)
+    with pytest.raises(UserError, match=f"label store array {tmp_path / 's/probs.npy'}, epoch 2, does not match its digest"):
+        store(_batch(digits, 2))
+    with pytest.raises(UserError, match="probs.npy, epoch 2, does not match its digest"):
+        _open(tmp_path / "s", digits).verify()
+    _edit(tmp_path / "s/indices.npy", 0, 3)  # epoch 0: the first batch is refused, before any label of it is used
+    store = _open(tmp_path / "s", digits)
+    with pytest.raises(UserError, match="indices.npy, epoch 0, does not match its digest in manifest.json"):
+        store(_batch(digits, 0))
+    ids = np.load(tmp_path / "s/ids.npy", mmap_mode="r+")
+    ids[0] = ids[1]
+    ids.flush()
+    with pytest.raises(UserError, match="ids.npy does not match its digest"):
+        _open(tmp_path / "s", digits)
+
+
+def test_stores_from_before_the_digests_open_with_their_checks(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "new")
+    _bake(refinery, digits, tmp_path / "old")
+    manifest = json.loads((tmp_path / "old/manifest.json").read_text())
+    del manifest["array_digests"]  # as bake wrote it before the digests
+    (tmp_path / "old/manifest.json").write_text(json.dumps(manifest))
+    batch = _batch(digits, 1)
+    assert torch.equal(_open(tmp_path / "old", digits)(batch), _open(tmp_path / "new", digits)(batch))
+    assert _open(tmp_path / "old", digits).verify().digests is None
+    _edit(tmp_path / "old/indices.npy", 1, 99)  # a class index that does not exist
+    row, image = 5, int(np.load(tmp_path / "old/ids.npy")[5])
+    with pytest.raises(UserError, match=f"indices.npy, epoch 1, row {row} \\(image {image}\\): class index 99 is out of range"):
+        _open(tmp_path / "old", digits)(batch)
+    _bake(refinery, digits, tmp_path / "fp16", prob_dtype="fp16")
+    manifest = json.loads((tmp_path / "fp16/manifest.json").read_text())
+    del manifest["array_digests"]
+    (tmp_path / "fp16/manifest.json").write_text(json.dumps(manifest))
+    _edit(tmp_path / "fp16/probs.npy", 0, np.nan)
+    with pytest.raises(UserError, match="probs.npy, epoch 0, row 5 .*probability nan is out of range"):
+        _open(tmp_path / "fp16", digits).verify()
+
+
+def test_a_truncated_manifest_or_a_missing_epoch_is_one_clear_line(tmp_path, digits, refinery):
+    _bake(refinery, digits, tmp_path / "s")
+    store = _open(tmp_path / "s", digits)
+    with pytest.raises(UserError, match="holds epochs 0..1, asked for epoch 5"):
+        store(_batch(digits, 5))
+    text = (tmp_path / "s/manifest.json").read_text()
+    (tmp_path / "s/manifest.json").write_text(text[:40])
+    with pytest.raises(UserError, match="label store manifest .*manifest.json is not valid JSON \\(truncated\\?\\).*bake the store again"):
+        _open(tmp_path / "s", digits)

@@ -158,7 +158,7 @@ def test_overrides_and_relabel_refuse_bad_files(tmp_path):
     for text, match in (
         ("index,label\n3,eleven\n", "unknown class 'eleven'"),
         ("index,label\n99999,3\n", "not training images of this run"),
-        ("image,label\n1,3\n", "index and label"),
+        ("image,label\n1,3\n", "lacks the column\\(s\\) index"),
         ("index,label\n1,3\n1,4\n", "two different labels"),
     ):
         bad.write_text(text)
@@ -170,7 +170,7 @@ def test_overrides_and_relabel_refuse_bad_files(tmp_path):
         relabel(bad, tmp_path / "o.csv")
     with pytest.raises(UserError, match="lacks the column"):
         relabel(bad, tmp_path / "o.csv", top=3)
-    with pytest.raises(UserError, match="do not exist"):
+    with pytest.raises(UserError, match="label overrides .*nope.csv does not exist"):
         load_dataset("digits", label_overrides=str(tmp_path / "nope.csv"))
 
 
@@ -209,3 +209,24 @@ def test_review_page_in_a_browser_downloads_the_decisions(noisy, tmp_path):
     assert relabel(reviewed, tmp_path / "fixes.csv", reviewed=True) == 1
     fixes = list(csv.DictReader(open(tmp_path / "fixes.csv")))
     assert fixes[0]["index"] == rows[0]["index"] and fixes[0]["label"] == rows[0]["suggested"]
+
+
+def test_relabel_reads_cells_escaped_against_spreadsheet_formulas(tmp_path):
+    """audit.html's reviewed CSV puts ' before a class name a spreadsheet would run (=, +, -, @):
+    relabel reads the name itself back (files.read_csv, the one CSV reader)."""
+    from label_refinery.files import csv_text, read_csv
+    from label_refinery.tools.relabel import relabel
+
+    fields = ["index", "given", "suggested", "suggested_p", "flag", "decision", "label"]
+    row = {"index": 3, "given": "=cat", "suggested": "-dog", "suggested_p": 0.9, "flag": "wrong", "decision": "accept", "label": "-dog"}
+    text = csv_text(fields, [row])
+    assert "'=cat" in text and "'-dog" in text
+    (tmp_path / "reviewed.csv").write_bytes(("\ufeff" + text).encode())  # saved again by a spreadsheet
+    assert relabel(tmp_path / "reviewed.csv", tmp_path / "fixes.csv", reviewed=True) == 1
+    ((_, fix),) = read_csv(tmp_path / "fixes.csv", "label overrides", ["index", "label"])
+    assert (fix["index"], fix["label"], fix["given"]) == ("3", "-dog", "=cat")
+    assert "'-dog,'=cat" in (tmp_path / "fixes.csv").read_text()  # written escaped again
+    from label_refinery.tools.export import write_csv  # audit.csv and export's CSV
+
+    write_csv(tmp_path / "audit.csv", [{"index": 1, "given": "@sum", "p": -0.5}])
+    assert (tmp_path / "audit.csv").read_text().splitlines()[1] == "1,'@sum,-0.5"

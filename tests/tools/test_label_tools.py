@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from label_refinery.checkpoint import load_checkpoint, save_final
 from label_refinery.cli import main
 from label_refinery.data import load_dataset
 from tests.harness import chromium, dump_dom
@@ -150,8 +151,6 @@ def test_training_code_never_imports_report_code():
 def test_subset_run_exports_the_right_images_and_one_crop_reports(tmp_path):
     """A train subset (ids are not positions): export row i is the model's output on image id i; and
     analyze with a single crop per image still gives a report."""
-    from label_refinery.checkpoint import load_checkpoint
-
     run = tmp_path / "sub"
     assert main(["train", "--dataset", "digits", "--train-subset", "300", "--epochs", "1", "--device", "cpu", "--out", str(run),
                  "--no-progress"]) == 0
@@ -177,8 +176,7 @@ def test_label_tools_refuse_other_data_and_missing_runs(tmp_path, capsys):
     run = tmp_path / "sub"
     assert main(["train", "--dataset", "digits", "--train-subset", "200", "--epochs", "1", "--device", "cpu", "--out", str(run),
                  "--no-progress"]) == 0
-    meta = json.loads((run / "meta.json").read_text())
-    meta["dataset_fingerprint"] = "0" * 64  # as if images had been added to the folder since training
-    (run / "meta.json").write_text(json.dumps(meta))
+    ckpt = load_checkpoint(run)  # as if images had been added to the folder since training: the same weights
+    save_final(run, ckpt.build_model(), {**ckpt.meta, "dataset_fingerprint": "0" * 64})  # with a consistent record
     assert main(["audit", str(run), "--no-progress"]) == 2
     assert "fingerprints differ" in capsys.readouterr().err

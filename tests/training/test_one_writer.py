@@ -11,6 +11,7 @@ import time
 import pytest
 
 from label_refinery import UserError, load_config, run_chain, train_generation
+from label_refinery.checkpoint import load_checkpoint, save_final
 from label_refinery.cli import main
 from label_refinery.locks import LOCK, kinds_of
 from tests.harness import quiet, start
@@ -112,8 +113,9 @@ def test_resume_refuses_a_generation_finished_by_another_run(chain2, tmp_path):
     the config recorded in meta.json is checked, not only the folder's config.yaml."""
     out = copy(chain2, tmp_path)
     meta = json.loads((out / "gen1/meta.json").read_text())
-    meta["config"]["seed"] = 7  # as if the seed-7 chain had finished generation 1 here
-    (out / "gen1/meta.json").write_text(json.dumps(meta))
+    meta["config"]["seed"] = 7  # as if the seed-7 chain had finished generation 1 here: weights and meta.json
+    model = load_checkpoint(out / "gen1").build_model()
+    save_final(out / "gen1", model, {k: v for k, v in meta.items() if k not in ("sha256", "format")})
     with pytest.raises(UserError) as err:
         run_chain(load_config(overrides={**FAST, "chain.generations": 2}), out, log=quiet)
     message = str(err.value)

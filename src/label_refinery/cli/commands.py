@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Sequence
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from .examples import EXAMPLES
 from .flags import BAKE_KEYS, CHAIN_FLAGS, TRAIN_FLAGS, add_flags
 from .flags import positive_int as _positive_int
@@ -117,6 +117,8 @@ def _add_label_tools(sub, fmt) -> None:
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
     rep.add_argument("run", help="chain folder or one generation's folder")
+    vf = sub.add_parser("verify", help="check checkpoints and label stores against their digests, every byte", epilog=EXAMPLES["verify"], formatter_class=fmt)
+    vf.add_argument("paths", nargs="+", metavar="PATH", help="run, generation or label-store folders, or checkpoint files")
     xp = sub.add_parser("experiment", help="a grid of chains over seeds: mean ± std tables", epilog=EXAMPLES["experiment"], formatter_class=fmt)
     xp.add_argument("file", help="experiment YAML (base config, arms, seeds)")
     xp.add_argument("--out", help="results folder [default: the file's `out`]")
@@ -144,7 +146,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
-            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+            raise UserError(f"--set takes KEY=VALUE, got {brief(item)}")
         out[key.strip()] = value.strip()
     return out
 
@@ -252,12 +254,8 @@ def cmd_evaluate(args) -> None:
         split = getattr(ds, name)
         if split is None:
             raise UserError(f"{args.checkpoint} was trained without a validation split (data.val_split)")
-        m = evaluate(
-            model,
-            split.iter_batches(args.batch_size, device=device),
-            total=split.num_batches(args.batch_size),
-            progress=sys.stderr.isatty(),
-        )
+        batches = split.iter_batches(args.batch_size, device=device)
+        m = evaluate(model, batches, total=split.num_batches(args.batch_size), progress=sys.stderr.isatty())
         print(f"{name}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  ({m['images']} images)")
 
 
@@ -265,13 +263,8 @@ def cmd_analyze(args) -> None:
     from ..tools.analyze import analyze_run
     from ..training.setup import resolve_device
 
-    analyze_run(
-        args.run,
-        images=args.images,
-        crops_per_image=args.crops,
-        device=str(resolve_device(args.device)),
-        progress=_progress(args),
-    )
+    analyze_run(args.run, images=args.images, crops_per_image=args.crops, device=str(resolve_device(args.device)),
+                progress=_progress(args))  # fmt: skip
     print(f"analysis saved: {args.run}/gen*/analysis.json")
 
 
@@ -321,6 +314,12 @@ def cmd_report(args) -> None:
     print(f"report saved to {report_run(args.run)} (and report.md)")
 
 
+def cmd_verify(args) -> None:
+    from ..tools.verify import verify_paths
+
+    print(f"{verify_paths(args.paths)} artefact(s) checked, none failed")
+
+
 def _chosen_arms(exp, patterns: list[str]) -> list[str]:
     """Arm names or shell patterns (``'strong-*'``), in the file's order; one matching nothing is refused."""
     import fnmatch
@@ -362,6 +361,7 @@ COMMANDS = {
     "relabel": cmd_relabel,
     "export": cmd_export,
     "report": cmd_report,
+    "verify": cmd_verify,
     "experiment": cmd_experiment,
 }
 

@@ -79,6 +79,13 @@ EXAMPLES = {
   The file names a base config, arms (changes of the base; `refinery: ARM/genK` refines with another
   arm's generation of the same seed) and seeds; see label_refinery/study/spec.py. Results:
   OUT/results.md (mean ± std over seeds, paired differences) and OUT/results.json.""",
+    "verify": """examples:
+  label-refinery verify runs/fmnist                        # every checkpoint and label store under the folder
+  label-refinery verify runs/g1-store                      # a label store: every epoch (training checks those it reads)
+  label-refinery verify runs/fmnist/gen2/model.safetensors # one checkpoint (every load checks it too)
+
+  Checkpoints carry a SHA-256 of their tensors in their header, label stores one per epoch and array in
+  manifest.json; artefacts written before these digests are checked as far as they can be, and say so.""",
     "evaluate": """examples:
   label-refinery evaluate runs/chain/gen2                  # test split of the checkpoint's dataset
   label-refinery evaluate runs/chain/gen2 --split train    # un-augmented training images""",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from . import digits, fashion_mnist, imagefolder, pairs, scenes
 from .base import Batch, ImageDataset, Split
 from .crops import Crop, CropSampler, apply_crops
@@ -40,11 +40,11 @@ def _options(name: str, text: str, types: dict) -> dict:
     for part in filter(None, text.split(",")):
         key, eq, value = part.partition("=")
         if not eq or key not in types:
-            raise UserError(f"dataset {name!r}: options are {', '.join(f'{k}=N' for k in types)}, separated by commas")
+            raise UserError(f"dataset {brief(name)}: options are {', '.join(f'{k}=N' for k in types)}, separated by commas")
         try:
             out[key] = types[key](value)
         except ValueError:
-            raise UserError(f"dataset {name!r}: {key} must be an integer, got {value!r}") from None
+            raise UserError(f"dataset {brief(name)}: {key} must be an integer, got {brief(value)}") from None
     return out
 
 
@@ -101,7 +101,7 @@ def open_dataset(name: str, data_dir: str | None = None, image_size: int | None 
         return DATASETS[prefix](data_dir=data_dir, image_size=image_size, **_options(name, arg, OPTIONS[prefix]))
     if prefix in PREFIXED and arg:
         return PREFIXED[prefix](arg, image_size=image_size, workers=workers)
-    raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
+    raise UserError(f"unknown dataset {brief(name)}; valid names: {', '.join(dataset_names())}")
 
 
 def choose(

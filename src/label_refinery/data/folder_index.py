@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import UserError, brief
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 VERSION = 1
@@ -63,8 +63,12 @@ class FolderIndex:
         if self.sizes is None:
             sizes = np.empty((len(self.rel), 2), dtype=np.int64)
             for i, rel in enumerate(self.rel.tolist()):
-                with Image.open(self.root / rel.decode()) as img:
-                    sizes[i] = img.size[1], img.size[0]
+                path = self.root / rel.decode()
+                try:
+                    with Image.open(path) as img:
+                        sizes[i] = img.size[1], img.size[0]
+                except Exception as err:  # PIL raises many types for bad files; a file removed since the scan
+                    raise UserError(f"cannot read the size of image {path}: {err}. Remove or replace the file.") from None
             self.sizes = sizes
             _save(self)
         return self.sizes
@@ -89,7 +93,7 @@ def index_of(folder: Path) -> FolderIndex:
 
 def scan(folder: Path) -> FolderIndex:
     """Class names (sorted sub-folder names) and every image file under them, sorted, with sizes in bytes."""
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(_text_name(e.name, folder) for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise UserError(f"{folder} has no class sub-folders: expected {folder}/<class>/<image files>")
     scanned = time.time_ns()
@@ -102,8 +106,7 @@ def scan(folder: Path) -> FolderIndex:
             for f in filenames:
                 if os.path.splitext(f)[1].lower() in EXTENSIONS and not f.startswith("."):
                     path = os.path.join(dirpath, f)
-                    st = os.stat(path)
-                    files.append((os.path.relpath(path, folder), st.st_size))
+                    files.append((_text_name(os.path.relpath(path, folder), folder), _file_size(path)))
         if not files:
             raise UserError(
                 f"class folder {folder / name} has no images (extensions: {', '.join(sorted(EXTENSIONS))}); "
@@ -115,6 +118,26 @@ def scan(folder: Path) -> FolderIndex:
         targets += [i] * len(files)
     return FolderIndex(folder, classes, np.array(rel, dtype=bytes), np.array(targets, dtype=np.int64),
                        np.array(nbytes, dtype=np.int64), stamp, scanned)  # fmt: skip
+
+
+def _text_name(name: str, folder: Path) -> str:
+    """A file or class name that is text: one whose bytes are not UTF-8 (the file system hands it to
+    Python with surrogates) cannot be recorded in metadata or CSV files, so it is refused."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        raise UserError(f"image folder {folder}: the name {brief(raw)} is not UTF-8; rename it (e.g. convmv -f latin1 -t utf8)") from None
+    return name
+
+
+def _file_size(path: str) -> int:
+    """The size of an image file; a broken or looping symbolic link (or an unreadable file) is refused by name."""
+    try:
+        return os.stat(path).st_size
+    except OSError as err:
+        link = " (a symbolic link whose target is missing or loops)" if os.path.islink(path) else ""
+        raise UserError(f"image folder: cannot read {path}{link}: {err.strerror or err}; remove or fix it") from None
 
 
 def _fresh(index: FolderIndex) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import brief
 from .base import Batch
 
 KINDS = ("off", "mixup", "cutmix")
@@ -42,7 +43,7 @@ class Mix:
 
     def __init__(self, kind: str, alpha: float, seed: int):
         if kind not in KINDS[1:]:
-            raise ValueError(f"mix kind must be mixup or cutmix, got {kind!r}")
+            raise ValueError(f"mix kind must be mixup or cutmix, got {brief(kind)}")
         self.kind, self.alpha, self.seed = kind, alpha, seed
 
     def rng(self, batch: Batch) -> np.random.Generator:

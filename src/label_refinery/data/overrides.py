@@ -1,7 +1,8 @@
 """Label overrides: training labels replaced from a file, the dataset on disk never touched.
 
-The file is a CSV with a header and at least the columns ``index`` (the image's dataset index, as in
-``audit.csv``) and ``label`` (a class name, or a class number). Other columns are kept for people
+The file is a CSV (UTF-8, as spreadsheets save it) with a header and at least the columns ``index``
+(the image's dataset index, as in ``audit.csv``) and ``label`` (a class name, or a class number),
+and at least one row. Other columns are kept for people
 (``label-refinery relabel`` writes ``given``, ``suggested_p`` and ``source`` beside them) and ignored
 here. The replaced labels live in memory, enter the dataset's fingerprint (so checkpoints, stores and
 resumes see the difference) and each generation folder records them in ``label-overrides.csv``
@@ -15,48 +16,49 @@ Example::
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, brief
+from ..files import read_csv
 from .noise import LabelChanges
 
 
+def _whole(text: str) -> int | None:
+    """A non-negative integer written in ASCII digits (``int`` also takes ``' 3'`` and other scripts'
+    digits, and ``'²'.isdigit()`` holds), else None."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def read_overrides(path: str | Path, classes: list[str]) -> dict[int, int]:
-    """``{dataset index: class number}`` from an overrides CSV; every problem is a :class:`UserError`
-    that names the file and the line."""
+    """``{dataset index: class number}`` from an overrides CSV (read by :func:`~label_refinery.files.read_csv`:
+    UTF-8, a spreadsheet's byte-order mark allowed); every problem, a file with a header and no rows
+    included, is a :class:`UserError` that names the file and the line."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"label overrides {p} do not exist")
     names = {c: i for i, c in enumerate(classes)}
+    rows = read_csv(p, "label overrides", ("index", "label"))
+    if not rows:
+        raise UserError(f"label overrides {p} hold a header and no rows: nothing to override; add index,label rows or drop the flag")
     out: dict[int, int] = {}
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"index", "label"} <= set(reader.fieldnames):
+    for line, row in rows:
+        label, index = row["label"].strip(), _whole(row["index"])
+        if index is None:
+            raise UserError(f"{p}, line {line}: index must be a non-negative integer, got {brief(row['index'])}")
+        if label in names:
+            cls = names[label]
+        elif _whole(label) is not None and _whole(label) < len(classes):
+            cls = _whole(label)
+        else:
             raise UserError(
-                f"label overrides {p} need a header with the columns index and label, got {reader.fieldnames}"
+                f"{p}, line {line}: unknown class {brief(label)}; classes: {', '.join(classes[:20])[:400]}"
+                + (" ..." if len(classes) > 20 else "")
             )
-        for line, row in enumerate(reader, 2):
-            label = (row["label"] or "").strip()
-            try:
-                index = int(row["index"])
-            except (TypeError, ValueError):
-                raise UserError(f"{p}, line {line}: index must be an integer, got {row['index']!r}") from None
-            if label in names:
-                cls = names[label]
-            elif label.isdigit() and int(label) < len(classes):
-                cls = int(label)
-            else:
-                raise UserError(
-                    f"{p}, line {line}: unknown class {label!r}; classes: {', '.join(classes[:20])}"
-                    + (" ..." if len(classes) > 20 else "")
-                )
-            if out.get(index, cls) != cls:
-                raise UserError(f"{p}, line {line}: image {index} is given two different labels")
-            out[index] = cls
+        if out.get(index, cls) != cls:
+            raise UserError(f"{p}, line {line}: image {index} is given two different labels")
+        out[index] = cls
     return out
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data.base import Batch
 from ..data.mixing import mix_labels
-from ..errors import UserError
+from ..errors import UserError, brief
 from ..losses import one_hot_labels
 
 
@@ -147,7 +147,7 @@ def members_provenance(members: list["LiveRefinery"], kind: str) -> dict:
             if m.provenance.get(key) != first.get(key):
                 raise UserError(
                     f"the refinery {kind}'s members see different inputs: {m.provenance['path']} has {key} "
-                    f"{m.provenance.get(key)!r}, {first['path']} has {first.get(key)!r}; an {kind} combines "
+                    f"{brief(m.provenance.get(key))}, {first['path']} has {brief(first.get(key))}; an {kind} combines "
                     "models trained on the same kind of data"
                 )
     fingerprints = {m.provenance.get("dataset_fingerprint") for m in members}
@@ -179,7 +179,7 @@ def check_compatible(refinery: LiveRefinery, ds) -> None:
             "use a refinery trained on the same classes"
         )
     if p.get("classes") is not None and list(p["classes"]) != list(ds.classes):
-        diff = [f"{a!r} vs {b!r}" for a, b in zip(p["classes"], ds.classes) if a != b][:3]
+        diff = [f"{brief(a)} vs {brief(b)}" for a, b in zip(p["classes"], ds.classes) if a != b][:3]
         raise UserError(
             f"the refinery's classes differ from the dataset's ({', '.join(diff)}); use a refinery trained on the same classes"
         )

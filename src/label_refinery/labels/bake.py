@@ -34,8 +34,10 @@ from ..locks import claim
 from . import refine
 from .store import (
     ARRAYS,
+    DIGESTS,
     FORMAT,
     PROB_DTYPES,
+    array_digests,
     crop_digest,
     estimate_bytes,
     index_dtype,
@@ -50,7 +52,7 @@ FLUSH_SECONDS = 30.0  # an interrupted bake loses at most this much work
 
 def _comparable(spec: dict) -> dict:
     """The settings that define a store's content (a refinery's path may be spelled many ways; its SHA-256 counts)."""
-    keys = set(spec) - {"refinery_path", "shape", "crop_digests", "created", "bake_images_per_s", "processes"}
+    keys = set(spec) - {"refinery_path", "shape", "crop_digests", "array_digests", "created", "bake_images_per_s", "processes"}
     return {k: spec.get(k) for k in keys}
 
 
@@ -273,11 +275,13 @@ def _bake_held(model, split: Split, out: Path, spec: BakeSpec, store_spec: dict,
 
 
 def _write_manifest(state: _Bake, split: Split, sampler: CropSampler | None, done: int, seconds: float) -> dict:
-    """Rank 0, every rank done: the store's spec with its shape, crop digests and speed, written last."""
+    """Rank 0, every rank done: the store's spec with its shape, crop digests, array digests (of the
+    files, as every rank flushed them: one read of the store) and speed, written last."""
     sizes = split.image_sizes() if sampler is not None else None
     epochs = state.spec["epochs"]
     digests = [crop_digest(sampler, split, e, sizes) for e in range(epochs)] if sampler is not None else None
     manifest = {**state.spec, "shape": list(state.indices.shape), "crop_digests": digests, "processes": state.world,
+                DIGESTS: array_digests(state.out, epochs),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "bake_images_per_s": done * state.world / seconds if done else None}  # fmt: skip
     write_json(state.out / "manifest.json", manifest)

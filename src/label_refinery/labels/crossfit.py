@@ -20,17 +20,15 @@ Example:
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import META, ensemble_sha256, resolve
+from ..checkpoint import META, ensemble_sha256, read_meta, resolve
 from ..config import config_from_dict
 from ..data import fold_of
 from ..data.base import Batch, Split
-from ..errors import UserError
+from ..errors import UserError, brief
 from . import LiveRefinery, members_provenance, refine
 
 # The data settings that decide which images (and labels) make the training split.
@@ -43,7 +41,7 @@ def _member_fold(path: str) -> tuple[int, int, dict]:
     sidecar = resolve(path).parent / META
     if not sidecar.is_file():
         raise UserError(f"a cross-fitted refinery needs fold models with their meta.json; {path} has none")
-    data = config_from_dict(json.loads(sidecar.read_text())["config"]).data
+    data = config_from_dict(read_meta(sidecar)["config"]).data
     if data.holdout_fold is None:
         raise UserError(
             f"{path} was trained on every training image (no data.holdout_fold): a cross-fitted refinery is made of "
@@ -64,7 +62,7 @@ def fold_members(paths: list[str], data) -> list[str]:
             raise UserError(f"{path} is fold {k + 1} of {folds}, but the cross-fitted refinery has {len(paths)} members")
         if k in found:
             raise UserError(f"{found[k]} and {path} both hold out fold {k + 1} of {folds}")
-        diff = [f"{key}: {theirs[key]!r} there, {wanted[key]!r} here" for key in SAME_IMAGES if theirs[key] != wanted[key]]
+        diff = [f"{key}: {brief(theirs[key])} there, {brief(wanted[key])} here" for key in SAME_IMAGES if theirs[key] != wanted[key]]
         if diff:
             raise UserError(f"the fold model {path} was trained on other images than this run's ({'; '.join(diff)})")
         found[k] = path

@@ -10,12 +10,28 @@ Layout of a store folder (a few memory-mapped arrays, never one file per image):
     bake.json       what is being baked (written first; a resumed bake must match it)
     progress.json   how far the bake got: (epoch, batches done), written after each flush
                     (progress.rank{r}of{w}.json per process when a torchrun group bakes)
-    manifest.json   written last, the commit marker: spec, shapes, dtypes, format version
+    manifest.json   written last, the commit marker: spec, shapes, dtypes, format version, digests
 
 E is the number of epochs (1 for static labels), N the training images, K the top-k. The crops are
 not stored: the manifest holds the :class:`CropSampler` settings that replay them exactly, plus a
 SHA-256 of every epoch's crops; training re-checks the first and the last epoch it uses, so labels
 cannot silently belong to other crops (a changed sampler changes every epoch). At top-5 a crop costs 20 bytes (uint16 indices + float16 probabilities).
+
+Integrity (issue 28): the manifest's ``array_digests`` hold a SHA-256 of ``ids.npy``'s array and of
+every epoch's slice of ``indices.npy`` and ``probs.npy`` (their C-order bytes). :class:`StoredLabels`
+checks, by default,
+
+- on opening: every array's shape and dtype, and the digest of the ids (8 bytes per image);
+- before the first lookup of each epoch: that epoch's two digests, every class index below C and
+  every float16 probability finite and in [0, 1] (the range checks also hold for stores baked
+  before the digests).
+
+So no label is used before its epoch was checked: any edit of an epoch a run reads is refused
+before its first batch. The cost is one sequential read and hash of each epoch used, once per
+process: N x K x 4 bytes at top-5 fp16 (26 MB, tens of milliseconds, for ImageNet), the bytes
+training reads from the store anyway. Epochs a run does not read are not checked; the full check,
+:meth:`StoredLabels.verify` (``label-refinery verify STORE``), checks every epoch at once. Stores
+baked before the digests open with their shape and range checks only.
 
 Expansion rule (one rule, tested): the stored top-k probabilities are kept; the leftover mass
 ``1 - sum(top-k)`` is spread uniformly over the other ``C - K`` classes (a top-k entry that rounding
@@ -32,7 +48,6 @@ evaluation view of each whole image; every crop of that image then gets the same
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +55,14 @@ import torch
 
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
-from ..errors import UserError
+from ..errors import UserError, brief
+from ..files import read_json, sha256_bytes
 
 FORMAT = "label-refinery-store/1"
 ARRAYS = ("indices", "probs", "ids")
 PROB_DTYPES = {"fp16": np.float16, "uint8": np.uint8}
+DIGESTS = "array_digests"  # manifest key: {"ids": SHA-256, "indices": [one per epoch], "probs": [one per epoch]}
+_REBAKE = "; bake the store again"
 
 
 def index_dtype(num_classes: int) -> np.dtype:
@@ -119,34 +137,98 @@ def open_array(path: Path, mode: str):
 
 
 
+def _sha(a: np.ndarray) -> str:
+    return sha256_bytes(np.ascontiguousarray(a).data)
+
+
+def array_digests(folder: str | Path, epochs: int) -> dict:
+    """The manifest's ``array_digests`` of the store's arrays on disk: SHA-256 of ``ids`` and of each
+    epoch's ``indices`` and ``probs`` (one read of the store)."""
+    folder = Path(folder)
+    indices, probs = open_array(folder / "indices.npy", "r"), open_array(folder / "probs.npy", "r")
+    return {"ids": _sha(open_array(folder / "ids.npy", "r")), "indices": [_sha(indices[e]) for e in range(epochs)],
+            "probs": [_sha(probs[e]) for e in range(epochs)]}  # fmt: skip
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of the finished label store in folder ``path``; a missing, truncated or foreign
+    one is a :class:`UserError` saying so."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        hint = (
+            "the bake did not finish: re-run the same bake command to complete it"
+            if (path / "bake.json").is_file()
+            else "is this a label store folder?"
+        )
+        raise UserError(f"{path} has no manifest.json ({hint})")
+    manifest = read_json(path / "manifest.json", "label store manifest", _REBAKE)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not a label store of format {brief(FORMAT)}")
+    return manifest
+
+
 class StoredLabels:
     """Label source reading a baked store: the refined labels of ``(batch.epoch, batch.indices)``.
 
-    Open it with :meth:`open`, which refuses a store that does not match the run.
+    Open it with :meth:`open`, which refuses a store that does not match the run. Each epoch is
+    checked before its first lookup (the module docstring says what); :meth:`verify` checks all.
     """
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
         self.path = Path(path)
-        if not (self.path / "manifest.json").is_file():
-            hint = (
-                "the bake did not finish: re-run the same bake command to complete it"
-                if (self.path / "bake.json").is_file()
-                else "is this a label store folder?"
-            )
-            raise UserError(f"{self.path} has no manifest.json ({hint})")
-        self.manifest = json.loads((self.path / "manifest.json").read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise UserError(f"{self.path} is not a label store of format {FORMAT!r}")
+        self.manifest = m = read_manifest(self.path)
         self.indices, self.probs = open_array(self.path / "indices.npy", "r"), open_array(self.path / "probs.npy", "r")
         ids = open_array(self.path / "ids.npy", "r")
-        shape = tuple(self.manifest["shape"])
+        try:
+            shape, self.num_classes, self.static = tuple(m["shape"]), int(m["num_classes"]), m["views"] == "static"
+            self.digests = m.get(DIGESTS)  # None: baked before the digests
+            dtypes = (np.dtype(m["index_dtype"]), np.dtype(m["prob_dtype_numpy"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"label store manifest {self.path / 'manifest.json'} is incomplete ({brief(err)}){_REBAKE}") from None
         if self.indices.shape != shape or self.probs.shape != shape or ids.shape != (shape[1],):
-            raise UserError(f"{self.path}: arrays do not have the manifest's shape {shape}; bake the store again")
+            raise UserError(f"{self.path}: arrays do not have the manifest's shape {brief(shape)}{_REBAKE}")
+        if (self.indices.dtype, self.probs.dtype) != dtypes or ids.dtype != np.int64:
+            raise UserError(f"{self.path}: arrays do not have the manifest's dtypes {dtypes[0]}, {dtypes[1]}{_REBAKE}")
         self.ids = np.asarray(ids)
+        if self.digests is not None and _sha(self.ids) != self.digests.get("ids"):
+            raise UserError(f"label store array {self.path / 'ids.npy'} does not match its digest in manifest.json{_REBAKE}")
+        if len(self.ids) and not (0 <= self.ids.min() and self.ids.max() < 1 << 40):
+            raise UserError(f"label store array {self.path / 'ids.npy'} holds impossible image ids{_REBAKE}")
         self.lookup = row_lookup(self.ids)
-        self.num_classes = self.manifest["num_classes"]
-        self.static = self.manifest["views"] == "static"
         self.device = torch.device(device)
+        self._checked: set[int] = set()
+
+    def check_epoch(self, epoch: int) -> None:
+        """Refuse epoch ``epoch`` unless its arrays match their digests, every class index is below C
+        and every float16 probability is finite and in [0, 1] (once per epoch)."""
+        if epoch in self._checked:
+            return
+        epochs = len(self.indices)
+        if not 0 <= epoch < epochs:
+            raise UserError(f"label store {self.path} holds epochs 0..{epochs - 1}, asked for epoch {epoch}")
+        for name, array in (("indices", self.indices), ("probs", self.probs)):
+            if self.digests is not None and _sha(array[epoch]) != self.digests[name][epoch]:
+                raise UserError(
+                    f"label store array {self.path / name}.npy, epoch {epoch}, does not match its digest in manifest.json "
+                    f"(changed after the bake){_REBAKE}"
+                )
+        ind, p = self.indices[epoch], self.probs[epoch]  # [N, K] each
+        for name, bad in (("indices", (ind >= self.num_classes) | (ind < 0)),
+                          ("probs", None if p.dtype == np.uint8 else ~np.isfinite(p) | (p < 0) | (p > 1))):  # fmt: skip
+            if bad is not None and bad.any():
+                r, k = np.argwhere(bad)[0]
+                what = f"class index {int(ind[r, k])}" if name == "indices" else f"probability {float(p[r, k])}"
+                raise UserError(
+                    f"label store array {self.path / name}.npy, epoch {epoch}, row {r} (image {self.ids[r]}): {what} is "
+                    f"out of range (the store has {self.num_classes} classes; probabilities lie in [0, 1]){_REBAKE}"
+                )
+        self._checked.add(epoch)
+
+    def verify(self) -> "StoredLabels":
+        """The full check: :meth:`check_epoch` of every epoch the store holds; returns the store."""
+        for epoch in range(len(self.indices)):
+            self.check_epoch(epoch)
+        return self
 
     @classmethod
     def open(
@@ -198,6 +280,7 @@ class StoredLabels:
             raise UserError("a label store holds one crop per image and epoch: use data.crops_per_image 1 with it")
         rows = self.lookup[batch.indices.numpy()]  # [B]
         epoch = 0 if self.static else batch.epoch
+        self.check_epoch(epoch)  # once per epoch: nothing is looked up before its digest was checked
         idx = torch.from_numpy(self.indices[epoch, rows].astype(np.int64)).to(self.device, non_blocking=True)  # [B, K]
         p = dequantize(self.probs[epoch, rows]).to(self.device, non_blocking=True)  # [B, K]
         return expand_topk(idx, p, self.num_classes)  # [B, C], expanded on the device: K values a row travel, not C

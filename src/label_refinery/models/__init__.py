@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from .adapt import replace_first_conv, replace_last_linear
 from .paper import AlexNetBN, Darknet19, MobileNetV1, flag, torchvision_paper_model
 from .small import MLP, CNNSmall, ResNetCifar, VGGSmall
@@ -41,7 +41,7 @@ from .xnor import XnorResNet50
 def _width(value) -> float:
     w = float(value)
     if not (0 < w <= 16):
-        raise ValueError(f"width must be a number in (0, 16], got {value!r}")
+        raise ValueError(f"width must be a number in (0, 16], got {brief(value)}")
     return w
 
 
@@ -87,7 +87,7 @@ def _options(text: str, name: str) -> dict[str, str]:
     for part in filter(None, text.split(",")):
         key, eq, value = part.partition("=")
         if not eq:
-            raise UserError(f"model {name!r}: options are key=value pairs separated by commas, e.g. cnn-small:width=2")
+            raise UserError(f"model {brief(name)}: options are key=value pairs separated by commas, e.g. cnn-small:width=2")
         out[key.strip()] = value.strip()
     return out
 
@@ -158,7 +158,7 @@ def create_model(name: str, in_chans: int, num_classes: int, pretrained: str | N
     try:
         return BUILTIN[prefix](in_chans, num_classes, **_options(arg, name))
     except (TypeError, ValueError, OverflowError) as err:
-        raise UserError(f"model {name!r}: {err}") from err
+        raise UserError(f"model {brief(name)}: {err}") from err
 
 
 def check_model_name(name: str) -> None:
@@ -172,27 +172,27 @@ def check_model_name(name: str) -> None:
         except TypeError:
             allowed = [p for p in inspect.signature(BUILTIN[prefix]).parameters if p not in ("in_chans", "num_classes")]
             raise UserError(
-                f"model {name!r}: unknown option; {prefix} takes {', '.join(allowed) or 'no options'}"
+                f"model {brief(name)}: unknown option; {prefix} takes {', '.join(allowed) or 'no options'}"
             ) from None
         try:
             with torch.device("meta"):
                 BUILTIN[prefix](3, 10, **options)
         except (TypeError, ValueError, OverflowError) as err:
-            raise UserError(f"model {name!r}: {err}") from None
+            raise UserError(f"model {brief(name)}: {err}") from None
     elif prefix == "torchvision" and arg:
         import torchvision
 
         if arg not in torchvision.models.list_models():
-            raise UserError(f"unknown torchvision model {arg!r}; see torchvision.models.list_models()")
+            raise UserError(f"unknown torchvision model {brief(arg)}; see torchvision.models.list_models()")
     elif prefix == "timm" and arg:
         try:
             import timm
         except ImportError as err:
             raise UserError("timm models need timm: pip install timm") from err
         if not timm.is_model(arg):
-            raise UserError(f"unknown timm model {arg!r}; see timm.list_models()")
+            raise UserError(f"unknown timm model {brief(arg)}; see timm.list_models()")
     else:
-        raise UserError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+        raise UserError(f"unknown model {brief(name)}; valid names: {', '.join(model_names())}")
 
 
 def check_input_size(name: str, in_chans: int, num_classes: int, size: int) -> None:
@@ -206,7 +206,7 @@ def check_input_size(name: str, in_chans: int, num_classes: int, size: int) -> N
             if name.partition(":")[0] in BUILTIN
             else " Use a larger --image-size."
         )
-        raise UserError(f"model {name!r} cannot take {size}x{size} images: {str(err).splitlines()[0]}.{hint}") from None
+        raise UserError(f"model {brief(name)} cannot take {size}x{size} images: {str(err).splitlines()[0]}.{hint}") from None
 
 
 def count_parameters(model: nn.Module) -> int:

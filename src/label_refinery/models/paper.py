@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import brief
 from .adapt import replace_first_conv
 
 TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
@@ -50,7 +51,7 @@ def flag(value: str | bool) -> bool:
         return value
     if str(value).lower() in TRUE + FALSE:
         return str(value).lower() in TRUE
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise ValueError(f"expected true or false, got {brief(value)}")
 
 
 def scaled(channels: int, width: float) -> int:

@@ -6,9 +6,9 @@ import json
 import time
 from typing import Callable
 
-from ..checkpoint import META
-from ..errors import UserError
-from ..files import write_json
+from ..checkpoint import META, read_meta
+from ..errors import UserError, brief
+from ..files import read_json, write_json
 from .spec import Arm, Experiment, split_others, split_ref
 from .tables import write_results
 
@@ -45,7 +45,7 @@ def run_experiment(
         missing = [str(p) for p in exp.refinery_paths(arm, seed) if not (p / META).is_file()]
         if missing:
             raise UserError(
-                f"arm {arm.name!r} (seed {seed}) is refined by {', '.join(arm.refinery)}, and {missing[0]} is not "
+                f"arm {brief(arm.name)} (seed {seed}) is refined by {', '.join(arm.refinery)}, and {missing[0]} is not "
                 "finished: run that arm first (with @others: for every seed)"
             )
         key = json.dumps(
@@ -80,13 +80,13 @@ def measure_ensemble(exp: Experiment, ref: str, device: str = "cpu", log: Callab
     name, gen = split_ref(ref)
     folders = {s: exp.folder(s, name) / gen for s in exp.seeds if (exp.folder(s, name) / gen / META).is_file()}
     cache_path = exp.out / "ensembles.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache = read_json(cache_path, "ensemble measurements", "; delete it to measure again") if cache_path.is_file() else {}
     if len(folders) < 2 or cache.get(ref, {}).get("seeds") == sorted(folders):
         return cache.get(ref)
     ds = load_data(exp.config(exp.arm(name), min(folders)))
     models = [load_checkpoint(f).build_model(device).eval() for f in folders.values()]
     row: dict = {"seeds": sorted(folders), "models": len(models)}
-    singles = [json.loads((f / META).read_text())["metrics"] for f in folders.values()]
+    singles = [read_meta(f)["metrics"] for f in folders.values()]
     for split_name, split in (("val", ds.val), ("test", ds.test)):
         if split is not None:
             row[f"{split_name}_top1"] = evaluate(ProbabilityEnsemble(models), split.iter_batches(512, device=device))[

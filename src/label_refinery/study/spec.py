@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, config_from_dict, upgrade, validate
-from ..errors import UserError
+from ..errors import UserError, brief
 from ..typed import merge, read_yaml_mapping
 
 SEED_STRIDE = 1000  # seeds of different repetitions never meet within a chain
@@ -74,7 +74,7 @@ class Experiment:
         for a in self.arms:
             if a.name == name:
                 return a
-        raise UserError(f"no arm named {name!r}; arms: {', '.join(a.name for a in self.arms)}")
+        raise UserError(f"no arm named {brief(name)}; arms: {', '.join(a.name for a in self.arms)}")
 
     def folder(self, seed: int, arm: str) -> Path:
         return self.out / f"seed{seed}" / arm
@@ -110,7 +110,7 @@ def split_others(ref: str) -> tuple[str, bool]:
     """``ARM/genK@others`` -> (``ARM/genK``, True); ``ARM/genK`` -> (itself, False)."""
     base, at, what = ref.partition("@")
     if at and what != "others":
-        raise UserError(f"a refinery reference is ARM/genK or ARM/genK@others, got {ref!r}")
+        raise UserError(f"a refinery reference is ARM/genK or ARM/genK@others, got {brief(ref)}")
     return base, bool(at)
 
 
@@ -124,7 +124,7 @@ def split_ref(ref: str) -> tuple[str, str]:
     """``ARM/genK`` -> (``ARM``, ``genK``); anything else is refused."""
     name, _, gen = ref.partition("/")
     if not name or not gen.startswith("gen") or not gen[3:].isdigit():
-        raise UserError(f"a reference is ARM/genK (e.g. self/gen1), got {ref!r}")
+        raise UserError(f"a reference is ARM/genK (e.g. self/gen1), got {brief(ref)}")
     return name, gen
 
 
@@ -138,7 +138,7 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     keys = ("out", "seeds", "base", "arms", "reference", "analyze", "ensembles")
     unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise UserError(f"experiment file {p}: unknown key {unknown[0]!r}; keys: {', '.join(keys)}")
+        raise UserError(f"experiment file {p}: unknown key {brief(unknown[0])}; keys: {', '.join(keys)}")
     if not raw.get("arms"):
         raise UserError(f"experiment file {p} names no arms (a list of {{name, set, refinery, seed_offset}})")
     arms, seen = [], set()
@@ -147,17 +147,17 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
             raise UserError(f"experiment file {p}: arm {i + 1} needs a name")
         extra = sorted(set(a) - {"name", "set", "refinery", "seed_offset", "store"})
         if extra:
-            raise UserError(f"arm {a['name']!r}: unknown key {extra[0]!r}; keys: name, set, refinery, seed_offset, store")
+            raise UserError(f"arm {brief(a['name'])}: unknown key {brief(extra[0])}; keys: name, set, refinery, seed_offset, store")
         name = str(a["name"])
         if name in seen or "/" in name:
-            raise UserError(f"arm names must be unique and contain no '/': {name!r}")
+            raise UserError(f"arm names must be unique and contain no '/': {brief(name)}")
         refs = _as_list(a.get("refinery"))
         for ref in refs:
             if split_ref(split_others(ref)[0])[0] not in seen:
-                raise UserError(f"arm {name!r}: its refinery {ref!r} must be an earlier arm's generation")
+                raise UserError(f"arm {brief(name)}: its refinery {brief(ref)} must be an earlier arm's generation")
         store = a.get("store")
         if store is not None and (not refs or not str(store) or "/" in str(store) or str(store).startswith(".")):
-            raise UserError(f"arm {name!r}: store is the name of a shared label store (no '/') and needs a refinery")
+            raise UserError(f"arm {brief(name)}: store is the name of a shared label store (no '/') and needs a refinery")
         seen.add(name)
         arms.append(Arm(name, a.get("set") or {}, refs, int(a.get("seed_offset", 0)), None if store is None else str(store)))
     seeds = tuple(int(s) for s in raw.get("seeds", [0, 1, 2]))
@@ -181,5 +181,5 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
         name, gen = split_ref(ref)
         have = exp.config(exp.arm(name), exp.seeds[0]).chain.generations
         if int(gen[3:]) > have:
-            raise UserError(f"{ref}: arm {name!r} has {have} generation(s)")
+            raise UserError(f"{ref}: arm {brief(name)} has {have} generation(s)")
     return exp

@@ -3,11 +3,9 @@ differences with 95 % t-intervals, the ensemble ceilings; ``OUT/results.json`` a
 
 from __future__ import annotations
 
-import json
-
-from ..checkpoint import META
+from ..checkpoint import META, read_meta
 from ..config import upgrade
-from ..files import atomic_write, write_json
+from ..files import atomic_write, read_json, write_json
 from .spec import Arm, Experiment, split_others, split_ref
 from .stats import mean_std, t_interval
 
@@ -26,7 +24,7 @@ METRICS = [  # (key, title, source): source "meta" is meta.json's metrics, "anal
 def ensembles_table(exp: Experiment) -> str:
     """The ensemble ceilings measured so far, one row per ``ARM/genK``."""
     path = exp.out / "ensembles.json"
-    cache = json.loads(path.read_text()) if path.is_file() else {}
+    cache = read_json(path, "ensemble measurements", "; delete it to measure again") if path.is_file() else {}
     rows = [(ref, cache[ref]) for ref in exp.ensembles if ref in cache]
     if not rows:
         return ""
@@ -48,7 +46,7 @@ def collect(exp: Experiment) -> list[dict]:
             for gen in sorted(folder.glob("gen*"), key=lambda g: int(g.name[3:]) if g.name[3:].isdigit() else 0):
                 if not (gen / META).is_file():
                     continue
-                meta = json.loads((gen / META).read_text())
+                meta = read_meta(gen)
                 data = upgrade(meta["config"]).get("data", {})
                 row = {
                     "seed": seed,
@@ -61,7 +59,7 @@ def collect(exp: Experiment) -> list[dict]:
                     **meta["metrics"],
                 }
                 if (gen / "analysis.json").is_file():
-                    analysis = json.loads((gen / "analysis.json").read_text())
+                    analysis = read_json(gen / "analysis.json", "analysis", f"; re-run label-refinery analyze {folder}")
                     row |= {k: analysis[k] for k, _, src in METRICS if src == "analysis" and k in analysis}
                 rows.append(row)
     return rows

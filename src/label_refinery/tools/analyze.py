@@ -8,13 +8,12 @@ functions of :mod:`label_refinery.tools.analysis`.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import META
+from ..checkpoint import read_meta
 from ..data import ImageDataset
 from ..files import atomic_write, write_json
 from . import analysis
@@ -43,7 +42,7 @@ def analyze_run(
     ids, y, p_img, p_crops = views(models, split, crops_per_image, analysis_sampler(cfg), device, progress)
     results = []
     for g, gen in enumerate(gens):
-        meta = json.loads((gen / META).read_text())
+        meta = read_meta(gen)
         confusion = analysis.soft_confusion(p_img[g], y, ds.num_classes)
         row = {
             "generation": meta["generation"],

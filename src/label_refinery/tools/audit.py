@@ -39,8 +39,8 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..files import atomic_write, together, write_json
-from ..locks import claim
 from ..labels import refine
+from ..locks import claim
 from . import quality
 from .export import write_csv
 from .probe import analysis_sampler, load_run, refined, to_pictures

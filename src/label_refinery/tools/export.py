@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, csv_cell
 from ..locks import claim_file
 from .probe import load_run, refined
 
@@ -29,7 +29,7 @@ def write_csv(path: Path, rows) -> int:
             if writer is None:
                 writer = csv.DictWriter(f, fieldnames=list(r))
                 writer.writeheader()
-            writer.writerow(r)
+            writer.writerow({k: csv_cell(v) for k, v in r.items()})  # no cell a spreadsheet would run
             wrong += str(r.get("reasons", "")).startswith("wrong")
     tmp.replace(path)
     return wrong

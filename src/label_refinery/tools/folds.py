@@ -24,14 +24,13 @@ labelled by a model that did), so without ``--folds`` the audit says its scores 
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..checkpoint import META
+from ..checkpoint import META, read_meta
 from ..config import Config, config_from_dict
 from ..data import ImageDataset, fold_of, without_fold
 
@@ -69,7 +68,7 @@ def train_folds(
     held-out images in ds.train [n_k], the generation folders of its chains, every seed)``."""
     from ..training.chain import run_chain
 
-    gen1 = config_from_dict(json.loads((Path(gen1_folder) / META).read_text())["config"])
+    gen1 = config_from_dict(read_meta(gen1_folder)["config"])
     fold = fold_of(len(ds.train), folds)
     out = []
     for k in range(folds):

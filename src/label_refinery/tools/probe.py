@@ -14,7 +14,6 @@ Metrics come from :mod:`label_refinery.tools.analysis` (pure functions).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import META, load_checkpoint
+from ..checkpoint import META, load_checkpoint, read_meta
 from ..config import Config, config_from_dict
 from ..data import CropSampler, ImageDataset
 from ..errors import UserError
@@ -49,7 +48,7 @@ def generations(run: str | Path) -> list[Path]:
 
 
 def _config(gen: Path) -> Config:
-    return config_from_dict(json.loads((gen / META).read_text())["config"])
+    return config_from_dict(read_meta(gen)["config"])
 
 
 def load_run(
@@ -64,7 +63,7 @@ def load_run(
     gens = generations(run)
     cfg = _config(gens[0])
     ds = dataset or load_data(cfg)
-    metas = [json.loads((g / META).read_text()) for g in gens]
+    metas = [read_meta(g) for g in gens]
     if any(m["classes"] != ds.classes for m in metas):
         raise UserError(f"the generations of {run} were trained on other classes than {ds.name} has now")
     if any(m.get("dataset_fingerprint") not in (None, ds.fingerprint()) for m in metas[:1]):

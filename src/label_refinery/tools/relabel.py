@@ -15,29 +15,19 @@ nothing. The output is ``index,label,given,suggested_p,source`` (``data.label_ov
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, csv_text, read_csv
 from ..locks import claim_file
 
 FIELDS = ("index", "label", "given", "suggested_p", "source")
 
 
 def _rows(path: Path, needed: set[str]) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = needed - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(
-                f"{path} lacks the column(s) {', '.join(sorted(missing))}: pass an audit.csv (with --top) or the "
-                "reviewed CSV that audit.html downloads (with --reviewed)"
-            )
-        return list(reader)
+    """The rows of an audit.csv or reviewed CSV, through the one CSV reader (files.read_csv)."""
+    fix = ": pass an audit.csv (with --top) or the reviewed CSV that audit.html downloads (with --reviewed)"
+    return [row for _, row in read_csv(path, "audit table", sorted(needed), fix)]
 
 
 def relabel(
@@ -69,12 +59,8 @@ def relabel(
              "source": f"audit top {top} ({'/'.join(flags)})"}
             for r in chosen
         ]  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")  # csv quotes class names with commas
-    writer.writeheader()
-    writer.writerows(fixes)
-    with claim_file(out, force=force):
-        atomic_write(out, buf.getvalue().encode())
+    with claim_file(out, force=force):  # class names a spreadsheet would run get a ' (read_csv removes it)
+        atomic_write(out, csv_text(FIELDS, fixes).encode())
     return len(fixes)
 
 

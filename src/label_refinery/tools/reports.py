@@ -12,14 +12,16 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import META
-from ..files import atomic_write
+from ..checkpoint import read_meta
+from ..errors import UserError
+from ..files import atomic_write, read_json
 
+_REANALYZE = "; re-run label-refinery analyze on the run to write it again"
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}img.pic{image-rendering:pixelated;width:96px;height:96px;border:1px solid #999}
@@ -62,12 +64,32 @@ def _cell(v) -> str:
     return f"{v:.2f}" if isinstance(v, float) else html.escape(str(v if v is not None else "–"))
 
 
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|~&"} | {"\n": " ", "\r": " "})
+
+
+def md_text(text) -> str:
+    """``text`` (a class, model or folder name) as literal markdown inside a line: the characters that
+    mark emphasis, code, links, table cells and HTML (``\\ ` * _ [ ] < > | ~ &``) backslash-escaped,
+    line breaks as spaces, so a name cannot break a table, add a link or inject HTML into report.md.
+
+    Example:
+        >>> print(md_text("a|b <i>"))
+        a\\|b \\<i\\>
+    """
+    return str(text).translate(_MARKDOWN)
+
+
+def _md_cell(v) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else md_text(v if v is not None else "–")
+
+
 # ---- audit ------------------------------------------------------------------------------------------
 
 
 REVIEW_JS = """
 function reviewedCsv(){
-  const q=v=>'"'+String(v).replace(/"/g,'""')+'"';
+  // a cell that a spreadsheet would run as a formula gets a ' in front (files.csv_cell; relabel removes it)
+  const q=v=>{v=String(v); if(/^[=+\\-@\\t\\r']/.test(v)) v="'"+v; return '"'+v.replace(/"/g,'""')+'"';};
   const lines=['index,given,suggested,suggested_p,flag,decision,label'];
   for(const tr of document.querySelectorAll('tr[data-index]')){
     const d=tr.dataset, pick=tr.querySelector('input[type=radio]:checked');
@@ -191,8 +213,11 @@ def _examples_html(folder: Path) -> str:
     path = folder / "analysis" / "examples.npz"
     if not path.is_file():
         return ""
-    ex = np.load(path)
-    classes = json.loads((folder / "analysis" / "examples.json").read_text())["classes"]
+    try:
+        ex = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"analysis examples {path} are truncated or corrupt ({err}){_REANALYZE}") from None
+    classes = read_json(folder / "analysis" / "examples.json", "analysis examples", _REANALYZE)["classes"]
 
     def labels(idx, prob) -> str:
         return "<br>".join(
@@ -236,10 +261,8 @@ def report_run(run: str | Path) -> Path:
 
     folder = Path(run)
     gens = generations(folder)
-    metas = [json.loads((g / META).read_text()) for g in gens]
-    analyses = [
-        json.loads((g / "analysis.json").read_text()) if (g / "analysis.json").is_file() else None for g in gens
-    ]
+    metas = [read_meta(g) for g in gens]  # the numbers, checked against each checkpoint's header
+    analyses = [read_json(g / "analysis.json", "analysis", _REANALYZE) if (g / "analysis.json").is_file() else None for g in gens]
     rows = [
         {
             "generation": m["generation"],
@@ -261,28 +284,27 @@ def report_run(run: str | Path) -> Path:
     for name, data in figures.items():
         atomic_write(folder / "figures" / name, data)
     md = [
-        f"# Label Refinery report: {folder.name}",
+        f"# Label Refinery report: {md_text(folder.name)}",
         "",
         "| " + " | ".join(t for _, t in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
-    md += ["| " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    md += ["| " + " | ".join(_md_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
     md += [""] + [f"![{n}](figures/{n})" for n in figures]
     if not any(analyses):
         md += ["", f"Label statistics and example figures appear after `label-refinery analyze {folder}`."]
     pairs = analyses[-1]["ambiguous_pairs"] if analyses[-1] else []
+    pairs_text = "Most ambiguous class pairs (refined mass exchanged, last generation): " + "; ".join(
+        f"{p['a']} / {p['b']} {p['mass']:.2f}" for p in pairs
+    )
     if pairs:
-        md += [
-            "",
-            "Most ambiguous class pairs (refined mass exchanged, last generation): "
-            + "; ".join(f"{p['a']} / {p['b']} {p['mass']:.2f}" for p in pairs),
-        ]
+        md += ["", md_text(pairs_text)]
     atomic_write(folder / "report.md", ("\n".join(md) + "\n").encode())
     body = (
         f"<h1>Label Refinery report: {html.escape(folder.name)}</h1>"
         + _table(rows, COLUMNS)
         + "".join(f"<figure>{img_tag(d, n)}</figure>" for n, d in figures.items())
-        + (f"<p>{html.escape(md[-1])}</p>" if pairs else "")
+        + (f"<p>{html.escape(pairs_text)}</p>" if pairs else "")
         + _examples_html(folder)
     )
     atomic_write(folder / "report.html", page(f"report: {folder.name}", body).encode())

@@ -21,11 +21,11 @@ import torch
 import yaml
 
 from .._version import __version__
-from ..checkpoint import META, STATE, WEIGHTS, refinery_sha256
+from ..checkpoint import META, STATE, WEIGHTS, read_meta, refinery_sha256
 from ..config import Config, upgrade
 from ..data import ImageDataset
 from ..errors import UserError
-from ..files import atomic_write, sha256_file
+from ..files import atomic_write, read_json, sha256_file
 from ..models import count_parameters
 from ..typed import merge, to_dict
 
@@ -70,11 +70,24 @@ def check_same_config(folder: Path, values: dict) -> None:
         )
 
 
+def _later(folder: Path, generation: int) -> str:
+    return " and the generations after it" if folder.name == f"gen{generation}" else ""
+
+
+def finished_meta(folder: Path, generation: int) -> dict | None:
+    """``meta.json`` of a finished generation in ``folder`` (checked against its weights' header), or None."""
+    if not (folder / META).is_file():
+        return None
+    if not (folder / WEIGHTS).is_file():
+        raise UserError(f"{folder} is finished (meta.json) but its {WEIGHTS} is missing: delete {folder}{_later(folder, generation)} to retrain")
+    return read_meta(folder)
+
+
 def check_finished(folder: Path, meta: dict, values: dict, generation: int) -> None:
     """A finished generation is skipped only if it is intact and was trained with this config: its
     weights must have the SHA-256 its ``meta.json`` recorded, and the config recorded there must be
     ``values`` (the folder's ``config.yaml`` alone could be another run's, issue 28)."""
-    later = " and the generations after it" if folder.name == f"gen{generation}" else ""
+    later = _later(folder, generation)
     weights, recorded = folder / WEIGHTS, meta.get("sha256")
     if recorded is not None:
         if not weights.is_file():
@@ -134,7 +147,7 @@ def _current_refinery_sha(cfg: Config) -> str | None:
         return refinery_sha256(cfg.refinery.path)
     if cfg.labels.store:
         manifest = Path(cfg.labels.store) / "manifest.json"
-        return json.loads(manifest.read_text()).get("refinery_sha256") if manifest.is_file() else None
+        return read_json(manifest, "label store manifest").get("refinery_sha256") if manifest.is_file() else None
     return None
 
 

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -23,17 +22,18 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import META
+from ..checkpoint import META, read_meta
 from ..checkpoint import resolve as resolve_checkpoint
 from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
 from ..data import CropSampler, ImageDataset, choose, open_dataset
-from ..errors import UserError
+from ..errors import UserError, brief
+from ..labels.store import read_manifest
 from ..models import check_input_size, check_model_name, create_model
 from ..typed import to_dict
 from . import state
 from .build import build_label_source, build_step
 from .engine import Meters, Step, evaluate, make_optimizer
-from .runfolder import check_finished, check_same_config, check_same_refinery, has_progress
+from .runfolder import check_finished, check_same_config, check_same_refinery, finished_meta, has_progress
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,11 +44,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise UserError(f"device {brief(name)} requested but CUDA is not available; use --device cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"unknown device {brief(name)}; use auto, cpu, cuda or cuda:N") from None
 
 
 def cuda_speedups(device: torch.device) -> None:
@@ -76,11 +76,11 @@ def resolve_seed(cfg: Config) -> Config:
     seed = 0
     if cfg.refinery.path:  # the refinery's recorded seed + 1 (a refinery from elsewhere, without meta.json: 0 + 1)
         sidecar = resolve_checkpoint(refinery_paths(cfg)[0]).parent / META  # an ensemble: its first member's
-        config = json.loads(sidecar.read_text()).get("config") or {} if sidecar.is_file() else {}
+        config = read_meta(sidecar).get("config") or {} if sidecar.is_file() else {}
         seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
-        manifest = json.loads((Path(cfg.labels.store) / "manifest.json").read_text())
-        seed = int(manifest.get("sampler", {}).get("seed") or 0)
+        manifest = read_manifest(cfg.labels.store)
+        seed = int((manifest.get("sampler") or {}).get("seed") or 0)  # a static store has no sampler
     return replace(cfg, seed=seed)
 
 
@@ -142,7 +142,7 @@ def plan_generation(cfg: Config, folder: str | Path, generation: int = 1) -> Pla
     (:func:`label_refinery.locks.claim`), so that what it checked stays so."""
     cfg, folder = resolve(cfg), Path(folder)
     values = to_dict(cfg)
-    finished = json.loads((folder / META).read_text()) if (folder / META).is_file() else None
+    finished = finished_meta(folder, generation)  # checked against its weights' header
     if finished is not None:  # a replaced refinery first: the seed derived from it would differ too
         check_same_refinery(folder, finished["labels"].get("sha256"), cfg)
         check_finished(folder, finished, values, generation)  # its weights and recorded config
