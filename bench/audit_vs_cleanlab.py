@@ -84,7 +84,7 @@ def one(args, rate: float, seed: int, log) -> dict:
         res[f"{name} cleanlab normalized margin p@k"] = at_k(get_label_quality_scores(y, q, method="normalized_margin"), truth)
         res[f"{name} ours CL flag (P, R)"] = precision_recall(quality.label_issues(p, y), truth)
         res[f"{name} cleanlab find_label_issues (P, R)"] = precision_recall(find_label_issues(y, q), truth)
-    top = int(json.loads((out / "held-out/summary.json").read_text())["confident_learning_issues"])
+    top = int(json.loads((out / "held-out/audit-summary.json").read_text())["confident_learning_issues"])
     changed = relabel(out / "held-out/audit.csv", out / "fixes.csv", top=top)
     fixed = run_chain(load_config(overrides={**overrides, "data.label_overrides": str(out / "fixes.csv")}), out / "fixed", log=log)
     fixes = list(csv.DictReader(open(out / "fixes.csv")))

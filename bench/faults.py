@@ -11,8 +11,9 @@ a scratch folder, against a reference made by the same commands uninterrupted:
 - **kill**: ``train``, ``chain``, ``bake``, ``audit --folds 2`` and ``export``, each SIGKILLed at a
   random moment (seeded; uniform over the reference's wall time), then run again to the end: the
   result must equal the reference (weights bit for bit, label-store arrays, audit.csv, the export).
-- **race**: two ``train`` commands started together on one ``--out``: one must finish, the other
-  refuse at once with one line naming the holder's PID; the finished run equals the reference.
+- **race**: two ``train``, ``chain``, ``bake`` or ``audit`` commands started together on one
+  ``--out``: one must finish, the other refuse at once with one line naming the holder's PID; the
+  finished one equals the reference.
 - **disk**: ``train`` into a 2 MiB tmpfs (as root; skipped with the reason otherwise): one clear
   line, exit 2; the tmpfs grown, the same command resumes and equals the reference.
 - **corrupt**: random bytes of each artefact kind (weights, weights without their meta.json, resume
@@ -143,15 +144,19 @@ class Suite:
                             "" if ok else p.stderr[-400:])  # fmt: skip
 
     def race(self, refs) -> None:
-        argv, ref, globs, _ = refs["train"]
-        out = self.fresh("race")
-        args = [str(a).replace("OUT", str(out)) for a in argv]
-        procs = [start(*args) for _ in range(2)]
-        done = [(p.wait(), p.stderr.read()) for p in procs]
-        codes = sorted(c for c, _ in done)
-        refused = [err for c, err in done if c == 2]
-        ok = codes == [0, 2] and "PID" in refused[0] and "Traceback" not in refused[0] and same_tree(out, ref, globs)
-        self.record("race", "two train commands on one --out", ok, "" if ok else f"exit codes {codes}")
+        """Two of the same command started together on one output: one finishes (the reference's
+        result), the other refuses at once in one line naming the holder's PID."""
+        for name in ("train", "chain", "bake", "audit"):
+            argv, ref, globs, _ = refs[name]
+            out = self.fresh(f"race-{name}")
+            args = [str(a).replace("OUT", str(out)) for a in argv]
+            procs = [start(*args) for _ in range(2)]
+            done = [(p.wait(), p.stderr.read()) for p in procs]
+            codes = sorted(c for c, _ in done)
+            refused = [err for c, err in done if c == 2]
+            ok = codes == [0, 2] and "PID" in refused[0] and "Traceback" not in refused[0] and same_tree(out, ref, globs)
+            why = "" if ok else f"exit codes {codes}: {(refused or [done[-1][1]])[0][-300:]!r}"
+            self.record("race", f"two {name} commands on one --out", ok, why)
 
     def disk(self, refs) -> None:
         argv, ref, globs, _ = refs["train"]

@@ -25,6 +25,9 @@ Processes
     run(*argv, ...)           run it, assert it succeeded, return stdout + stderr
     kill_when(argv, folder, ready)  start it; SIGKILL it as soon as ``ready(position(folder))``
 
+    holding(target, kind)     another process holding ``target`` (a folder claimed as ``kind``, or a file
+                              with ``kind="file"``, :mod:`label_refinery.locks`) until the block ends
+
 What a run left, and comparisons
     position(folder)          (next epoch, next step) of its state.safetensors, or None
     metric_rows(folder)       metrics.jsonl without wall-clock fields
@@ -214,6 +217,31 @@ def kill_when(argv: list, folder: Path, ready: Callable[[tuple[int, int] | None]
         time.sleep(0.002)
     proc.communicate()
     return False
+
+
+_HOLDER = """
+import sys, time
+from label_refinery.locks import claim, claim_file
+target, kind = sys.argv[1], sys.argv[2]
+with (claim_file(target) if kind == "file" else claim(target, kind)):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def holding(target: Path, kind: str):
+    """Another process (``python -c``, the source tree on its path) that holds ``target`` while the
+    block runs; SIGKILLed at the end (the kernel then releases its lock). Yields the process."""
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), ENV.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target), kind], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held", "the holder did not start"
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
 
 
 # ---- what a run left ----

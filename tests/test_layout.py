@@ -32,6 +32,7 @@ RANKS: dict[str, float] = {
     "errors": 0,
     "_version": 0,
     "files": 0,
+    "locks": 0,  # one writer per folder, nothing clobbered (issue 28)
     "typed": 0,
     "losses": 0,
     "config": 0,

@@ -4,7 +4,9 @@ SHA-256. No torch here.
 Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
 target (``os.replace``), so a crash or a full disk leaves the previous file intact (readers see the
 old file or the new one, never a part). Config files, run metadata, metrics tables, label-store
-manifests and checkpoints are all written through :func:`atomic_write`.
+manifests and checkpoints are all written through :func:`atomic_write`. Files that belong together
+(``audit.csv`` and its ``audit.html``, ``summary.json`` and ``summary.md``) are written into a hidden
+folder beside them and moved in together (:func:`together`).
 
 Reading: every JSON artefact goes through :func:`read_json` and every CSV the project reads
 (label overrides, audit.csv, the reviewed CSV) through :func:`read_csv`, so a truncated, binary or
@@ -27,9 +29,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import UserError, brief
 
@@ -88,6 +92,53 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 
+_STAGE = ".staging-"  # the hidden folders of :func:`together`
+_COMPLETE = ".complete"  # in a staging folder: every file is written; the names to move, one a line
+
+
+def _move_in(stage: Path, folder: Path) -> None:
+    for name in (stage / _COMPLETE).read_text().splitlines():
+        if (stage / name).exists():  # not yet moved by an earlier, interrupted call
+            os.replace(stage / name, folder / name)
+    shutil.rmtree(stage)
+
+
+def finish_staged(folder: str | Path) -> None:
+    """Complete what an interrupted :func:`together` left in ``folder``: a staging folder whose files
+    were all written is moved in (it was killed while moving them), any other one is deleted. Call it
+    only while holding the folder (:func:`label_refinery.locks.claim`)."""
+    for stage in sorted(Path(folder).glob(_STAGE + "*")):
+        if (stage / _COMPLETE).is_file():
+            _move_in(stage, Path(folder))
+        elif stage.is_dir():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def together(folder: str | Path) -> Iterator[Path]:
+    """A hidden staging folder inside ``folder``: files written into it appear in ``folder`` together
+    when the block ends (renamed in, one after another), or not at all if it raises or the process
+    dies; a kill during the renames is completed by the next call (:func:`finish_staged`). Files
+    only, no subfolders. Hold the folder (:func:`label_refinery.locks.claim`) while using it.
+
+    Example:
+        >>> with together("runs/x") as stage:                                   # doctest: +SKIP
+        ...     write_json(stage / "summary.json", rows); atomic_write(stage / "summary.md", table)
+    """
+    folder = Path(folder)
+    finish_staged(folder)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=_STAGE, dir=folder))
+    except OSError as err:
+        raise UserError(f"cannot write {folder}: {err.strerror or err}") from err
+    try:
+        yield stage
+        names = sorted(p.name for p in stage.iterdir())
+        atomic_write(stage / _COMPLETE, "".join(f"{n}\n" for n in names).encode())
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _move_in(stage, folder)
 def _read_bytes(path: Path, what: str) -> bytes:
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))

@@ -12,8 +12,7 @@ from PIL import Image
 
 import label_refinery
 from label_refinery import UserError
-from label_refinery.data import CropSampler, load_dataset
-from label_refinery.data import imagefolder
+from label_refinery.data import CropSampler, imagefolder, load_dataset
 from tests.harness import top1
 
 S = 16  # side of crops and evaluation views

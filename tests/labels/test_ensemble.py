@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from label_refinery import UserError
 from label_refinery.checkpoint import ensemble_sha256, load_checkpoint
-from label_refinery.files import sha256_file
 from label_refinery.cli import main
 from label_refinery.data import CropSampler, load_dataset
+from label_refinery.files import sha256_file
 from label_refinery.labels import LiveRefinery
 
 BASE = ["--dataset", "digits", "--train-subset", "300", "--epochs", "1", "--batch-size", "64", "--no-progress"]

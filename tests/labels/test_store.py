@@ -212,6 +212,37 @@ def test_bake_resumes_with_another_batch_size_and_path_spelling(tmp_path, digits
     assert_same_arrays(tmp_path / "whole", tmp_path / "resumed", ("indices", "probs"))
 
 
+def test_bake_into_a_folder_that_is_not_a_store_and_removes_only_its_own_files(tmp_path, digits, refinery):
+    """Issue 28: a folder of one's own is refused (--force writes into it), and a bake deletes only
+    the progress files it wrote, not every ``progress*.json``."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    np.save(mine / "ids.npy", np.arange(3))  # the user's own array
+    (mine / "progress-notes.json").write_text('{"mine": true}\n')
+    spec = BakeSpec(num_classes=10, epochs=1, top_k=3, provenance={"dataset_fingerprint": digits.fingerprint(), "image_size": 8})
+    with pytest.raises(UserError, match=r"is not empty and is not a label-refinery store folder \(it holds ids.npy, progress-notes.json\).*--force"):
+        bake(refinery, digits.train, mine, spec, sampler=SAMPLER, log=lambda _: None)
+    assert np.array_equal(np.load(mine / "ids.npy"), np.arange(3)) and not (mine / "bake.json").exists()
+    bake(refinery, digits.train, mine, spec, sampler=SAMPLER, log=lambda _: None, force=True)
+    assert (mine / "progress-notes.json").read_text() == '{"mine": true}\n'  # not a progress file of ours
+    assert _open(mine, digits, epochs=1).probs.shape == (1, len(digits.train), 3)
+    # an unfinished store of ours baked again from the start: its stale progress goes, the notes stay
+    (mine / "manifest.json").unlink()
+    (mine / "indices.npy").unlink()
+    (mine / "progress.rank1of2.json").write_text('{"epoch": 1, "batch": 0}\n')  # of an earlier two-process bake
+    bake(refinery, digits.train, mine, spec, sampler=SAMPLER, log=lambda _: None)
+    assert not (mine / "progress.rank1of2.json").exists() and (mine / "progress-notes.json").is_file()
+    assert (mine / "manifest.json").is_file()
+
+
+def test_a_store_being_baked_refuses_a_second_bake(tmp_path, digits, refinery):
+    from tests.harness import holding
+
+    spec = BakeSpec(num_classes=10, epochs=1, top_k=3, provenance={"dataset_fingerprint": digits.fingerprint(), "image_size": 8})
+    with holding(tmp_path / "s", "store") as other:
+        with pytest.raises(UserError, match=rf"s is being written by another label-refinery command \(PID {other.pid}: "):
+            bake(refinery, digits.train, tmp_path / "s", spec, sampler=SAMPLER, log=lambda _: None)
+    assert bake(refinery, digits.train, tmp_path / "s", spec, sampler=SAMPLER, log=lambda _: None)["top_k"] == 3
 # ---- array digests (issue 28) ----
 
 

@@ -74,7 +74,7 @@ def test_held_out_audit_finds_flips_that_the_in_sample_one_misses(noisy, capsys)
     # measured here: held-out 0.91, in-sample 0.43: generation 1 fits all its labels (train top-1 100 %),
     # flips included, so the in-sample scores vouch for half the wrong labels
     assert held >= 0.8 and held > ins + 0.2, (held, ins)
-    summary = json.loads((run / "audit/summary.json").read_text())
+    summary = json.loads((run / "audit/audit-summary.json").read_text())
     assert summary["scores"] == "held-out, 3 folds" and summary["training_runs"] == 3
     assert 0.5 * len(flipped) < summary["estimated_issues"] < 2 * len(flipped)
     probs = np.load(run / "audit/probs.npy")
@@ -112,7 +112,7 @@ def test_fold_seeds_ensemble_reuses_the_first_seed_and_stays_held_out(noisy, tmp
     second = json.loads((run / "audit-folds/K3/fold2-seed2/gen1/meta.json").read_text())["config"]
     first = json.loads((run / "audit-folds/K3/fold2/gen1/meta.json").read_text())["config"]
     assert second["seed"] == first["seed"] + 1 and second["data"]["holdout_fold"] == [1, 3]
-    summary = json.loads((tmp_path / "two/summary.json").read_text())
+    summary = json.loads((tmp_path / "two/audit-summary.json").read_text())
     assert summary["scores"] == "held-out, 3 folds x 2 seeds" and summary["training_runs"] == 6
     two = np.load(tmp_path / "two/probs.npy")
     assert np.allclose(two.sum(1), 1, atol=1e-4) and not np.allclose(two, one, atol=1e-3)
@@ -225,3 +225,8 @@ def test_relabel_reads_cells_escaped_against_spreadsheet_formulas(tmp_path):
     assert relabel(tmp_path / "reviewed.csv", tmp_path / "fixes.csv", reviewed=True) == 1
     ((_, fix),) = read_csv(tmp_path / "fixes.csv", "label overrides", ["index", "label"])
     assert (fix["index"], fix["label"], fix["given"]) == ("3", "-dog", "=cat")
+    assert "'-dog,'=cat" in (tmp_path / "fixes.csv").read_text()  # written escaped again
+    from label_refinery.tools.export import write_csv  # audit.csv and export's CSV
+
+    write_csv(tmp_path / "audit.csv", [{"index": 1, "given": "@sum", "p": -0.5}])
+    assert (tmp_path / "audit.csv").read_text().splitlines()[1] == "1,'@sum,-0.5"

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from label_refinery import UserError, load_config, run_chain, train_generation
-from label_refinery.files import sha256_file
 from label_refinery.data import load_dataset
+from label_refinery.files import sha256_file
 from tests.harness import assert_same_weights, crash, quiet, rerun, stop_on_log, top1
 
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64}

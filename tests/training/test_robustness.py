@@ -73,7 +73,11 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, digits):
 
 
 def test_damaged_training_state_is_named(tmp_path, digits):
+    from label_refinery.config import save_values
+    from label_refinery.training.setup import plan_generation
+
     (tmp_path / "run").mkdir()
+    save_values(plan_generation(config(), tmp_path / "run").values, tmp_path / "run/config.yaml")  # as the run wrote it
     (tmp_path / "run/state.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(UserError, match="damaged: delete it to restart"):
         train_generation(config(), tmp_path / "run", dataset=digits, log=lambda _: None)

@@ -7,12 +7,15 @@ so they take a few seconds each.
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.harness import SCRIPTS, metric_rows, run
+from label_refinery.locks import LOCK, claim
+from tests.harness import SCRIPTS, launch, metric_rows, run
 
 
 def test_two_processes_give_the_single_process_weights(tmp_path):
@@ -54,7 +57,8 @@ def test_torchrun_cli_matches_one_process_and_only_rank0_writes(tmp_path):
     one, two = metric_rows(tmp_path / "one", drop=()), metric_rows(tmp_path / "two", drop=())
     assert len(two) == 6  # one line per epoch: rank 1 appended nothing
     assert log.count("epoch 6/6") == 1 and log.count(" done: ") == 1  # only rank 0 logs
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["config.yaml", "meta.json", "metrics.jsonl", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [LOCK, "config.yaml", "meta.json", "metrics.jsonl", "model.safetensors"]
+    assert json.loads((tmp_path / "two" / LOCK).read_text())["kinds"] == ["generation"]  # rank 0's claim alone
     assert all(a["images"] == b["images"] for a, b in zip(one, two))  # the same global batches
     # BatchNorm normalises over each process's 32 crops instead of 64: close, not equal (measured: 95.26 vs 96.10)
     assert abs(one[-1]["test_top1"] - two[-1]["test_top1"]) < 3.0
@@ -72,3 +76,18 @@ def test_torchrun_every_label_path(tmp_path):
     meta = json.loads((tmp_path / "stored/meta.json").read_text())
     assert meta["labels"]["kind"] == "stored" and meta["metrics"]["test_top1"] > 30
     assert json.loads((tmp_path / "stored/labels/manifest.json").read_text())["processes"] == 2  # both ranks baked
+
+
+def test_a_folder_in_use_is_refused_by_every_rank_at_once(tmp_path):
+    """Rank 0 alone claims the folder and every rank raises its refusal: none waits in a collective
+    for a rank that stopped (the group ends well before the collective timeout)."""
+    with claim(tmp_path / "busy", "chain"):  # this process holds it
+        began = time.monotonic()
+        proc = launch("chain", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress",
+                      "--out", tmp_path / "busy", nproc=2, timeout=240)  # fmt: skip
+        took = time.monotonic() - began
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and took < 200, log
+    for rank in (0, 1):
+        assert f"error (rank {rank}): {tmp_path / 'busy'} is being written by another label-refinery command (PID {os.getpid()}: " in log
+    assert not (tmp_path / "busy/gen1").exists()

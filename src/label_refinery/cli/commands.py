@@ -20,6 +20,7 @@ from typing import Sequence
 from ..errors import UserError, brief
 from .examples import EXAMPLES
 from .flags import BAKE_KEYS, CHAIN_FLAGS, TRAIN_FLAGS, add_flags
+from .flags import positive_int as _positive_int
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set optim.gamma=0.2",
     )
-    parser.add_argument("--out", help="run folder (default: runs/<command>-<dataset>-<model>)")
+    parser.add_argument("--out", help="run folder (default: runs/<command>-<dataset>-<model>); re-run the same command to resume it")
+    parser.add_argument("--force", action="store_true", help="write into an --out that is not empty and holds no label-refinery run (its files of the same names are replaced)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bars (they are off anyway when not a terminal)"
     )
@@ -64,7 +66,8 @@ def _add_bake_and_evaluate(sub, fmt) -> None:
     bake = sub.add_parser("bake", help="label every training crop with a refinery into a label store", epilog=EXAMPLES["bake"], formatter_class=fmt)
     bake.add_argument("--config", help="YAML config; flags override it")
     bake.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
-    bake.add_argument("--out", required=True, help="store folder")
+    bake.add_argument("--out", required=True, help="store folder (re-run the same command to resume a bake)")
+    bake.add_argument("--force", action="store_true", help="bake into an --out that is not empty and holds no label store (its files of the same names are replaced)")
     bake.add_argument("--static", action="store_true", help="one label per image (its evaluation view) instead of per crop; --epochs is then ignored")
     bake.add_argument("--estimate", action="store_true", help="print the store's size and stop")
     bake.add_argument("--batch-size", type=_positive_int, default=512, dest="bake_batch_size", help="images per refinery forward [default: 512]")
@@ -89,7 +92,8 @@ def _add_label_tools(sub, fmt) -> None:
     an.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
     au = sub.add_parser("audit", help="rank training images whose labels look wrong, ambiguous or incomplete", epilog=EXAMPLES["audit"], formatter_class=fmt)
     au.add_argument("run", help="chain folder or one generation's folder")
-    au.add_argument("--out", help="output folder [default: RUN/audit]")
+    au.add_argument("--out", help="output folder: audit.csv, audit.html, probs.npy, audit-summary.json [default: RUN/audit]")
+    au.add_argument("--force", action="store_true", help="write into an --out that is not empty and holds no audit or run")
     au.add_argument("--crops", type=_positive_int, default=4, help="fixed random crops per image [default: 4]")
     au.add_argument("--html-rows", type=_positive_int, default=100, help="images shown in audit.html [default: 100]")
     au.add_argument("--folds", type=int, default=0, help="held-out scores: train K fold chains (each without one fold of the images) with the run's generation-1 config; costs K trainings on (K-1)/K of the data; 0: the chain's own generations, in-sample [default: 0]")
@@ -102,6 +106,7 @@ def _add_label_tools(sub, fmt) -> None:
     rl.add_argument("--reviewed", action="store_true", help="the rows marked accept in a reviewed CSV")
     rl.add_argument("--flags", nargs="+", default=["wrong"], choices=["wrong", "ambiguous", "incomplete", "uncertain"], help="which flags --top takes [default: wrong]")
     rl.add_argument("--out", required=True, help="the override file to write (then: train/chain --label-overrides FILE)")
+    rl.add_argument("--force", action="store_true", help="replace --out if it exists (it may hold fixes edited by hand)")
     ex = sub.add_parser("export", help="refined labels per training image as csv, npz or parquet", epilog=EXAMPLES["export"], formatter_class=fmt)
     ex.add_argument("run", help="chain folder or one generation's folder")
     ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt",
@@ -109,6 +114,7 @@ def _add_label_tools(sub, fmt) -> None:
     ex.add_argument("--generation", type=_positive_int, help="whose labels [default: the last]")
     ex.add_argument("--top-k", type=_positive_int, default=5, help="classes per image [default: 5]")
     ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
+    ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
     rep.add_argument("run", help="chain folder or one generation's folder")
     vf = sub.add_parser("verify", help="check checkpoints and label stores against their digests, every byte", epilog=EXAMPLES["verify"], formatter_class=fmt)
@@ -125,13 +131,6 @@ def _add_label_tools(sub, fmt) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 # fmt: on
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -178,7 +177,7 @@ def cmd_chain(args) -> None:
     cfg = load_config(args.config, _overrides(args))
     distributed.setup(cfg.device)  # torchrun: join the process group (a no-op in one process)
     out = args.out or _default_out("chain", cfg)
-    run_chain(cfg, out, progress=_progress(args), log=_log(args))
+    run_chain(cfg, out, progress=_progress(args), log=_log(args), force=args.force)
     if distributed.is_main():
         print(f"table saved to {out}/summary.md")
         if args.report:  # label tools run after training, in this process only
@@ -198,7 +197,7 @@ def cmd_train(args) -> None:
     cfg = load_config(args.config, _overrides(args))
     distributed.setup(cfg.device)  # torchrun: join the process group (a no-op in one process)
     out = args.out or _default_out("train", cfg)
-    train_generation(cfg, out, progress=_progress(args), log=_log(args))
+    train_generation(cfg, out, progress=_progress(args), log=_log(args), force=args.force)
 
 
 def cmd_bake(args) -> None:
@@ -235,6 +234,7 @@ def cmd_bake(args) -> None:
         fingerprint=fingerprint,
         progress=_progress(args) and distributed.is_main(),
         log=say,
+        force=args.force,
     )
     if manifest.get("bake_images_per_s"):
         say(f"baked at {manifest['bake_images_per_s']:.0f} img/s")
@@ -280,13 +280,13 @@ def cmd_audit(args) -> None:
         crops_per_image=args.crops,
         html_rows=args.html_rows,
     )
-    audit_run(args.run, spec, out=args.out, device=str(resolve_device(args.device)), progress=_progress(args))
+    audit_run(args.run, spec, out=args.out, device=str(resolve_device(args.device)), progress=_progress(args), force=args.force)
 
 
 def cmd_relabel(args) -> None:
     from ..tools.relabel import relabel
 
-    n = relabel(args.source, args.out, top=args.top, reviewed=args.reviewed, flags=tuple(args.flags))
+    n = relabel(args.source, args.out, top=args.top, reviewed=args.reviewed, flags=tuple(args.flags), force=args.force)
     print(f"{n} label(s) to change -> {args.out}; train on them with: label-refinery chain --label-overrides {args.out} ...")
 
 
@@ -303,6 +303,7 @@ def cmd_export(args) -> None:
         top_k=args.top_k,
         device=str(resolve_device(args.device)),
         progress=_progress(args),
+        force=args.force,
     )
     print(f"refined labels saved to {out}")
 

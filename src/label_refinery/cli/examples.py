@@ -57,11 +57,14 @@ EXAMPLES = {
 
   Writes audit.csv (every image, most suspicious first: suggested label, flag, reason), audit.html (the
   top rows, accept/reject per row, "download reviewed CSV"), probs.npy ([N, C], cleanlab's pred_probs)
-  and summary.json (confident learning's estimate of wrong labels per class pair).""",
+  and audit-summary.json (confident learning's estimate of wrong labels per class pair); they appear
+  together. --out RUN is allowed (those names only); a folder of your own needs --force.""",
     "relabel": """examples:
   label-refinery relabel runs/fmnist/audit/audit.csv --top 200 --out fixes.csv   # the first 200 'wrong' rows
   label-refinery relabel reviewed.csv --reviewed --out fixes.csv                 # the rows accepted in audit.html
-  label-refinery chain --label-overrides fixes.csv --out runs/fmnist-fixed        # retrain on the fixed labels""",
+  label-refinery chain --label-overrides fixes.csv --out runs/fmnist-fixed        # retrain on the fixed labels
+
+  An existing --out file (perhaps fixes edited by hand) is replaced only with --force.""",
     "export": """examples:
   label-refinery export runs/fmnist --format npz       # ids, targets, probs [N, C] (cleanlab's pred_probs), top-k
   label-refinery export runs/fmnist --format csv --generation 2 --top-k 3""",

@@ -118,3 +118,11 @@ def add_flags(parser: argparse.ArgumentParser, table) -> None:
         )
         opts["help"] = (opts.get("help", "") + f" [{key}; default: {shown if shown != '' else 'none'}]").strip()
         group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, **opts)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -15,6 +15,7 @@ is; one with other settings is refused.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +30,14 @@ from ..data.base import Batch, Split
 from ..data.crops import CropSampler
 from ..errors import UserError
 from ..files import write_json
+from ..locks import claim
 from . import refine
 from .store import (
     ARRAYS,
     DIGESTS,
     FORMAT,
-    array_digests,
     PROB_DTYPES,
+    array_digests,
     crop_digest,
     estimate_bytes,
     index_dtype,
@@ -90,8 +92,7 @@ class _Bake:
                     f"{out} holds an unfinished bake of other images; delete it or bake into another folder"
                 )
             return
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("progress*.json"):  # progress of arrays we are about to replace
+        for old in _progress_files(out):  # progress of arrays we are about to replace (our names only)
             old.unlink()
         write_json(out / "bake.json", spec)
         np.save(out / "ids.npy", ids)
@@ -164,6 +165,14 @@ def _progress_file(out: Path, rank: int, world: int) -> Path:
     return out / ("progress.json" if world == 1 else f"progress.rank{rank}of{world}.json")
 
 
+_PROGRESS = re.compile(r"progress(\.rank\d+of\d+)?\.json")  # the names _progress_file gives, no others
+
+
+def _progress_files(out: Path) -> list[Path]:
+    """The progress files a bake wrote into ``out`` (a user's own ``progress-notes.json`` is not one)."""
+    return sorted(p for p in out.glob("progress*.json") if _PROGRESS.fullmatch(p.name))
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -178,7 +187,7 @@ def _resume_point(out: Path, rank: int, world: int) -> tuple[int, int, int | Non
     if mine.is_file():
         p = _read_json(mine)
         return p.get("epoch", 0), p.get("batch", 0), p.get("batch_size")
-    others = [_read_json(f) for f in out.glob("progress*.json")]
+    others = [_read_json(f) for f in _progress_files(out)]
     return (min((p.get("epoch", 0) for p in others), default=0), 0, None)
 
 
@@ -217,6 +226,7 @@ def bake(
     shard: tuple[int, int] = (0, 1),
     progress: bool = False,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict:
     """Label every (epoch, image) crop of ``split`` with ``model`` and write a store; returns the manifest.
 
@@ -224,7 +234,9 @@ def bake(
     Re-running an interrupted bake with the same arguments resumes at the last flushed batch; a
     finished store (manifest present) with the same settings is returned as is. ``shard = (rank,
     world)``: every process of a torchrun group calls this and labels its share (:class:`_Bake`);
-    rank 0 writes the manifest once all are done, and every rank returns it.
+    rank 0 writes the manifest once all are done, and every rank returns it. ``out`` must be new,
+    empty or a label store (``force``: any folder), and no other process may be writing it
+    (:func:`label_refinery.locks.claim`); a bake removes only the files it wrote.
 
     Example:
         >>> ref = load_checkpoint("runs/demo/gen1")                                       # doctest: +SKIP
@@ -233,8 +245,14 @@ def bake(
     """
     out = Path(out)
     store_spec = _store_spec(split, sampler, spec)
-    if (out / "manifest.json").is_file():
-        return _finished_store(out, store_spec, log)
+    with claim(out, "store", force=force):  # under torchrun: rank 0 holds it, every rank hears a refusal
+        if (out / "manifest.json").is_file():
+            return _finished_store(out, store_spec, log)
+        return _bake_held(model, split, out, spec, store_spec, sampler, device, shard, progress, log)
+
+
+def _bake_held(model, split: Split, out: Path, spec: BakeSpec, store_spec: dict, sampler, device, shard, progress, log) -> dict:
+    """:func:`bake` while holding ``out``: label every crop not labelled yet, then the manifest (rank 0)."""
     state = _Bake(out, store_spec, split.ids.numpy(), shard)
     if state.epoch or state.batch:
         log(f"label store {out}: resuming at epoch {state.epoch + 1}, batch {state.batch}")

@@ -15,7 +15,7 @@ which cleanlab's ``pred_probs`` also takes.
 
 **Rankings** (``quality.py``): ``self_confidence = p[given]`` and ``normalized_margin``; rows are
 ordered by ``--rank`` (default self-confidence, lowest first). ``issue`` is confident learning's flag
-(labelled ``i``, confidently another class), and ``audit/summary.json`` holds the calibrated confident
+(labelled ``i``, confidently another class), and ``audit/audit-summary.json`` holds the calibrated confident
 joint's estimate of how many labels are wrong per (given, true) class pair.
 
 **Suggestion and reason** per image: the suggested label is ``argmax p`` with its probability; the
@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..files import atomic_write, write_json
+from ..files import atomic_write, together, write_json
 from ..labels import refine
+from ..locks import claim
 from . import quality
 from .export import write_csv
 from .probe import analysis_sampler, load_run, refined, to_pictures
@@ -73,12 +74,15 @@ def audit_run(
     device: str = "cpu",
     progress: bool = False,
     log=print,
+    force: bool = False,
 ) -> Path:
     """Score every training image; write ``audit.csv`` (all images, most suspicious first),
     ``audit.html`` (the top ``spec.html_rows``, with accept/reject per row), ``probs.npy`` and
-    ``summary.json``; returns the output folder. ``spec.folds``: held-out scores from that many fold
+    ``audit-summary.json``; returns the output folder. ``spec.folds``: held-out scores from that many fold
     chains (:mod:`label_refinery.tools.folds`), each trained ``spec.fold_seeds`` times (an ensemble over
-    seeds); 0: the chain's own generations (in-sample).
+    seeds); 0: the chain's own generations (in-sample). ``out`` (default ``RUN/audit``) must be new,
+    empty, an audit's or a run's folder (``force``: any folder); the four files appear together
+    (:func:`label_refinery.files.together`), and only they are written there.
 
     Example:
         >>> audit_run("runs/fmnist", AuditSpec(folds=5))                        # doctest: +SKIP
@@ -86,27 +90,42 @@ def audit_run(
     """
     from ..errors import UserError
 
-    folds, fold_generations, fold_seeds, rank = spec.folds, spec.fold_generations, spec.fold_seeds, spec.rank
+    folds, fold_seeds, rank = spec.folds, spec.fold_seeds, spec.rank
     if rank not in RANKINGS:
         raise UserError(f"--rank must be one of {', '.join(RANKINGS)}, got {rank!r}")
     gens, models, ds, cfg = load_run(run, device)
-    out = Path(out) if out else Path(run) / "audit"
-    out.mkdir(parents=True, exist_ok=True)
-    n, c = len(ds.train), ds.num_classes
+    n = len(ds.train)
     if folds and not 2 <= folds <= n:
         raise UserError(f"--folds must be in 2..{n}, got {folds}")
     if fold_seeds < 1:
         raise UserError(f"--fold-seeds must be at least 1, got {fold_seeds}")
-    scorers = _scorers(run, gens, models, ds, folds, fold_generations, fold_seeds, device, progress, log)
+    out = Path(out) if out else Path(run) / "audit"
+    with claim(out, "audit", accept=("audit", "chain", "generation"), force=force):
+        scorers = _scorers(run, gens, models, ds, folds, spec.fold_generations, fold_seeds, device, progress, log)
+        with together(out) as stage:  # audit.csv, audit.html, probs.npy and audit-summary.json appear together
+            summary = _write_audit(stage, run, scorers, (ds, cfg, len(gens)), spec, device, progress)
+    log(
+        f"audit ({summary['scores']}): {n} images scored, {summary['flagged']['wrong']} look wrong, confident "
+        f"learning estimates {summary['estimated_issues']:.0f} wrong labels -> {out}/audit.csv, {out}/audit.html"
+    )
+    return out
+
+
+def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device, progress: bool) -> dict:
+    """Probabilities, table, CSV, summary and HTML of the audit into ``stage``; returns the summary.
+    ``data``: the run's dataset, its generation-1 config and its number of generations."""
+    ds, cfg, generations = data
+    n = len(ds.train)
     sampler = analysis_sampler(cfg)
-    probs, crop_wrong = _probabilities(out, scorers, ds, sampler, spec, device, progress)
+    probs, crop_wrong = _probabilities(stage, scorers, ds, sampler, spec, device, progress)
     y = ds.train.targets.numpy()
-    table = _table(probs, y, crop_wrong, c)
-    order = np.argsort(table[rank], kind="stable")  # lowest quality first
+    table = _table(probs, y, crop_wrong, ds.num_classes)
+    order = np.argsort(table[spec.rank], kind="stable")  # lowest quality first
     rows = (_row(r, i, table, ds) for r, i in enumerate(order.tolist(), 1))
-    write_csv(out / "audit.csv", rows)
-    summary = _summary(table, y, ds.classes, folds, fold_generations, fold_seeds if folds else 1, len(gens), rank)
-    write_json(out / "summary.json", summary)
+    write_csv(stage / "audit.csv", rows)
+    seeds = spec.fold_seeds if spec.folds else 1
+    summary = _summary(table, y, ds.classes, spec.folds, spec.fold_generations, seeds, generations, spec.rank)
+    write_json(stage / "audit-summary.json", summary)
     from .reports import audit_html  # HTML and pictures live with the reports
 
     top = order[: spec.html_rows].tolist()
@@ -115,12 +134,8 @@ def audit_run(
     for k, (positions, _) in enumerate(scorers):
         scorer_of[positions] = k
     pictures = _pictures(ds, top, [scorers[scorer_of[i]][1][-1] for i in top], sampler, device)
-    atomic_write(out / "audit.html", audit_html(top_rows, pictures, run=str(run), summary=summary).encode())
-    log(
-        f"audit ({summary['scores']}): {n} images scored, {summary['flagged']['wrong']} look wrong, confident "
-        f"learning estimates {summary['estimated_issues']:.0f} wrong labels -> {out}/audit.csv, {out}/audit.html"
-    )
-    return out
+    atomic_write(stage / "audit.html", audit_html(top_rows, pictures, run=str(run), summary=summary).encode())
+    return summary
 
 
 def _scorers(run, gens, models, ds, folds: int, fold_generations: int, seeds: int, device, progress: bool, log) -> list:
@@ -134,8 +149,8 @@ def _scorers(run, gens, models, ds, folds: int, fold_generations: int, seeds: in
 
 
 def _probabilities(out: Path, scorers, ds, sampler, spec: AuditSpec, device, progress):
-    """Every image's view-averaged probabilities into ``out/probs.npy`` (written whole, then renamed),
-    returned memory-mapped, with the crops' disagreement ``[N]``."""
+    """Every image's view-averaged probabilities into ``out/probs.npy`` (written whole, then renamed;
+    ``out`` is the audit's staging folder), returned memory-mapped, with the crops' disagreement ``[N]``."""
     n = len(ds.train)
     probs = np.lib.format.open_memmap(out / "probs.npy.tmp", mode="w+", dtype=np.float32, shape=(n, ds.num_classes))
     crop_wrong = np.zeros(n, dtype=np.float32)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, csv_cell
+from ..locks import claim_file
 from .probe import load_run, refined
 
 
@@ -28,7 +29,7 @@ def write_csv(path: Path, rows) -> int:
             if writer is None:
                 writer = csv.DictWriter(f, fieldnames=list(r))
                 writer.writeheader()
-            writer.writerow(r)
+            writer.writerow({k: csv_cell(v) for k, v in r.items()})  # no cell a spreadsheet would run
             wrong += str(r.get("reasons", "")).startswith("wrong")
     tmp.replace(path)
     return wrong
@@ -45,12 +46,13 @@ def export_run(
     batch_size: int = 256,
     device: str = "cpu",
     progress: bool = False,
+    force: bool = False,
 ) -> Path:
     """Per training image (evaluation view): the top-k refined classes and probabilities of one
     generation (default: the last); ``npz`` also holds the full ``[N, C]`` matrix, the shape
     cleanlab's ``pred_probs`` takes. These are in-sample probabilities (the models saw these images),
     which makes label-issue finders more lenient than out-of-sample ones. Formats: csv, npz,
-    parquet (needs pyarrow)."""
+    parquet (needs pyarrow). An existing ``out`` is replaced only with ``force``."""
     if fmt not in ("csv", "npz", "parquet"):
         raise UserError(f"export format must be csv, npz or parquet, got {fmt!r}")
     if fmt == "parquet":
@@ -63,18 +65,17 @@ def export_run(
     if not 0 <= g < len(gens):
         raise UserError(f"{run} has generations 1..{len(gens)}, not {generation}")
     k = min(top_k, ds.num_classes)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    batches = refined([models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export")
-    if fmt == "npz":
-        _write_npz(out, batches, len(ds.train), k, ds.classes)
-        return out
-    ids, ys, tops = [], [], []
-    for i, y, p in batches:
-        ids.append(i)
-        ys.append(y)
-        tops.append(p[0].topk(k, 1))
-    _write_table(out, fmt, torch.cat(ids), torch.cat(ys), tops, k, ds.classes)
+    with claim_file(out, force=force) as out:  # one writer; an existing file only with force
+        batches = refined([models[g]], ds.train, batch_size=batch_size, device=device, progress=progress, desc="export")
+        if fmt == "npz":
+            _write_npz(out, batches, len(ds.train), k, ds.classes)
+            return out
+        ids, ys, tops = [], [], []
+        for i, y, p in batches:
+            ids.append(i)
+            ys.append(y)
+            tops.append(p[0].topk(k, 1))
+        _write_table(out, fmt, torch.cat(ids), torch.cat(ys), tops, k, ds.classes)
     return out
 
 

@@ -15,12 +15,11 @@ nothing. The output is ``index,label,given,suggested_p,source`` (``data.label_ov
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import atomic_write, read_csv
+from ..files import atomic_write, csv_text, read_csv
+from ..locks import claim_file
 
 FIELDS = ("index", "label", "given", "suggested_p", "source")
 
@@ -32,9 +31,16 @@ def _rows(path: Path, needed: set[str]) -> list[dict]:
 
 
 def relabel(
-    source: str | Path, out: str | Path, *, top: int | None = None, reviewed: bool = False, flags=("wrong",)
+    source: str | Path,
+    out: str | Path,
+    *,
+    top: int | None = None,
+    reviewed: bool = False,
+    flags=("wrong",),
+    force: bool = False,
 ) -> int:
-    """Write the override file ``out`` from an audit or a reviewed CSV; returns how many labels change."""
+    """Write the override file ``out`` from an audit or a reviewed CSV; returns how many labels change.
+    An existing ``out`` (perhaps fixes edited by hand) is replaced only with ``force``."""
     source = Path(source)
     if reviewed == (top is not None):
         raise UserError("relabel needs exactly one of --top N (an audit.csv) or --reviewed (a reviewed CSV)")
@@ -53,11 +59,8 @@ def relabel(
              "source": f"audit top {top} ({'/'.join(flags)})"}
             for r in chosen
         ]  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")  # csv quotes class names with commas
-    writer.writeheader()
-    writer.writerows(fixes)
-    atomic_write(out, buf.getvalue().encode())
+    with claim_file(out, force=force):  # class names a spreadsheet would run get a ' (read_csv removes it)
+        atomic_write(out, csv_text(FIELDS, fixes).encode())
     return len(fixes)
 
 

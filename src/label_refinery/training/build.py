@@ -96,11 +96,12 @@ def bake_labels(
     fingerprint: str,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict:
     """Bake ``refinery``'s labels of the run's crops (``sampler=None``: one per image) into ``out`` as
     ``spec`` (:func:`bake_spec`) says: the one bake path of ``label-refinery bake`` and of
     ``train``/``chain`` with ``--label-source store|static``. Under torchrun every process calls it
-    and labels its share of the batches."""
+    and labels its share of the batches. ``force``: bake into a folder that holds something else."""
     spec = replace(spec, provenance=store_provenance(refinery, fingerprint, ds.image_size))
     return bake(
         refinery.model,
@@ -112,6 +113,7 @@ def bake_labels(
         shard=distributed.shard(),
         progress=progress,
         log=log,
+        force=force,
     )
 
 

@@ -6,6 +6,9 @@ Run folder::
     OUT/gen1/ ... OUT/genN/  one generation folder each (see generation.py)
     OUT/summary.json, OUT/summary.md   the per-generation table
 
+One command writes a chain at a time: the folder and each generation's are claimed
+(:mod:`label_refinery.locks`), and a non-empty folder that is not a chain is refused.
+
 Generation 1 trains on ground truth, unless ``cfg.refinery.path`` names a checkpoint (for example a
 bigger model trained earlier), which then labels generation 1. ``cfg.chain.models`` may name one
 architecture per generation (e.g. ``[resnet-cifar, cnn-small, cnn-small]``: a ResNet trained on ground
@@ -22,7 +25,8 @@ from typing import Callable
 from .. import distributed
 from ..config import Config, save_config
 from ..data import ImageDataset
-from ..files import atomic_write, write_json
+from ..files import atomic_write, together, write_json
+from ..locks import claim
 from .generation import train_planned
 from .setup import load_data, plan_generation, resolve
 
@@ -95,9 +99,12 @@ def run_chain(
     progress: bool = False,
     log: Callable[[str], None] = print,
     dataset: ImageDataset | None = None,
+    force: bool = False,
 ) -> list[dict]:
     """Run (or resume) generations ``1..cfg.chain.generations`` into ``out``; returns the table rows.
     ``dataset``: the data ``cfg`` names, already loaded (experiments share it between chains).
+    ``out`` must be empty, new or a chain folder (``force``: any folder), and no other process may be
+    writing it (:func:`label_refinery.locks.claim`); each generation's folder is claimed too.
 
     Example:
         >>> cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 3})  # doctest: +SKIP
@@ -105,23 +112,31 @@ def run_chain(
         >>> [round(r["test_top1"], 1) for r in rows]                                     # doctest: +SKIP
     """
     out, cfg = Path(out), resolve(cfg)  # generation 1's seed; generation g adds g - 1
+    # generation 1 is held throughout: checked before the data load, and the refinery of generation 2
+    with claim(out, "chain", force=force), claim(out / "gen1", "generation"):
+        return _run_chain(cfg, out, progress, log, dataset)
+
+
+def _run_chain(cfg: Config, out: Path, progress: bool, log: Callable[[str], None], dataset) -> list[dict]:
+    """:func:`run_chain` while holding ``out``."""
     plan = plan_generation(generation_config(cfg, out, 1), out / "gen1", 1)  # checked before the data load
     ds = dataset or load_data(cfg)
     main = distributed.is_main()  # under torchrun, rank 0 alone writes and logs
     log = log if main else (lambda _: None)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     log(f"chain: {cfg.chain.generations} generations of {cfg.optim.epochs} epochs on {ds.name} -> {out}")
     rows = []
     for g in range(1, cfg.chain.generations + 1):
-        if g > 1:  # planned once the generation before it (its refinery) has finished
-            plan = plan_generation(generation_config(cfg, out, g), out / f"gen{g}", g)
-        meta = train_planned(plan, ds, progress=progress, log=log)
+        with claim(out / f"gen{g}", "generation"):  # generation 1: held already
+            if g > 1:  # planned once the generation before it (its refinery) has finished
+                plan = plan_generation(generation_config(cfg, out, g), out / f"gen{g}", g)
+            meta = train_planned(plan, ds, progress=progress, log=log)
         rows.append(summary_row(meta, out))
         if main:
-            write_json(out / "summary.json", rows)
-            atomic_write(out / "summary.md", (format_table(rows) + "\n").encode())
+            with together(out) as stage:  # the two tables appear together
+                write_json(stage / "summary.json", rows)
+                atomic_write(stage / "summary.md", (format_table(rows) + "\n").encode())
     extra = sorted(
         p.name for p in out.glob("gen*") if p.is_dir() and p.name[3:].isdigit() and int(p.name[3:]) > len(rows)
     )

@@ -9,7 +9,8 @@ Re-running with the same config skips a finished generation and resumes an unfin
 last checkpoint: every epoch's end, and every ``save_every`` steps. Crops and batch order are pure
 functions of (seed, epoch, index) and the LR is a function of the step, so a resumed run follows the
 uninterrupted one's crops, schedule and (on CPU) weights bit for bit. Under torchrun every process
-runs this; rank 0 alone writes (see :mod:`label_refinery.distributed`).
+runs this; rank 0 alone writes (see :mod:`label_refinery.distributed`). One command writes a folder
+at a time (:mod:`label_refinery.locks`): a second one refuses, naming the first.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..checkpoint import STATE, save_final
 from ..config import Config, save_values
 from ..data import ImageDataset
 from ..files import atomic_write
+from ..locks import claim
 from . import state
 from .engine import Meters, lr_schedule, train_one_epoch
 from .runfolder import append_metrics, final_meta, final_metrics, metrics_upto
@@ -109,18 +111,22 @@ def train_generation(
     dataset: ImageDataset | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict:
     """Train (or resume, or skip if finished) one generation; returns its ``meta.json`` content.
 
     ``cfg.refinery.path`` names the checkpoint that labels the crops; ``None`` trains on ground truth.
-    Under torchrun every process calls this; only rank 0 writes, logs and shows progress.
+    Under torchrun every process calls this; only rank 0 writes, logs and shows progress. ``folder``
+    must be new, empty or a generation's (``force``: any folder), and no other process may be writing
+    it (:func:`label_refinery.locks.claim`).
 
     Example:
         >>> cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 2})  # doctest: +SKIP
         >>> meta = train_generation(cfg, "runs/digits-gen1")                             # doctest: +SKIP
         >>> meta["metrics"]["test_top1"]                                                   # doctest: +SKIP
     """
-    return train_planned(plan_generation(cfg, folder, generation), dataset, progress=progress, log=log)
+    with claim(folder, "generation", force=force):  # planned while held: what it checked stays so
+        return train_planned(plan_generation(cfg, folder, generation), dataset, progress=progress, log=log)
 
 
 def _start(run: Run, log: Callable[[str], None]) -> state.Position:
@@ -146,6 +152,12 @@ def train_planned(
 ) -> dict:
     """Train (or resume, or skip) the generation ``plan`` decided (:func:`~.setup.plan_generation`);
     returns its ``meta.json`` content. ``dataset``: the data ``plan.cfg`` names, already loaded."""
+    with claim(plan.folder, "generation"):  # held already by train_generation and run_chain
+        return _train_held(plan, dataset, progress, log)
+
+
+def _train_held(plan: Plan, dataset: ImageDataset | None, progress: bool, log: Callable[[str], None]) -> dict:
+    """:func:`train_planned` while holding the generation's folder."""
     main, desc, folder = distributed.is_main(), f"gen {plan.generation}", plan.folder
     log, progress = (log, progress) if main else ((lambda _: None), False)
     if plan.finished is not None:

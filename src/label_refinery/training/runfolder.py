@@ -21,11 +21,11 @@ import torch
 import yaml
 
 from .._version import __version__
-from ..checkpoint import META, STATE, refinery_sha256
+from ..checkpoint import META, STATE, WEIGHTS, read_meta, refinery_sha256
 from ..config import Config, upgrade
 from ..data import ImageDataset
 from ..errors import UserError
-from ..files import atomic_write, read_json
+from ..files import atomic_write, read_json, sha256_file
 from ..models import count_parameters
 from ..typed import merge, to_dict
 
@@ -49,19 +49,59 @@ def has_progress(folder: Path) -> bool:
     return (folder / META).is_file() or (folder / STATE).is_file()
 
 
+def _as_today(values: dict) -> dict:
+    """A recorded config (of any version) as today's comparable values: keys added to the config
+    after the run was made count as their defaults (old runs still resume)."""
+    return comparable(merge(to_dict(Config()), upgrade(values)))
+
+
 def check_same_config(folder: Path, values: dict) -> None:
     """Refuse to resume (or skip) a run that was made with another config (``values``: ``to_dict(cfg)``)."""
     saved_path = folder / "config.yaml"
     if not saved_path.is_file():
         return
-    # keys added to the config after the run was made count as their defaults (old runs still resume)
-    saved = comparable(merge(to_dict(Config()), upgrade(yaml.safe_load(saved_path.read_text()) or {})))
+    saved = _as_today(yaml.safe_load(saved_path.read_text()) or {})
     now = comparable(values)
     if saved != now:
         diffs = _diff(saved, now)
         raise UserError(
             f"{folder} holds a run with another config ({'; '.join(diffs[:4])}). Use a new --out folder, "
             "or delete the old one to start over."
+        )
+
+
+def _later(folder: Path, generation: int) -> str:
+    return " and the generations after it" if folder.name == f"gen{generation}" else ""
+
+
+def finished_meta(folder: Path, generation: int) -> dict | None:
+    """``meta.json`` of a finished generation in ``folder`` (checked against its weights' header), or None."""
+    if not (folder / META).is_file():
+        return None
+    if not (folder / WEIGHTS).is_file():
+        raise UserError(f"{folder} is finished (meta.json) but its {WEIGHTS} is missing: delete {folder}{_later(folder, generation)} to retrain")
+    return read_meta(folder)
+
+
+def check_finished(folder: Path, meta: dict, values: dict, generation: int) -> None:
+    """A finished generation is skipped only if it is intact and was trained with this config: its
+    weights must have the SHA-256 its ``meta.json`` recorded, and the config recorded there must be
+    ``values`` (the folder's ``config.yaml`` alone could be another run's, issue 28)."""
+    later = _later(folder, generation)
+    weights, recorded = folder / WEIGHTS, meta.get("sha256")
+    if recorded is not None:
+        if not weights.is_file():
+            raise UserError(f"{folder} is finished (meta.json) but its {WEIGHTS} is missing: delete {folder}{later} to retrain")
+        if sha256_file(weights) != recorded:
+            raise UserError(
+                f"{folder}: {WEIGHTS} is not the file meta.json recorded (SHA-256 differs): the weights were changed, "
+                f"replaced or are corrupt. Restore them, or delete {folder}{later} to retrain"
+            )
+    if isinstance(meta.get("config"), dict) and _as_today(meta["config"]) != comparable(values):
+        diffs = _diff(_as_today(meta["config"]), comparable(values))
+        raise UserError(
+            f"{folder} was finished with another config ({'; '.join(diffs[:4])}; recorded in its meta.json). Use a new "
+            f"--out folder, or delete {folder}{later} to retrain"
         )
 
 
@@ -72,8 +112,13 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
+            out.append(f"{prefix}{k}: {_shown(va)} there, {_shown(vb)} now")
     return out
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def append_metrics(path: Path, row: dict) -> None:

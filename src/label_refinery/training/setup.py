@@ -33,7 +33,7 @@ from ..typed import to_dict
 from . import state
 from .build import build_label_source, build_step
 from .engine import Meters, Step, evaluate, make_optimizer
-from .runfolder import check_same_config, check_same_refinery, has_progress
+from .runfolder import check_finished, check_same_config, check_same_refinery, finished_meta, has_progress
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,14 +136,16 @@ class Plan:
 
 
 def plan_generation(cfg: Config, folder: str | Path, generation: int = 1) -> Plan:
-    """Resolve ``cfg`` and check ``folder``: a finished generation must have been trained with the same
-    refinery and config, an unfinished one with the same config, or this refuses (before any data
-    is loaded)."""
+    """Resolve ``cfg`` and check ``folder``: a finished generation must be intact (its weights' SHA-256
+    as recorded) and have been trained with the same refinery and config, an unfinished one with
+    the same config, or this refuses (before any data is loaded). Call it while holding the folder
+    (:func:`label_refinery.locks.claim`), so that what it checked stays so."""
     cfg, folder = resolve(cfg), Path(folder)
     values = to_dict(cfg)
-    finished = read_meta(folder) if (folder / META).is_file() else None  # checked against its weights' header
+    finished = finished_meta(folder, generation)  # checked against its weights' header
     if finished is not None:  # a replaced refinery first: the seed derived from it would differ too
         check_same_refinery(folder, finished["labels"].get("sha256"), cfg)
+        check_finished(folder, finished, values, generation)  # its weights and recorded config
     if has_progress(folder):
         check_same_config(folder, values)
     return Plan(cfg, folder, generation, values, finished)
