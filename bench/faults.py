@@ -2,7 +2,7 @@
 that nothing was lost and nothing was silently trusted.
 
     python bench/faults.py                      # the whole suite (a few minutes on 2 cores)
-    python bench/faults.py --quick              # one case of each kind (what tests/test_faults.py runs)
+    python bench/faults.py --quick              # one case of each kind
     python bench/faults.py --kills 5 --seed 3   # more random kill points
 
 Every case runs the real command line (``python -m label_refinery ...``) on scikit-learn's digits in

@@ -177,7 +177,7 @@ def test_meta_json_is_read_once_and_checked(tmp_path):
 
 
 def test_checkpoints_of_the_first_digest_format_still_check_themselves(tmp_path):
-    """Release 0.3 wrote one SHA-256 of the metadata text, a NUL and the tensor bytes; such files load, checked."""
+    """The first digest format (one SHA-256 of the metadata text, a NUL and the tensor bytes) loads, checked."""
     from safetensors.torch import save as st_save
 
     from label_refinery.checkpoint import DIGEST_KEY

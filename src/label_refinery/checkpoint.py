@@ -75,7 +75,7 @@ def _header_meta(header: bytes, path: Path) -> tuple[dict, dict | None]:
     try:
         fields = json.loads(header).get("__metadata__") or {}
         raw, field = fields.get(META_KEY), fields.get(DIGEST_KEY)
-        # release 0.3 wrote one SHA-256 of the metadata text + NUL + the tensor bytes: checked by load_tensors
+        # the first digest format: one SHA-256 of the metadata text + NUL + the tensor bytes (load_tensors checks it)
         digests = {"content": field} if _is_sha256(field) else json.loads(field or "null")
         meta = json.loads(raw) if raw else {}
     except (ValueError, UnicodeDecodeError, AttributeError) as err:
@@ -97,7 +97,7 @@ def _is_sha256(value) -> bool:
 
 
 def _tensors_match(data: bytes, header_len: int, tensors: dict, digests: dict) -> bool:
-    if "content" in digests:  # the 0.3 format: metadata text and the raw tensor bytes, hashed together
+    if "content" in digests:  # the first format: metadata text and the raw tensor bytes, hashed together
         raw = json.loads(data[8 : 8 + header_len])["__metadata__"][META_KEY]
         return digests["content"] == sha256_bytes(raw.encode() + b"\0" + data[8 + header_len :])
     return digests.get("tensors") == tensors_sha256(tensors)
