@@ -310,3 +310,7 @@ def test_a_truncated_manifest_or_a_missing_epoch_is_one_clear_line(tmp_path, dig
     (tmp_path / "s/manifest.json").write_text(text[:40])
     with pytest.raises(UserError, match="label store manifest .*manifest.json is not valid JSON \\(truncated\\?\\).*bake the store again"):
         _open(tmp_path / "s", digits)
+    (tmp_path / "s/manifest.json").write_bytes(text.encode().replace(b'"', b'\xb3', 1))  # bytes flipped (bench/faults.py)
+    for reader in (lambda: _open(tmp_path / "s", digits), lambda: _bake(refinery, digits, tmp_path / "s")):
+        with pytest.raises(UserError, match="manifest.json is not UTF-8 text \\(byte 0xb3 on line 2\\)"):
+            reader()  # opening it, and a bake that would reuse it

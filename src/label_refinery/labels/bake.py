@@ -43,6 +43,7 @@ from .store import (
     index_dtype,
     open_array,
     quantize,
+    read_manifest,
     row_lookup,
     sampler_spec,
 )
@@ -263,7 +264,7 @@ def _bake_held(model, split: Split, out: Path, spec: BakeSpec, store_spec: dict,
     done = state.fill(model, split, sampler, spec.batch_size, device, spec.channels_last, progress)
     if state.rank:
         distributed.wait_for(out / "manifest.json")  # rank 0 writes it when every rank is done
-        return json.loads((out / "manifest.json").read_text())
+        return read_manifest(out)
     state.wait_for_ranks()
     manifest = _write_manifest(state, split, sampler, done, time.perf_counter() - start)
     log(
@@ -290,7 +291,7 @@ def _write_manifest(state: _Bake, split: Split, sampler: CropSampler | None, don
 
 def _finished_store(out: Path, spec: dict, log: Callable[[str], None]) -> dict:
     """A store baked earlier with the same settings, reused as it is; another one is refused."""
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_manifest(out)  # a damaged one is one clear line
     if _comparable(manifest) != _comparable(spec):
         raise UserError(f"{out} holds a finished label store with other settings; delete it or bake into another folder")
     log(f"label store {out}: finished earlier, reusing it")
