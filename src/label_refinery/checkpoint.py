@@ -158,6 +158,15 @@ def _same_meta(sidecar: Path, recorded: dict, meta: dict, weights: Path) -> None
         )
 
 
+def _recorded(sidecar: Path) -> dict:
+    """The JSON object in a generation's ``meta.json``, or one clear line (truncated, not an object)."""
+    fix = f"; restore it, or delete {sidecar.parent} to retrain that generation"
+    recorded = read_json(sidecar, "generation metadata", fix)
+    if not isinstance(recorded, dict):
+        raise UserError(f"generation metadata {sidecar} is not a JSON object{fix}")
+    return recorded
+
+
 def read_meta(path: str | Path) -> dict:
     """``meta.json`` of a finished generation (its folder, its ``meta.json`` or its weights), checked
     against the metadata in ``model.safetensors``' header (whose digest is checked); reads the header
@@ -170,9 +179,7 @@ def read_meta(path: str | Path) -> dict:
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     sidecar, weights = folder / META, folder / WEIGHTS
-    recorded = read_json(sidecar, "generation metadata", f"; restore it, or delete {folder} to retrain that generation")
-    if not isinstance(recorded, dict):
-        raise UserError(f"generation metadata {sidecar} is not a JSON object; restore it, or delete {folder} to retrain")
+    recorded = _recorded(sidecar)
     if not weights.is_file():
         raise UserError(f"{sidecar} has no {WEIGHTS} beside it: restore the weights, or delete {folder} to retrain")
     _same_meta(sidecar, recorded, read_header(weights)[0], weights)
@@ -228,9 +235,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     tensors, meta, digest = load_tensors(weights)
     sidecar = weights.parent / META
     if weights.name == WEIGHTS and sidecar.is_file():
-        recorded = read_json(sidecar, "generation metadata", f"; restore it, or delete {sidecar.parent} to retrain")
-        if not isinstance(recorded, dict):
-            raise UserError(f"generation metadata {sidecar} is not a JSON object; restore it, or delete {sidecar.parent}")
+        recorded = _recorded(sidecar)
         if recorded.get("sha256") and recorded["sha256"] != digest:
             raise UserError(f"{weights} does not match {sidecar} (SHA-256 differs): the file was changed or is corrupt")
         _same_meta(sidecar, recorded, meta, weights)

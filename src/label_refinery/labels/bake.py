@@ -29,7 +29,7 @@ from .. import distributed
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
 from ..errors import UserError
-from ..files import write_json
+from ..files import read_json, write_json
 from ..locks import claim
 from . import refine
 from .store import (
@@ -84,7 +84,7 @@ class _Bake:
 
     def _create_or_check(self, out: Path, spec: dict, ids: np.ndarray, shape, resuming: bool) -> None:
         if resuming:
-            if _comparable(json.loads((out / "bake.json").read_text())) != _comparable(spec):
+            if _comparable(read_json(out / "bake.json", "bake progress", "; delete the folder to bake again")) != _comparable(spec):
                 raise UserError(
                     f"{out} holds an unfinished bake with other settings; delete it or bake into another folder"
                 )
@@ -175,6 +175,7 @@ def _progress_files(out: Path) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict:
+    """Another rank's progress file, tolerantly: missing or being replaced reads as ``{}`` (again later)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):  # being replaced: read again later
