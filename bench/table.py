@@ -113,14 +113,22 @@ def paper_rows(rows: list[dict]) -> list[dict]:
         gt = {k: r for (fam, m, k), r in by.items() if fam == "gt" and m == model}
         entry = {"model": model, "pairs": len(gt), "gt_test": mean_std([r["test_top1"] for r in gt.values()]),
                  "name": next(iter(gt.values()))["arm"].partition("-")[2]}  # fmt: skip
-        entry["hours"] = {f: sum(r.get("train_seconds") or 0 for (fam, m, _), r in by.items() if fam == f and m == model) / 3600
-                          for f in ("gt", "self", "strong")}  # fmt: skip
+        entry["hours"] = {f: _hours([r for (fam, m, _), r in by.items() if fam == f and m == model]) for f in ("gt", "self", "strong")}
         for family in ("self", "strong"):
             diffs = [by[(family, model, k)]["test_top1"] - r["test_top1"] for k, r in gt.items() if (family, model, k) in by]
             entry[family] = (t_interval(diffs) if len(diffs) >= 2 else (diffs[0], None), sum(d > 0 for d in diffs),
                              len(diffs)) if diffs else None  # fmt: skip
         out.append(entry)
     return out
+
+
+def _hours(runs: list[dict]) -> float:
+    """CPU-hours of a cell: the median run's training seconds x the number of runs. A sum would count the
+    wall time of a run that was paused (SIGSTOP) while the machine measured something else."""
+    import statistics
+
+    seconds = [r["train_seconds"] for r in runs if r.get("train_seconds")]
+    return statistics.median(seconds) * len(runs) / 3600 if seconds else 0.0
 
 
 def parameters(model: str) -> int:
@@ -148,7 +156,7 @@ def paper_table(rows: list[dict]) -> str:
         from label_refinery.study.stats import mean_std
 
         (m, sd), (vm, vsd) = (mean_std([r[k] for r in refinery]) for k in ("test_top1", "val_top1"))
-        hours = sum(r.get("train_seconds") or 0 for r in refinery) / 3600
+        hours = _hours(refinery)
         lines.append(f"\nThe strong refinery (`{refinery[0]['model']}`): test top-1 {m:.2f} ± {sd:.2f}, val {vm:.2f} ± {vsd:.2f} "
                      f"({len(refinery)} trainings, {hours:.2f} CPU-hours; its labels baked once per (subset, seed) for every student).")  # fmt: skip
     return "\n".join(lines)
