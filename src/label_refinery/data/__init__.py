@@ -3,7 +3,9 @@
 Names: ``fashion-mnist`` (default), ``fashion-scenes`` (48x48 scenes with a distractor item: labels
 that crops make incomplete), ``fashion-pairs`` (100 classes: two items stacked; options
 ``fashion-pairs:seed=S,val_items=N``: the pairing, and validation pairs of held-out items),
-``digits``, ``imagefolder:PATH``.
+``digits``, ``imagefolder:PATH``, and the table-like sources ``manifest:FILE.csv|.parquet``,
+``hf:PATH_OR_NAME`` (Hugging Face datasets) and ``wds:INDEX.json`` (WebDataset shards), all decoded
+by one loader (:mod:`.decoded`).
 
 Example:
     >>> from label_refinery.data import load_dataset
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError, brief
-from . import digits, fashion_mnist, imagefolder, pairs, scenes
+from . import digits, fashion_mnist, hfds, imagefolder, manifest, pairs, scenes, shards
 from .base import Batch, ImageDataset, Split
 from .crops import Crop, CropSampler, apply_crops
 from .noise import symmetric_noise
@@ -29,7 +31,7 @@ DATASETS = {
     "fashion-pairs": pairs.load,
     "digits": digits.load,
 }
-PREFIXED = {"imagefolder": imagefolder.load}
+PREFIXED = {"imagefolder": imagefolder.load, "manifest": manifest.load, "hf": hfds.load, "wds": shards.load}
 OPTIONS = {"fashion-pairs": {"seed": int, "val_items": int}}  # NAME:key=value,... (integers)
 SUBSET_SEED = 0  # the default subset: every generation of a chain sees the same one (data.subset_seed)
 VAL_SEED = 1  # fixed: the validation images never change between runs
@@ -71,11 +73,11 @@ def load_dataset(
     it (:func:`choose`, which also takes ``subset_seed`` and ``stratify``).
 
     Args:
-        name: ``fashion-mnist``, ``digits`` or ``imagefolder:PATH``.
+        name: ``fashion-mnist``, ``digits``, ``imagefolder:PATH``, ``manifest:FILE``, ``hf:PATH`` or ``wds:INDEX.json``.
         data_dir: where to look for files first (Fashion-MNIST).
         image_size: side of training crops and evaluation views (default: the dataset's own).
         train_subset: keep only this many training images (a seeded choice, indices unchanged).
-        workers: loader processes for image folders.
+        workers: loader processes for image folders and the other decoded sources.
         val_split: hold out this many training images as ``ds.val`` (a seeded choice, made before
             ``train_subset``, which then draws from the rest): for choosing settings without
             looking at the test split.

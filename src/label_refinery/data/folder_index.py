@@ -48,6 +48,16 @@ class FolderIndex:
     scanned_ns: int  # time.time_ns() when scanned
     sizes: np.ndarray | None = None  # [N, 2] (height, width), read on first use
     _fingerprints: dict = field(default_factory=dict, repr=False)
+    files = True  # a source of files (decoded.Source): opened again for their decode
+
+    def __len__(self) -> int:
+        return len(self.rel)
+
+    def name(self, position: int) -> str:
+        return str(self.root / self.rel[position].decode())
+
+    def open(self, position: int) -> Image.Image:
+        return Image.open(self.name(position))
 
     def fingerprint(self, positions: np.ndarray | None = None) -> str:
         """SHA-256 over ``relative path|class|bytes`` lines of the files at ``positions`` (all: None)."""
