@@ -39,7 +39,7 @@ from .typed import from_dict, merge, nest, read_yaml_mapping, to_dict, valid_key
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "fashion-mnist"  # registry name: fashion-mnist | digits | imagefolder:PATH
+    dataset: str = "fashion-mnist"  # registry name: fashion-mnist | digits | imagefolder:PATH | manifest: | hf: | wds:
     data_dir: str | None = None  # where to look for dataset files first
     image_size: int | None = None  # side of crops and evaluation views, pixels (None: the dataset's own)
     train_subset: int | None = None  # train on a fixed, seeded subset of this many images

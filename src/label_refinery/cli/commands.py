@@ -18,9 +18,11 @@ import sys
 from typing import Sequence
 
 from ..errors import UserError, brief
+from .datacmd import add_index, cmd_index
 from .examples import EXAMPLES
 from .flags import BAKE_KEYS, CHAIN_FLAGS, TRAIN_FLAGS, add_flags
 from .flags import positive_int as _positive_int
+from .studycmd import cmd_experiment
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(train, TRAIN_FLAGS)
     _add_bake_and_evaluate(sub, fmt)
     _add_label_tools(sub, fmt)
+    add_index(sub, fmt)
     chain.add_argument("--report", action="store_true", help="at the end, run `analyze` and `report` on the chain")
     return parser
 
@@ -320,37 +323,6 @@ def cmd_verify(args) -> None:
     print(f"{verify_paths(args.paths)} artefact(s) checked, none failed")
 
 
-def _chosen_arms(exp, patterns: list[str]) -> list[str]:
-    """Arm names or shell patterns (``'strong-*'``), in the file's order; one matching nothing is refused."""
-    import fnmatch
-
-    for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(a.name, pattern) for a in exp.arms):
-            exp.arm(pattern)  # fails with the list of arms
-    return [a.name for a in exp.arms if any(fnmatch.fnmatchcase(a.name, p) for p in patterns)]
-
-
-def cmd_experiment(args) -> None:
-    from ..study.run import run_experiment
-    from ..study.spec import load_experiment
-    from ..study.tables import write_results
-
-    exp = load_experiment(args.file, args.out)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.table:
-        print(write_results(exp))
-        return
-    unknown = sorted(set(args.seeds or []) - set(exp.seeds))
-    if unknown:
-        raise UserError(f"seed {unknown[0]} is not in the experiment's seeds {list(exp.seeds)}")
-    order = _chosen_arms(exp, args.arms) if args.arms else None
-    print(run_experiment(exp, seeds=args.seeds, arms=order, progress=_progress(args)))
-    print(f"results: {exp.out}/results.md")
-
-
 COMMANDS = {
     "chain": cmd_chain,
     "train": cmd_train,
@@ -363,6 +335,7 @@ COMMANDS = {
     "report": cmd_report,
     "verify": cmd_verify,
     "experiment": cmd_experiment,
+    "index": cmd_index,
 }
 
 

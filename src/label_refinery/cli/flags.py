@@ -9,7 +9,7 @@ import argparse
 # (flags, dotted config key, argparse options); one row a line, so the table reads as a table
 # fmt: off
 TRAIN_FLAGS = [
-    (["--dataset"], "data.dataset", dict(help="fashion-mnist, fashion-scenes, fashion-pairs (100 classes), digits, or imagefolder:PATH")),
+    (["--dataset"], "data.dataset", dict(help="fashion-mnist, fashion-scenes, fashion-pairs (100 classes), digits, imagefolder:ROOT, manifest:FILE.csv, hf:PATH_OR_NAME or wds:INDEX.json (docs/data.md)")),
     (["--data-dir"], "data.data_dir", dict(help="folder to look for dataset files first")),
     (["--image-size"], "data.image_size", dict(type=int, help="side of crops and evaluation views, pixels")),
     (["--train-subset"], "data.train_subset", dict(type=int, help="train on a fixed subset of this many images")),
