@@ -4,6 +4,8 @@ images in memory, and our decode-bound loader against torchvision's reference.
     python bench/loader.py small        # 6,000 Fashion-MNIST PNGs at 28 px: folder vs memory, cnn-small
     python bench/loader.py jpeg         # 2,000 256-px JPEGs cut to 112-px crops: ours (K = 1, 4) vs torchvision
     python bench/loader.py jpeg --size 32   # the same JPEGs, 32-px crops: a model fast enough to wait for the loader
+    python bench/loader.py small --sources  # issue 26: the folder against its manifest, shards and HF dataset
+    python bench/loader.py jpeg --sources
 
 ``small``: the same PNGs decoded once into a uint8 tensor give the in-memory arm (same model, crops,
 batch size, seed); the folder arm reads them with ``--workers`` loader processes. ``jpeg``: images
@@ -13,6 +15,10 @@ crop per decoded image, (c) four crops per decoded image (``data.crops_per_image
 (images/s delivered) and a ground-truth training epoch of ``cnn-small``. Arms alternate in
 ``--repeats`` rounds (side by side, in one run); the table gives medians and ratios. Folders are
 built once under ``--root``.
+
+``--sources`` (issue 26): the same folder as a CSV manifest, WebDataset shards (1,000 samples each,
+``label-refinery index``) and a saved Hugging Face dataset (the files' bytes in Arrow), each read by
+the same loader with the same crops; arms are the folder and each source, loader only and training.
 """
 
 from __future__ import annotations
@@ -54,6 +60,30 @@ def make_folder(root: Path, kind: str, n: int) -> Path:
             Image.fromarray(canvas.astype(np.uint8)).save(d / f"{i:06d}.jpg", quality=90)
     (out / ".done").touch()
     return out
+
+
+def make_sources(root: Path, folder: Path) -> dict[str, str]:
+    """The folder as a manifest, shards and a Hugging Face dataset beside it (built once)."""
+    import datasets
+
+    from label_refinery.cli import main as cli
+
+    out = root / f"{folder.name}-sources"
+    names = {"manifest": f"manifest:{out / 'images.csv'}", "wds": f"wds:{out / 'shards' / 'train.json'}",
+             "hf": f"hf:{out / 'hf'}"}  # fmt: skip
+    if (out / ".done").is_file():
+        return names
+    out.mkdir(parents=True, exist_ok=True)
+    assert cli(["index", f"imagefolder:{folder}", "--manifest", str(out / "images.csv"), "--force"]) == 0
+    assert cli(["index", f"imagefolder:{folder}", "--shards", str(out / "shards"), "--force", "--no-progress"]) == 0
+    ds = load_dataset(f"imagefolder:{folder}")
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=ds.classes)})
+    tables = {name: datasets.Dataset.from_dict(
+        {"image": [{"bytes": Path(split.path(i)).read_bytes(), "path": None} for i in range(len(split))],
+         "label": split.targets.tolist()}, features=feats) for name, split in (("train", ds.train), ("test", ds.test))}  # fmt: skip
+    datasets.DatasetDict(tables).save_to_disk(str(out / "hf"))
+    (out / ".done").touch()
+    return names
 
 
 def in_memory(split) -> TensorSplit:
@@ -112,6 +142,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="crop side [small: 28, jpeg: 112]")
     ap.add_argument("--steps", type=int, default=30, help="batches timed per arm and round")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sources", action="store_true", help="the folder against its manifest, shards and HF dataset")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     n = a.images or (6000 if a.case == "small" else 2000)
@@ -123,7 +154,15 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sampler = CropSampler(0, (0.25, 1.0))
     arms: dict[str, callable] = {}
-    if a.case == "small":
+    if a.sources:
+        splits = {"folder": ds.train}
+        for name, spec in make_sources(Path(a.root), root).items():
+            splits[name] = load_dataset(spec, image_size=size, workers=a.workers).train
+        for train in (False, True):
+            what = "train" if train else "loader only"
+            for name, split in splits.items():
+                arms[f"{name}, {what}"] = lambda e, s=split, t=train: epoch_rate(s, model, opt, a.batch, sampler, e, a.steps, t)
+    elif a.case == "small":
         mem = in_memory(ds.train)
         arms["memory, train"] = lambda e: epoch_rate(mem, model, opt, a.batch, sampler, e, a.steps, True)
         arms["folder, train"] = lambda e: epoch_rate(ds.train, model, opt, a.batch, sampler, e, a.steps, True)
@@ -142,9 +181,9 @@ def main() -> None:
     print(f"python {' '.join(sys.argv)}\n")
     print(f"{a.case}: {n} images, {size}-px crops, batch {a.batch}, {a.workers} workers, {a.threads} threads, "
           f"median of {a.repeats} rounds x {a.steps} batches\n")  # fmt: skip
-    first = next(iter(arms))
-    print(f"| arm | img/s | vs {first} |\n|---|---:|---:|")
+    print("| arm | img/s | vs the first arm of its kind |\n|---|---:|---:|")
     for k, v in rates.items():
+        first = next(f for f in rates if f.split(", ")[-1] == k.split(", ")[-1])  # loader only / train
         print(f"| {k} | {statistics.median(v):,.0f} | {statistics.median(v) / statistics.median(rates[first]):.2f} |")
 
 

@@ -117,6 +117,34 @@ def test_chain_on_shards_trains_like_the_folder_and_audits(folder, sources, tmp_
     assert len(rows) == 30 and all(r["path"].startswith("train-") and ".tar:" in r["path"] for r in rows)
     page = (tmp_path / "wds" / "audit" / "audit.html").read_text()
     assert page.count("data:image/png;base64") >= 30  # each row shows its image, read from the shards
+    check_exports(tmp_path / "wds", sources["wds"])
+
+
+def check_exports(run: Path, data: str) -> None:
+    """Refined labels as a Hugging Face dataset, the label store as Parquet and as a dataset: what
+    another team loads, with the crops replayable from the table's metadata."""
+    import pyarrow.parquet as pq
+
+    assert main(["export", str(run), "--format", "hf", "--out", str(run / "hf-labels"), "--no-progress"]) == 0
+    refined = datasets.load_from_disk(str(run / "hf-labels"))
+    assert len(refined) == 30 and refined.features["given"].names == CLASSES
+    assert refined.features["class_1"].names == CLASSES and all(0.0 <= p <= 1.0 for p in refined["prob_1"])
+    assert main(["export", str(run), "--format", "hf", "--out", str(run / "hf-labels"), "--no-progress"]) == 2  # exists
+    assert main(["export", str(run / "gen2" / "labels"), "--out", str(run / "store.parquet")]) == 0
+    table = pq.read_table(run / "store.parquet")
+    meta = json.loads(table.schema.metadata[b"label_refinery"])
+    rows = table.to_pydict()
+    assert len(rows["epoch"]) == 2 * 30 and set(rows["epoch"]) == {0, 1} and meta["images"] == 30
+    assert all(abs(sum(p) - 1) < 0.01 and len(c) == meta["top_k"] for c, p in zip(rows["classes"], rows["probs"]))
+    ds = load_dataset(data, image_size=S, train_subset=30, val_split=12)
+    sampler = CropSampler(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["sampler"].items()})
+    h, w = ds.train.image_sizes()
+    at = {int(i): n for n, i in enumerate(ds.train.ids.tolist())}
+    batch = next(ds.train.iter_batches(8, epoch=1, crops=sampler, order_seed=0))
+    for i, crop in zip(batch.indices.tolist(), batch.crops.tolist()):
+        assert list(sampler.sample(i, 1, int(h[at[i]]), int(w[at[i]]))) == crop  # a row's crop, replayed
+    assert main(["export", str(run / "gen2" / "labels"), "--format", "hf", "--out", str(run / "store-hf")]) == 0
+    assert len(datasets.load_from_disk(str(run / "store-hf"))) == 60
 
 
 def test_a_folder_saved_by_datasets_own_imagefolder_loader_trains(folder, tmp_path):

@@ -110,10 +110,10 @@ def _add_label_tools(sub, fmt) -> None:
     rl.add_argument("--flags", nargs="+", default=["wrong"], choices=["wrong", "ambiguous", "incomplete", "uncertain"], help="which flags --top takes [default: wrong]")
     rl.add_argument("--out", required=True, help="the override file to write (then: train/chain --label-overrides FILE)")
     rl.add_argument("--force", action="store_true", help="replace --out if it exists (it may hold fixes edited by hand)")
-    ex = sub.add_parser("export", help="refined labels per training image as csv, npz or parquet", epilog=EXAMPLES["export"], formatter_class=fmt)
-    ex.add_argument("run", help="chain folder or one generation's folder")
-    ex.add_argument("--format", choices=["csv", "npz", "parquet"], default="csv", dest="fmt",
-                    help="csv/parquet: top-k per image; npz: also the full [N, C] matrix [default: csv]")
+    ex = sub.add_parser("export", help="refined labels per training image (csv, npz, parquet, hf), or a label store as a table", epilog=EXAMPLES["export"], formatter_class=fmt)
+    ex.add_argument("run", help="chain folder, one generation's folder, or a label store (then parquet or hf)")
+    ex.add_argument("--format", choices=["csv", "npz", "parquet", "hf"], default=None, dest="fmt",
+                    help="csv/parquet: top-k per image; npz: also the full [N, C] matrix; hf: a Hugging Face dataset folder [default: csv; a store: parquet]")
     ex.add_argument("--generation", type=_positive_int, help="whose labels [default: the last]")
     ex.add_argument("--top-k", type=_positive_int, default=5, help="classes per image [default: 5]")
     ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
@@ -297,7 +297,10 @@ def cmd_export(args) -> None:
     from ..tools.export import export_run
     from ..training.setup import resolve_device
 
-    out = args.out or f"{args.run}/refined-labels.{args.fmt}"
+    store = os.path.isfile(os.path.join(args.run, "probs.npy"))
+    args.fmt = args.fmt or ("parquet" if store else "csv")
+    name = "refined-labels" + ("-hf" if args.fmt == "hf" else f".{args.fmt}")
+    out = args.out or (f"{args.run.rstrip('/')}-{name}" if store else f"{args.run}/{name}")
     export_run(
         args.run,
         out,

@@ -67,7 +67,9 @@ EXAMPLES = {
   An existing --out file (perhaps fixes edited by hand) is replaced only with --force.""",
     "export": """examples:
   label-refinery export runs/fmnist --format npz       # ids, targets, probs [N, C] (cleanlab's pred_probs), top-k
-  label-refinery export runs/fmnist --format csv --generation 2 --top-k 3""",
+  label-refinery export runs/fmnist --format csv --generation 2 --top-k 3
+  label-refinery export runs/fmnist --format hf --out fmnist-refined   # datasets.load_from_disk("fmnist-refined")
+  label-refinery export runs/g1-store --format parquet                  # a label store: one row per (epoch, image)""",
     "report": """examples:
   label-refinery report runs/fmnist                    # report.md, report.html, figures/ (run `analyze` first for label plots)""",
     "experiment": """examples:

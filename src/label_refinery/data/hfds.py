@@ -39,35 +39,66 @@ class HFSource(TableSource):
         self.base_digest = digest("hf", split._fingerprint, targets)
         self._column = None
 
-    def _cell(self, position: int) -> dict:
+    def _chunks(self) -> tuple[np.ndarray, list]:
+        """Where each chunk of the image column starts, and per chunk its bytes' offsets, data buffer
+        and paths array: an image's bytes are a slice of the memory-mapped file, no Python objects
+        per row (a struct scalar per image cost more than its PNG decode)."""
         if self._column is None:
-            self._column = self.table.column(self.image)
-        cell = self._column[int(position)].as_py()
-        if not isinstance(cell, dict) or not (cell.get("bytes") or cell.get("path")):
+            column = self.table.column(self.image)
+            starts, parts = [0], []
+            for chunk in column.chunks:
+                data, paths = chunk.flatten()  # struct<bytes, path>, the struct's own offset applied
+                wide = pa_large(data.type)
+                offsets = np.frombuffer(data.buffers()[1], dtype=np.int64 if wide else np.int32)
+                valid = np.asarray(data.is_valid()) if data.null_count else None
+                parts.append((offsets[data.offset : data.offset + len(data) + 1], data.buffers()[2], valid, paths))
+                starts.append(starts[-1] + len(chunk))
+            self._column = (np.array(starts), parts)
+        return self._column
+
+    def _cell(self, position: int) -> tuple[bytes | None, str | None]:
+        starts, parts = self._chunks()
+        c = int(np.searchsorted(starts, position, side="right")) - 1
+        offsets, buffer, valid, paths = parts[c]
+        i = int(position) - int(starts[c])
+        if valid is None or valid[i]:
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            if hi > lo:
+                return memoryview(buffer)[lo:hi].tobytes(), None
+        path = paths[i].as_py()
+        if not path:
             raise UserError(f"{self.name(position)}: the image column holds no image here")
-        return cell
+        return None, path
 
     def name(self, position: int) -> str:
         return f"{self.where}[{int(position)}]"
 
     def open(self, position: int) -> Image.Image:
-        cell = self._cell(position)
-        return Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"])
+        data, path = self._cell(position)
+        return Image.open(io.BytesIO(data) if data is not None else path)
 
     def image_sizes(self) -> np.ndarray:
         def read():
             out = []
             for p in range(len(self)):
-                cell = self._cell(p)
-                out.append(header_size(cell.get("bytes") or cell["path"], self.name(p)))
+                data, path = self._cell(p)
+                out.append(header_size(data if data is not None else path, self.name(p)))
             return out
 
         if getattr(self, "sizes", None) is None:
             self.sizes = cached_sizes(self.base_digest, len(self), read)
         return self.sizes
 
-    def __getstate__(self):  # the table travels by its file names; a column's buffers do not
+    def __getstate__(self):  # the table travels by its file names; the column's buffers do not
         return {**self.__dict__, "_column": None}
+
+
+def pa_large(kind) -> bool:
+    import pyarrow as pa
+
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        raise UserError(f"hf: an image column of bytes is expected, got {kind}")
+    return pa.types.is_large_binary(kind)
 
 
 def _options(arg: str) -> tuple[str, dict]:
