@@ -202,8 +202,9 @@ def _rewrite_member(tar_path: Path, edit) -> None:
 def test_shards_key_not_in_shard_and_undecodable_image(sources, tmp_path, capsys):
     out = _copy_shards(sources, tmp_path)
     side = dict(np.load(out / "train.sizes.npz"))
-    key = str(side["keys"][0])
-    side["keys"][0] = "elsewhere"  # the index names a sample the shard does not hold there
+    key = side["keys"][0].decode()
+    side["keys"] = side["keys"].astype("S16")
+    side["keys"][0] = b"elsewhere"  # the index names a sample the shard does not hold there
     np.savez(out / "train.sizes.npz", **side)
     ds = load_dataset(f"wds:{out / 'train.json'}", image_size=S)
     with pytest.raises(UserError, match=rf"train-000000.tar: sample 0 is '{key}', the index says 'elsewhere'"):
@@ -260,3 +261,17 @@ def test_hf_errors(sources, tmp_path, monkeypatch):
     datasets.Dataset.from_dict({"x": [1]}).save_to_disk(str(one))
     with pytest.raises(UserError, match="holds one split"):
         load_dataset(f"hf:{one}")
+
+
+def test_two_processes_bake_the_one_process_store_from_shards(sources, tmp_path):
+    """Under torchrun each process reads its share of the shards' batches; the baked arrays are the
+    bytes one process writes."""
+    from tests.harness import assert_same_arrays, run
+
+    data = ["--dataset", sources["wds"], "--image-size", str(S), "--device", "cpu", "--no-progress"]
+    run("train", *data, "--model", "cnn-small", "--epochs", "1", "--batch-size", "8", "--out", tmp_path / "g1")
+    bake = ["bake", *data, "--refinery", tmp_path / "g1", "--epochs", "2", "--batch-size", "8", "--top-k", "3"]
+    run(*bake, "--out", tmp_path / "one")
+    run(*bake, "--out", tmp_path / "two", nproc=2)
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+    assert_same_arrays(tmp_path / "one", tmp_path / "two", ["ids", "indices", "probs"], byte_for_byte=True)

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import UserError
 from ..files import atomic_write, write_json
 from .base import ImageDataset
-from .shards import HINT, VERSION, sidecar_of
+from .shards import HINT, write_sidecar
 
 
 def _file_splits(ds: ImageDataset) -> dict:
@@ -92,12 +92,8 @@ def write_shards(ds: ImageDataset, out: Path, shard_size: int = 1000, progress=N
             nbytes.append(tar.stat().st_size)
         index = out / f"{name}.json"
         write_json(index, {"wids_version": 1, "name": f"{ds.name}:{name}", "shardlist": shardlist})
-        buf = io.BytesIO()
-        np.savez(buf, version=np.array(VERSION), keys=np.array([k for k, _ in keys], dtype=str),
-                 labels=np.array([str(int(t)) for t in split.targets.tolist()], dtype=str),
-                 sizes=np.stack([h, w], axis=1).astype(np.int64), kinds=np.array([k for _, k in keys], dtype=str),
-                 nbytes=np.array(nbytes, dtype=np.int64))  # fmt: skip
-        atomic_write(sidecar_of(index), buf.getvalue())
+        write_sidecar(index, [k for k, _ in keys], [str(int(t)) for t in split.targets.tolist()],
+                      np.stack([h, w], axis=1), [k for _, k in keys], nbytes)  # fmt: skip
         indexes.append(index)
     return indexes
 

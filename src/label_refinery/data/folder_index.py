@@ -54,7 +54,7 @@ class FolderIndex:
         return len(self.rel)
 
     def name(self, position: int) -> str:
-        return str(self.root / self.rel[position].decode())
+        return f"{self.root}/{self.rel[position].decode()}"  # not Path's /: called per image
 
     def open(self, position: int) -> Image.Image:
         return Image.open(self.name(position))
