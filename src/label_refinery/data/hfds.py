@@ -142,7 +142,7 @@ def _columns(split, opts: dict, where: str) -> tuple[str, str]:
             raise UserError(f"{where}: no {what} column {brief(col) if col else 'found'} (its columns: "
                             f"{brief(list(feats))}); name it with hf:PATH,{what}=COLUMN")  # fmt: skip
     if not isinstance(feats[image], datasets.Image):
-        raise UserError(f"{where}: column {image!r} is not an Image feature ({feats[image]})")
+        raise UserError(f"{where}: column {brief(image)} is not an Image feature ({brief(feats[image])})")
     return image, label
 
 
