@@ -24,8 +24,7 @@ from PIL import Image
 
 from ..errors import UserError, brief
 from .base import ImageDataset
-from .decoded import IMAGENET_MEAN, IMAGENET_STD, DecodedSplit
-from .sources import TableSource, cached_sizes, class_ids, digest, header_size, pick_splits
+from .sources import TableSource, cached_sizes, class_ids, digest, header_size, table_dataset
 
 HINT = "pip install 'label-refinery[hf]' (the datasets library)"
 
@@ -161,12 +160,7 @@ def load(arg: str, image_size: int | None = None, workers: int = 0) -> ImageData
         splits[s], labels[s] = (split, image), y
     classes, targets = class_ids([labels[s] for s in splits], names, f"hf {name}")
     sources = {s: HFSource(f"{name}:{s}", split, image, classes, t) for (s, (split, image)), t in zip(splits.items(), targets)}
-    train, test, val = pick_splits(sources, f"hf {name}")
-    size = image_size or 224
-    ds = ImageDataset(f"hf:{name}", classes, 3, size, IMAGENET_MEAN, IMAGENET_STD,
-                      DecodedSplit(train, size, workers), DecodedSplit(test, size, workers))  # fmt: skip
-    ds.val = DecodedSplit(val, size, workers) if val is not None else None
-    return ds
+    return table_dataset(f"hf:{name}", classes, sources, image_size, workers)
 
 
 __all__ = ["HFSource", "load"]

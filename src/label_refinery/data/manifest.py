@@ -25,16 +25,15 @@ from PIL import Image
 from ..errors import UserError, brief
 from ..files import read_csv
 from .base import ImageDataset
-from .decoded import IMAGENET_MEAN, IMAGENET_STD, DecodedSplit, check_classes
 from .sources import (
     TableSource,
     cached_sizes,
     class_ids,
     digest,
     header_size,
-    pick_splits,
     read_class_list,
     sibling_splits,
+    table_dataset,
 )
 
 COLUMNS = ("path", "label")
@@ -131,13 +130,7 @@ def load(arg: str, image_size: int | None = None, workers: int = 0) -> ImageData
     names = list(splits)
     classes, targets = class_ids([splits[s]["label"] for s in names], read_class_list(path.parent), f"manifest {path}")
     sources = {s: ManifestSource(f"{path}:{s}", splits[s], classes, t) for s, t in zip(names, targets)}
-    train, test, val = pick_splits(sources, f"manifest {path}")
-    check_classes(f"manifest {path}", train, test)
-    size = image_size or 224
-    ds = ImageDataset(f"manifest:{path}", classes, 3, size, IMAGENET_MEAN, IMAGENET_STD,
-                      DecodedSplit(train, size, workers), DecodedSplit(test, size, workers))  # fmt: skip
-    ds.val = DecodedSplit(val, size, workers) if val is not None else None
-    return ds
+    return table_dataset(f"manifest:{path}", classes, sources, image_size, workers)
 
 
 __all__ = ["ManifestSource", "load"]

@@ -31,8 +31,15 @@ from PIL import Image
 from ..errors import UserError, brief
 from ..files import atomic_write, read_json
 from .base import ImageDataset
-from .decoded import IMAGENET_MEAN, IMAGENET_STD, DecodedSplit
-from .sources import TableSource, class_ids, digest, header_size, pick_splits, read_class_list, sibling_splits
+from .sources import (
+    TableSource,
+    class_ids,
+    digest,
+    header_size,
+    read_class_list,
+    sibling_splits,
+    table_dataset,
+)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "pbm", "tif", "tiff", "gif")
 HINT = "pip install 'label-refinery[wds]' (webdataset and wids)"
@@ -210,12 +217,7 @@ def load(arg: str, image_size: int | None = None, workers: int = 0) -> ImageData
     labels = [[v.decode() for v in found[s]["labels"].tolist()] for s in names]
     classes, targets = class_ids(labels, read_class_list(index.parent), f"wds {index}")
     sources = {s: ShardSource(f"{index}:{s}", found[s], classes, t) for s, t in zip(names, targets)}
-    train, test, val = pick_splits(sources, f"wds {index}")
-    size = image_size or 224
-    ds = ImageDataset(f"wds:{index}", classes, 3, size, IMAGENET_MEAN, IMAGENET_STD,
-                      DecodedSplit(train, size, workers), DecodedSplit(test, size, workers))  # fmt: skip
-    ds.val = DecodedSplit(val, size, workers) if val is not None else None
-    return ds
+    return table_dataset(f"wds:{index}", classes, sources, image_size, workers)
 
 
 __all__ = ["ShardSource", "build_sidecar", "load", "read_index", "read_sidecar", "sidecar_of", "write_sidecar"]

@@ -147,6 +147,20 @@ def digest(*parts) -> str:
     return h.hexdigest()
 
 
+def table_dataset(name: str, classes: list[str], splits: dict, image_size: int | None, workers: int):
+    """The :class:`ImageDataset` of a table-like source: its splits as :func:`pick_splits` maps them,
+    each decoded by the shared loader (3 channels, ImageNet mean/std, 224 px unless given)."""
+    from .base import ImageDataset
+    from .decoded import IMAGENET_MEAN, IMAGENET_STD, DecodedSplit
+
+    train, test, val = pick_splits(splits, name)
+    size = image_size or 224
+    ds = ImageDataset(name, classes, 3, size, IMAGENET_MEAN, IMAGENET_STD,
+                      DecodedSplit(train, size, workers), DecodedSplit(test, size, workers))  # fmt: skip
+    ds.val = DecodedSplit(val, size, workers) if val is not None else None
+    return ds
+
+
 class TableSource:
     """Shared parts of a source whose rows are held in arrays: targets, fingerprints of subsets."""
 
@@ -164,4 +178,4 @@ class TableSource:
         return digest(self.base_digest, np.asarray(positions, dtype=np.int64))
 
 
-__all__ = ["TableSource", "cached_sizes", "class_ids", "digest", "header_size", "pick_splits", "read_class_list", "sibling_splits"]
+__all__ = ["TableSource", "cached_sizes", "class_ids", "digest", "header_size", "pick_splits", "read_class_list", "sibling_splits", "table_dataset"]
