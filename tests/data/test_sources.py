@@ -150,8 +150,9 @@ def check_exports(run: Path, data: str) -> None:
 def test_a_folder_saved_by_datasets_own_imagefolder_loader_trains(folder, tmp_path):
     """The documented conversion for Hugging Face users: datasets' imagefolder builder (offline)."""
     saved = tmp_path / "hf-own"
-    train = datasets.load_dataset("imagefolder", data_dir=str(folder / "train"), split="train")
-    test = datasets.load_dataset("imagefolder", data_dir=str(folder / "val"), split="train")
+    cache = str(tmp_path / "hf-cache")  # not the user's ~/.cache/huggingface
+    train = datasets.load_dataset("imagefolder", data_dir=str(folder / "train"), split="train", cache_dir=cache)
+    test = datasets.load_dataset("imagefolder", data_dir=str(folder / "val"), split="train", cache_dir=cache)
     datasets.DatasetDict(train=train, test=test).save_to_disk(str(saved))
     ds = load_dataset(f"hf:{saved}", image_size=S)
     assert ds.classes == CLASSES and len(ds.train) == 54 and ds.val is None
