@@ -71,7 +71,27 @@ def study(subset: int, tune: dict, choice: dict) -> dict:
     arms += [arm(f"gt-{key}", student, choice["gt"]) for key, student in STUDENTS.items()]
     arms += [arm(f"strong-{key}", student, choice["strong"], "refinery/gen1", 1, "strong") for key, student in STUDENTS.items()]
     arms += [arm(f"self-{key}", student, choice["self"], f"gt-{key}/gen1", 1) for key, student in STUDENTS.items()]
+    arms += other_refineries(choice)
     return {"out": f"runs/table/pairs-s{subset}", "seeds": [1, 2, 3], "analyze": False, "base": base, "arms": arms}
+
+
+FOLDS = 3  # the cross-fitted refinery's fold models
+
+
+def other_refineries(choice: dict) -> list[dict]:
+    """More refineries for the headline student (after the table's arms, so the table runs first):
+    `mid-cnn`, refined by `vgg-small:width=16` on ground truth (`gt-vgg`, ~5x cheaper to train than the
+    strong refinery: what a 6-minute demo can afford), and `xfit-cnn`, refined by a cross-fitted
+    strong refinery (`fold-K`: the strong recipe trained without fold K of FOLDS; each training image
+    labelled by the fold model that never saw it; live labels, as cross-fitting requires)."""
+    arms = [arm("mid-cnn", "cnn-small", choice["strong"], "gt-vgg/gen1", 1)]
+    for k in range(FOLDS):
+        fold = {**choice["refinery"], "data": {**choice["refinery"].get("data", {}), "holdout_fold": [k, FOLDS]}}
+        arms.append({"name": f"fold-{k}", "seed_offset": 2, "set": {**fold, "chain": {"generations": 1}}})
+    xfit = arm("xfit-cnn", "cnn-small", choice["strong"], seed_offset=1)
+    xfit["refinery"] = [f"fold-{k}/gen1" for k in range(FOLDS)]
+    xfit["set"]["refinery"] = {"cross_fit": True}
+    return arms + [xfit]
 
 
 CURVE = (1000, 3000, 10000)  # training images of the second task's learning curve
