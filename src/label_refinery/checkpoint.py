@@ -38,7 +38,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import UserError, brief
-from .files import atomic_write, read_json, sha256_bytes, sha256_file, write_json
+from .files import atomic_write, read_json, sha256_bytes, write_json
 
 FORMAT = "label-refinery-checkpoint/1"
 META_KEY = "label_refinery"
@@ -213,15 +213,6 @@ def resolve(path: str | Path) -> Path:
 def ensemble_sha256(member_shas: list[str]) -> str:
     """The identity of a refinery ensemble: a SHA-256 over its members' SHA-256s, in order."""
     return sha256_bytes(("ensemble:" + ",".join(member_shas)).encode())
-
-
-def refinery_sha256(refinery: str | tuple[str, ...] | list[str]) -> str:
-    """SHA-256 of the refinery a config names: its weights file, or for several checkpoints (an
-    ensemble) :func:`ensemble_sha256` of theirs. Recorded in a run's state and meta.json."""
-    if isinstance(refinery, (str, Path)):
-        return sha256_file(resolve(refinery))
-    shas = [sha256_file(resolve(p)) for p in refinery]
-    return shas[0] if len(shas) == 1 else ensemble_sha256(shas)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -84,6 +84,13 @@ class RefineryConfig:
     # path lists K fold models (data.holdout_fold k of K): each image labelled by the one that never
     # trained on it (labels/crossfit.py); otherwise several paths are an ensemble
     cross_fit: bool = False
+    # a library model as the refinery (path timm:NAME, torchvision:NAME or hf-hub:ORG/NAME; labels/external.py):
+    weights: str | None = None  # its weights file (.safetensors or a weights-only .pth) instead of the library's
+    classes: str | None = None  # dataset class per refinery output (text, a line per output) or JSON {class: index}
+    image_size: int | None = None  # its view size, mean, std, interpolation: None = the library's own
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,9 @@ class Config:
     jitter: JitterConfig = field(default_factory=JitterConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
+
+
+EXTERNAL = ("timm:", "torchvision:", "hf-hub:")  # a library's model as the refinery (labels/external.py)
 
 
 def refinery_paths(cfg: Config) -> tuple[str, ...]:
@@ -322,6 +332,7 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
         not (ref.bn_train and (lab.source != "live" or lab.store)),
         "refinery.bn_train needs a live refinery (labels.source=live, no labels.store)",
     )
+    _validate_external(ref, paths)
     _check(
         not ref.cross_fit or (len(paths) >= 2 and lab.source == "live" and not lab.store and not j.enabled),
         "refinery.cross_fit needs two or more fold models (--refinery FOLD1 --refinery FOLD2 ...) labelling live "
@@ -351,6 +362,28 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
     _check(
         not ch.models or len(ch.models) == ch.generations,
         f"chain.models names {len(ch.models)} architectures for {ch.generations} generations; name one per generation or none",
+    )
+
+
+def _validate_external(ref: RefineryConfig, paths: tuple[str, ...]) -> None:
+    """The settings of a library model as the refinery (labels/external.py) go with one."""
+    external = [p for p in paths if isinstance(p, str) and p.startswith(EXTERNAL)]
+    own = ("weights", "classes", "image_size", "mean", "std", "interpolation")
+    given = [k for k in own if getattr(ref, k) is not None]
+    _check(
+        not given or external,
+        f"refinery.{given[0] if given else ''} describes a library model as the refinery: give --refinery timm:NAME, "
+        "torchvision:NAME or hf-hub:ORG/NAME with it",
+    )
+    _check(
+        not (ref.weights and len(external) > 1),
+        "refinery.weights is ambiguous with several library models in the ensemble: give each its own, "
+        "--refinery timm:NAME,weights=FILE",
+    )
+    _check(not (ref.cross_fit and external), "refinery.cross_fit combines fold models trained here, not library models")
+    _check(ref.image_size is None or ref.image_size >= 8, f"refinery.image_size must be >= 8, got {ref.image_size}")
+    _check(
+        ref.std is None or all(s > 0 for s in ref.std), f"refinery.std must be > 0 in every channel, got {ref.std}"
     )
 
 

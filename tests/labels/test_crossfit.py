@@ -41,6 +41,10 @@ def test_cross_fit_labels_each_image_with_the_model_that_held_it_out(tmp_path):
                             tmp_path / "student", log=lambda _: None)  # fmt: skip
     assert meta["labels"]["cross_fit"] and len(meta["labels"]["members"]) == 2
     assert json.loads((tmp_path / "student" / "meta.json").read_text())["config"]["refinery"]["cross_fit"]
+    # the same run again is finished, not refused (its refinery's identity is the cross-fit's, not an ensemble's)
+    again = train_generation(load_config(overrides={**base, "refinery.path": paths, "refinery.cross_fit": True}),
+                             tmp_path / "student", log=lambda _: None)  # fmt: skip
+    assert again["labels"]["sha256"] == meta["labels"]["sha256"]
 
 
 def test_cross_fit_refuses_models_of_other_images_or_without_folds(tmp_path):

@@ -27,8 +27,12 @@ TRAIN_FLAGS = [
                                           "resnet18|34|50, xnor-resnet50, vgg16|19, darknet19 (add :small=true for 28-64 px "
                                           "inputs); timm:NAME, torchvision:NAME")),
     (["--pretrained"], "pretrained", dict(help="'hub' or a local weights file (timm/torchvision models)")),
-    (["--refinery"], "refinery.path", dict(action="append", metavar="CKPT", help="checkpoint (generation folder or model.safetensors) that labels the crops; "
-                                          "repeat for an ensemble averaged in probability (--refinery A --refinery B)")),
+    (["--refinery"], "refinery.path", dict(action="append", metavar="CKPT", help="checkpoint (generation folder or model.safetensors) that labels the crops, "
+                                          "or a library's model: timm:NAME, torchvision:NAME, hf-hub:ORG/NAME (its pretrained weights, its own input size and "
+                                          "normalisation); repeat for an ensemble averaged in probability (--refinery A --refinery B)")),
+    (["--refinery-weights"], "refinery.weights", dict(metavar="FILE", help="weights of a timm:/torchvision: refinery trained elsewhere (.safetensors, or a .pth of tensors only)")),
+    (["--refinery-classes"], "refinery.classes", dict(metavar="FILE", help="dataset class of each refinery output: a line per output in its order ('-': none), or JSON "
+                                          "{class: index or [indices]}; default: by WNID or class name, else output i = class i")),
     (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1); "
                                           "default: 0 on ground truth, the refinery's seed + 1 with --refinery")),
     (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),

@@ -82,8 +82,19 @@ class LiveRefinery:
         self.num_classes = _num_outputs(model, provenance)
 
     @classmethod
-    def from_checkpoint(cls, path: str, device="cpu", channels_last: bool = False, **kwargs) -> "LiveRefinery":
+    def from_checkpoint(
+        cls, path: str, device="cpu", channels_last: bool = False, *, ds=None, options=None, log=None, **kwargs
+    ) -> "LiveRefinery":
+        """One of our checkpoints, or a library's model (``timm:NAME`` ...: :mod:`.external`, which needs
+        the dataset ``ds`` it labels and its :class:`~.external.Options`)."""
         from ..checkpoint import load_checkpoint
+        from .external import Options, is_external, member
+
+        if is_external(path):
+            if ds is None:
+                raise ValueError("a library model as the refinery needs the dataset it labels (ds=)")
+            model, prov = member(path, ds, options or Options(), device, channels_last, log)
+            return cls(model, provenance=prov, **kwargs)
 
         ckpt = load_checkpoint(path)
         model = ckpt.build_model(device)
@@ -104,7 +115,9 @@ class LiveRefinery:
         return cls(model, provenance=prov, **kwargs)
 
     @classmethod
-    def from_checkpoints(cls, paths, device="cpu", channels_last: bool = False, **kwargs) -> "LiveRefinery":
+    def from_checkpoints(
+        cls, paths, device="cpu", channels_last: bool = False, *, ds=None, options=None, log=None, **kwargs
+    ) -> "LiveRefinery":
         """One checkpoint, or several averaged in probability (a refinery ensemble).
 
         The ensemble's refined labels are ``softmax(log(mean_m softmax(f_m(x))) / T)``: at ``T = 1`` the
@@ -112,12 +125,13 @@ class LiveRefinery:
         must agree on what they see (classes, channels, view size, normalisation); its ``sha256`` is
         :func:`~label_refinery.checkpoint.ensemble_sha256` of theirs, ``path`` the list of members."""
         paths = [paths] if isinstance(paths, str) else list(paths)
+        where = dict(ds=ds, options=options, log=log)
         if len(paths) == 1:
-            return cls.from_checkpoint(paths[0], device, channels_last, **kwargs)
+            return cls.from_checkpoint(paths[0], device, channels_last, **where, **kwargs)
         from ..checkpoint import ensemble_sha256
         from ..models.ensemble import ProbabilityEnsemble
 
-        members = [cls.from_checkpoint(p, device, channels_last) for p in paths]
+        members = [cls.from_checkpoint(p, device, channels_last, **where) for p in paths]
         prov = members_provenance(members, "ensemble")
         prov["sha256"] = ensemble_sha256([m.provenance["sha256"] for m in members])
         return cls(ProbabilityEnsemble([m.model for m in members]), provenance=prov, **kwargs)
@@ -159,6 +173,24 @@ def members_provenance(members: list["LiveRefinery"], kind: str) -> dict:
         "dataset_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
         "members": [{k: m.provenance.get(k) for k in ("path", "sha256", "model", "generation")} for m in members],
     }
+
+
+def refinery_sha256(refinery) -> str | None:
+    """The SHA-256 a run records for the refinery a :class:`~label_refinery.config.RefineryConfig`
+    names (None: ground truth): a checkpoint's weights file, a library model's
+    :func:`~.external.identity`, and for several, :func:`~label_refinery.checkpoint.ensemble_sha256`
+    of theirs (prefixed ``cross-fit`` for fold models). Equal to the label source's ``sha256``."""
+    from ..checkpoint import ensemble_sha256, resolve
+    from ..files import sha256_file
+    from .external import Options, identity, is_external
+
+    paths = [refinery.path] if isinstance(refinery.path, str) else list(refinery.path or ())
+    if not paths:
+        return None
+    shas = [identity(p, Options.of(refinery)) if is_external(p) else sha256_file(resolve(p)) for p in paths]
+    if refinery.cross_fit:
+        return ensemble_sha256(["cross-fit"] + shas)
+    return shas[0] if len(shas) == 1 else ensemble_sha256(shas)
 
 
 def _num_outputs(model: nn.Module, provenance: dict | None) -> int:
@@ -204,4 +236,4 @@ def check_compatible(refinery: LiveRefinery, ds) -> None:
             )
 
 
-__all__ = ["GroundTruth", "LabelSource", "LiveRefinery", "check_compatible", "refine"]
+__all__ = ["GroundTruth", "LabelSource", "LiveRefinery", "check_compatible", "refine", "refinery_sha256"]

@@ -92,23 +92,33 @@ def _options(text: str, name: str) -> dict[str, str]:
     return out
 
 
-def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """Weights from a safetensors file or a PyTorch file, never unpickling arbitrary objects."""
+def load_state_dict_file(path: str, what: str = "pretrained weights file") -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file or a weights-only PyTorch file (``weights_only=True``: never
+    unpickling objects); a training script's ``{"state_dict"|"model": ...}`` wrapper and DDP's
+    ``module.`` prefix are taken off."""
     from pathlib import Path
 
-    if not Path(path).is_file():
-        raise UserError(f"pretrained weights file {path} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what} {brief(str(p))} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot load weights from {path} safely (weights_only=True): {err}") from err
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return state
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickle with objects, a truncated file, not a weights file
+        raise UserError(
+            f"{what} {p}: not a weights file this can read safely ({type(err).__name__}: {brief(str(err), 200)}); "
+            "give a .safetensors file or a .pth holding only tensors (torch.save(model.state_dict(), ...))"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{what} {p}: expected a mapping of parameter names to tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _torchvision(arch: str, in_chans: int, num_classes: int, pretrained: str | None) -> nn.Module:

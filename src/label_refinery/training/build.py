@@ -20,14 +20,14 @@ from typing import Callable
 import torch
 
 from .. import distributed
-from ..checkpoint import refinery_sha256
 from ..config import Config, refinery_paths, refinery_temperature
 from ..data import CropSampler, ImageDataset
 from ..data.mixing import Mix
 from ..errors import UserError
-from ..labels import GroundTruth, LiveRefinery, check_compatible
+from ..labels import GroundTruth, LiveRefinery, check_compatible, refinery_sha256
 from ..labels.bake import BakeSpec, bake
 from ..labels.crossfit import CrossFitRefinery
+from ..labels.external import Options
 from ..labels.store import StoredLabels
 from ..losses import make_loss
 from .engine import Step
@@ -57,7 +57,7 @@ def load_refinery(cfg: Config, ds: ImageDataset, device, fingerprint: str, log: 
     else:
         refinery = LiveRefinery.from_checkpoints(
             refinery_paths(cfg), device, cfg.channels_last, temperature=refinery_temperature(cfg),
-            bn_train=cfg.refinery.bn_train,
+            bn_train=cfg.refinery.bn_train, ds=ds, options=Options.of(cfg.refinery), log=log,
         )  # fmt: skip
     check_compatible(refinery, ds)
     theirs = refinery.provenance.get("dataset_fingerprint")
@@ -181,7 +181,7 @@ def build_label_source(
         )
 
     if lab.store and not (cfg.refinery.path and lab.source == "store"):
-        return open_store(lab.store, refinery_sha256(cfg.refinery.path) if cfg.refinery.path else None)
+        return open_store(lab.store, refinery_sha256(cfg.refinery))
     if is_ground_truth(cfg):
         if lab.source != "live":
             raise UserError(f"labels.source={lab.source} needs a refinery: pass --refinery CKPT (or --labels STORE)")

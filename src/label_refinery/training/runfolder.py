@@ -21,11 +21,12 @@ import torch
 import yaml
 
 from .._version import __version__
-from ..checkpoint import META, STATE, WEIGHTS, read_meta, refinery_sha256
+from ..checkpoint import META, STATE, WEIGHTS, read_meta
 from ..config import Config, upgrade
 from ..data import ImageDataset
 from ..errors import UserError
 from ..files import atomic_write, read_json, sha256_file
+from ..labels import refinery_sha256
 from ..models import count_parameters
 from ..typed import merge, to_dict
 
@@ -144,7 +145,7 @@ def metrics_upto(path: Path, last_epoch: int) -> list[dict]:
 def _current_refinery_sha(cfg: Config) -> str | None:
     """SHA-256 of the refinery this config names: its checkpoint, or the one a named store was baked by."""
     if cfg.refinery.path:
-        return refinery_sha256(cfg.refinery.path)
+        return refinery_sha256(cfg.refinery)
     if cfg.labels.store:
         manifest = Path(cfg.labels.store) / "manifest.json"
         return read_json(manifest, "label store manifest").get("refinery_sha256") if manifest.is_file() else None

@@ -24,7 +24,7 @@ from torch import nn
 from .. import distributed
 from ..checkpoint import META, read_meta
 from ..checkpoint import resolve as resolve_checkpoint
-from ..config import Config, DataConfig, config_from_dict, refinery_paths, validate
+from ..config import EXTERNAL, Config, DataConfig, config_from_dict, refinery_paths, validate
 from ..data import CropSampler, ImageDataset, choose, open_dataset
 from ..errors import UserError, brief
 from ..labels.store import read_manifest
@@ -75,8 +75,9 @@ def resolve_seed(cfg: Config) -> Config:
         return cfg
     seed = 0
     if cfg.refinery.path:  # the refinery's recorded seed + 1 (a refinery from elsewhere, without meta.json: 0 + 1)
-        sidecar = resolve_checkpoint(refinery_paths(cfg)[0]).parent / META  # an ensemble: its first member's
-        config = read_meta(sidecar).get("config") or {} if sidecar.is_file() else {}
+        first = refinery_paths(cfg)[0]  # an ensemble: its first member's
+        sidecar = resolve_checkpoint(first).parent / META
+        config = read_meta(sidecar).get("config") or {} if sidecar.is_file() and not first.startswith(EXTERNAL) else {}
         seed = int(config.get("seed") or 0) + 1
     elif cfg.labels.store and (Path(cfg.labels.store) / "manifest.json").is_file():  # the crops it was baked for
         manifest = read_manifest(cfg.labels.store)
