@@ -74,3 +74,18 @@ def test_set_none_clears_an_optional_key():
     assert load_config(overrides={"data.image_size": 24}).data.image_size == 24
     cfg = load_config(overrides={"refinery.path": "none", "data.image_size": "null"})
     assert cfg.refinery.path is None and cfg.data.image_size is None
+
+
+def test_a_config_file_can_start_from_another(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/base.yaml").write_text("model: vgg-small\noptim: {epochs: 7, lr: 0.2}\nlabels: {temperature: 2}\n")
+    (tmp_path / "child.yaml").write_text("base: recipes/base.yaml\noptim: {lr: 0.01}\n")
+    cfg = load_config(tmp_path / "child.yaml", overrides={"data.dataset": "digits"})
+    # the base's keys (its legacy `labels.temperature` upgraded too), the child's change, the overrides last
+    assert (cfg.model, cfg.optim.epochs, cfg.optim.lr, cfg.loss.temperature) == ("vgg-small", 7, 0.01, 2.0)
+    (tmp_path / "recipes/base.yaml").write_text("base: ../child.yaml\n")
+    with pytest.raises(UserError, match="its base files form a loop"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "child.yaml").write_text("base: [a, b]\n")
+    with pytest.raises(UserError, match="base names another file"):
+        load_config(tmp_path / "child.yaml")

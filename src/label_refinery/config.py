@@ -34,7 +34,7 @@ import yaml
 
 from .errors import UserError, brief
 from .files import atomic_write
-from .typed import from_dict, merge, nest, read_yaml_mapping, to_dict, valid_keys
+from .typed import from_dict, merge, nest, read_based, to_dict, valid_keys
 
 
 @dataclass(frozen=True)
@@ -240,14 +240,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         >>> cfg.optim.epochs, cfg.data.dataset
         (2, 'digits')
     """
-    values: dict = {}
-    if path is not None:
-        expected = f"a mapping of keys; valid keys: {', '.join(valid_keys(Config))}"
-        values = upgrade(read_yaml_mapping(path, "config file", expected))
+    values = read_config_file(path) if path is not None else {}
     values = merge(values, upgrade(nest(overrides or {})))
     cfg = config_from_dict(values)
     validate(cfg)
     return cfg
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML config's values, upgraded; ``base: OTHER.yaml`` starts from another (:func:`typed.read_based`)."""
+    expected = f"a mapping of keys; valid keys: base, {', '.join(valid_keys(Config))}"
+    return read_based(path, "config file", expected, upgrade)
 
 
 def _check(ok: bool, message: str) -> None:

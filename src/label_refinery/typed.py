@@ -163,3 +163,18 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
     if not isinstance(loaded, dict):
         raise UserError(f"{what} {p} must hold {expected}")
     return loaded
+
+
+def read_based(path: str | Path, what: str, expected: str, prepare=lambda v: v, seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping a YAML file holds, ``prepare``d; ``base: OTHER.yaml`` (relative to the file) starts
+    from another such file, this one's keys changing it (:func:`merge`); a loop of bases is refused."""
+    p = Path(path).resolve()
+    if p in seen:
+        raise UserError(f"{what} {path}: its base files form a loop ({' -> '.join(str(s) for s in (*seen, p))})")
+    values = read_yaml_mapping(path, what, expected)
+    base = values.pop("base", None)
+    if base is None:
+        return prepare(values)
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{what} {path}: base names another file (a path), got {brief(base)}")
+    return merge(read_based(p.parent / base, what, expected, prepare, (*seen, p)), prepare(values))

@@ -83,3 +83,42 @@ def test_recipe_runs_end_to_end(tmp_path, three_class_folder, recipe):
     assert all(round(6 * line["test_top1"] / 100, 6) == round(6 * line["test_top1"] / 100) for line in lines), lines
     ds = load_dataset(f"imagefolder:{three_class_folder}", image_size=16)
     assert len(ds.test) == 6 and lines[-1]["test_top1"] == pytest.approx(top1(out, ds.test), abs=1e-9)
+
+
+BY_RESNET50 = sorted((REPO / "configs" / "imagenet" / "by-resnet50").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", BY_RESNET50, ids=lambda p: p.stem)
+def test_refined_by_resnet50_variants_are_their_recipe_plus_torchvisions_resnet50(path):
+    """configs/imagenet/by-resnet50/NAME.yaml = ../NAME.yaml (its `base`) with the paper's refinery:
+    torchvision's ImageNet ResNet-50, one generation; nothing else changed."""
+    cfg, recipe = load_config(path), load_config(path.parents[1] / path.name)
+    assert (cfg.refinery.path, cfg.refinery.weights, cfg.chain.generations) == ("torchvision:resnet50", "IMAGENET1K_V1", 1)
+    assert (cfg.model, cfg.data, cfg.optim, cfg.loss) == (recipe.model, recipe.data, recipe.optim, recipe.loss)
+    assert f"configs/imagenet/by-resnet50/{path.name}" in (REPO / "docs/imagenet.md").read_text()
+
+
+def test_a_refined_by_resnet50_variant_runs_at_toy_scale(tmp_path):
+    """alexnet refined by a ResNet-50 (random weights saved to a file: no download here) on a few
+    images in ImageNet's WNID layout: the refinery sees each 32-px training crop at its own 224 px."""
+    import numpy as np
+    import torchvision
+    from PIL import Image
+
+    root, rng = tmp_path / "imagenet", np.random.default_rng(0)
+    for split in ("train", "val"):
+        for wnid in ("n01440764", "n01443537", "n01484850"):  # tench, goldfish, great white shark
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / split / wnid / f"{i}.JPEG")
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
+    out = tmp_path / "run"
+    assert main([
+        "train", "--config", str(REPO / "configs/imagenet/by-resnet50/alexnet.yaml"), "--dataset", f"imagefolder:{root}",
+        "--refinery-weights", str(tmp_path / "resnet50.pth"), "--model", "alexnet:width=0.125,small=true",
+        "--image-size", "32", "--epochs", "2", "--milestones", "1", "--batch-size", "3", "--workers", "0", "--device", "cpu",
+        "--out", str(out), "--no-progress",
+    ]) == 0  # fmt: skip
+    labels = json.loads((out / "meta.json").read_text())["labels"]
+    assert labels["model"] == "torchvision:resnet50" and labels["external"]["preprocess"]["image_size"] == 224
+    assert labels["external"]["class_map"] == "[[0],[1],[2]]"  # the WNID folders are ImageNet's outputs 0, 1, 2

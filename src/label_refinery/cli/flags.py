@@ -30,7 +30,7 @@ TRAIN_FLAGS = [
     (["--refinery"], "refinery.path", dict(action="append", metavar="CKPT", help="checkpoint (generation folder or model.safetensors) that labels the crops, "
                                           "or a library's model: timm:NAME, torchvision:NAME, hf-hub:ORG/NAME (its pretrained weights, its own input size and "
                                           "normalisation); repeat for an ensemble averaged in probability (--refinery A --refinery B)")),
-    (["--refinery-weights"], "refinery.weights", dict(metavar="FILE", help="weights of a timm:/torchvision: refinery trained elsewhere (.safetensors, or a .pth of tensors only)")),
+    (["--refinery-weights"], "refinery.weights", dict(metavar="FILE", help="weights of a timm:/torchvision: refinery trained elsewhere (.safetensors, or a .pth of tensors only), or a torchvision weights name (IMAGENET1K_V1)")),
     (["--refinery-classes"], "refinery.classes", dict(metavar="FILE", help="dataset class of each refinery output: a line per output in its order ('-': none), or JSON "
                                           "{class: index or [indices]}; default: by WNID or class name, else output i = class i")),
     (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1); "

@@ -33,7 +33,6 @@ by resume and the label store like a checkpoint's.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from torch import nn
 from ..config import EXTERNAL as PREFIXES
 from ..errors import UserError, brief
 from ..files import sha256_bytes, sha256_file
+from .libraries import Loaded, Preprocess, load_timm, load_torchvision, num_outputs, read_weights
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 
@@ -51,18 +51,6 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 def is_external(ref) -> bool:
     """Whether a refinery reference names a library's model rather than one of our checkpoints."""
     return isinstance(ref, str) and ref.startswith(PREFIXES)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How the refinery wants its input: ``[B, in_chans, image_size, image_size]``, normalised with
-    ``mean``/``std`` (of ``[0, 1]`` pixels), resampled with ``interpolation``."""
-
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    in_chans: int = 3
 
 
 @dataclass(frozen=True)
@@ -100,151 +88,6 @@ def split_reference(ref: str) -> tuple[str, str, str | None]:
     return kind, name, weights
 
 
-@dataclass
-class Loaded:
-    """A library model and what it says of itself."""
-
-    model: nn.Module
-    preprocess: Preprocess
-    names: list[str] | None  # a name (or synonyms "a, b") per output, when known
-    wnids: list[str] | None  # ImageNet WNIDs per output, when the outputs are ImageNet-1k's
-    weights_sha256: str
-
-
-def read_weights(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a weights-only torch file (never unpickling objects)."""
-    from ..models import load_state_dict_file
-
-    return load_state_dict_file(path, "--refinery-weights")
-
-
-def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names, shapes, dtypes and bytes (for weights that have no file of ours)."""
-    parts = []
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        parts.append(f"{k}:{tuple(t.shape)}:{t.dtype}:".encode() + sha256_bytes(t.view(torch.uint8).numpy().tobytes()).encode())
-    return sha256_bytes(b"\n".join(parts))
-
-
-def _outputs_of(state: dict[str, torch.Tensor], classifier: str | None) -> int | None:
-    w = state.get(f"{classifier}.weight") if classifier else None
-    return int(w.shape[0]) if w is not None and w.ndim == 2 else None
-
-
-def _load_timm(name: str, weights: str | None, hub: bool) -> Loaded:
-    try:
-        import timm
-        import timm.data
-    except ImportError:
-        raise UserError("a timm: or hf-hub: refinery needs timm: pip install 'label-refinery[timm]'") from None
-    arch = f"hf-hub:{name}" if hub else name
-    if not hub and name not in timm.list_models(pretrained=False):
-        raise UserError(f"timm has no model {brief(name)} (timm.list_models() lists them)")
-    try:
-        if weights:
-            state = read_weights(weights)
-            cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
-            n = _outputs_of(state, cfg.get("classifier")) or cfg.get("num_classes", 1000)
-            model = timm.create_model(arch, pretrained=False, num_classes=n)
-            _load_state(model, state, weights)
-        else:
-            model = timm.create_model(arch, pretrained=True)
-    except UserError:
-        raise
-    except Exception as e:  # offline, unknown hub repo, no pretrained weights for this name
-        raise _download_error(f"timm:{name}" if not hub else f"hf-hub:{name}", e) from None
-    cfg = model.pretrained_cfg
-    size = cfg.get("input_size", (3, 224, 224))
-    pre = Preprocess(int(size[-1]), tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-                     str(cfg.get("interpolation") or "bilinear"), int(size[0]))  # fmt: skip
-    n = model.num_classes
-    names, wnids = cfg.get("label_names"), None
-    if n in (1000, 1001) and timm.data.infer_imagenet_subset(model) == "imagenet-1k":
-        info = timm.data.ImageNetInfo("imagenet-1k")
-        wnids, names = _pad(info.label_names(), n), _pad(info.label_descriptions(), n)
-    sha = sha256_file(Path(weights).expanduser()) if weights else tensors_sha256(model.state_dict())
-    return Loaded(model, pre, names, wnids, sha)
-
-
-def _pad(values: list[str], n: int) -> list[str]:
-    """1001-output models (background first) keep the names aligned with their outputs."""
-    return (["background"] if n == len(values) + 1 else []) + list(values)
-
-
-def _load_torchvision(name: str, weights: str | None) -> Loaded:
-    import torchvision
-
-    if name not in torchvision.models.list_models():
-        raise UserError(f"torchvision has no model {brief(name)} (torchvision.models.list_models() lists them)")
-    try:
-        default = torchvision.models.get_model_weights(name).DEFAULT
-    except Exception:
-        default = None
-    try:
-        if weights:
-            state = read_weights(weights)
-            head = [k for k, v in state.items() if k.endswith(".weight") and v.ndim == 2]
-            n = int(state[head[-1]].shape[0]) if head else 1000
-            model = torchvision.models.get_model(name, weights=None, num_classes=n)
-            _load_state(model, state, weights)
-        else:
-            if default is None:
-                raise UserError(f"torchvision:{name} has no pretrained weights: give --refinery-weights FILE")
-            model = torchvision.models.get_model(name, weights=default)
-    except UserError:
-        raise
-    except Exception as e:
-        raise _download_error(f"torchvision:{name}", e) from None
-    pre = Preprocess(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    names = None
-    if default is not None:
-        t = default.transforms()
-        crop = getattr(t, "crop_size", [224])
-        pre = Preprocess(int(crop[0]), tuple(t.mean), tuple(t.std), str(t.interpolation.value))
-        names = default.meta.get("categories")
-    n = _num_outputs(model)
-    wnids = None
-    if names is not None and len(names) != n:
-        names = None
-    elif names is not None and n == 1000:
-        wnids = _imagenet_wnids()
-    sha = sha256_file(Path(weights).expanduser()) if weights else tensors_sha256(model.state_dict())
-    return Loaded(model, pre, names, wnids, sha)
-
-
-def _imagenet_wnids() -> list[str] | None:
-    try:
-        import timm.data
-
-        return timm.data.ImageNetInfo("imagenet-1k").label_names()
-    except ImportError:  # without timm, WNID folders are matched by name only
-        return None
-
-
-def _num_outputs(model: nn.Module) -> int:
-    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    return last[-1].out_features if isinstance(last[-1], nn.Linear) else last[-1].out_channels
-
-
-def _load_state(model: nn.Module, state: dict, path: str) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"--refinery-weights {path} does not fit this architecture: missing {brief(missing[:3])}, "
-            f"unexpected {brief(unexpected[:3])} (of {len(missing)} and {len(unexpected)})"
-        )
-
-
-def _download_error(ref: str, e: Exception) -> UserError:
-    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    why = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if offline else f"{type(e).__name__}: {brief(str(e), 200)}"
-    return UserError(
-        f"the refinery {ref}'s pretrained weights could not be loaded: {why}. Download them once where there is a network "
-        "(the library's cache is reused), or give a local file with --refinery-weights FILE"
-    )
-
-
 _LOADED: dict[tuple, Loaded] = {}  # one load per process: identity() and member() share it
 
 
@@ -259,9 +102,9 @@ def load(ref: str, weights: str | None = None) -> Loaded:
     key = (kind, name, weights, stamp)
     if key not in _LOADED:
         if kind == "torchvision":
-            loaded = _load_torchvision(name, weights)
+            loaded = load_torchvision(name, weights)
         else:
-            loaded = _load_timm(name, weights, hub=kind == "hf-hub")
+            loaded = load_timm(name, weights, hub=kind == "hf-hub")
         loaded.model.eval().requires_grad_(False)
         _LOADED.clear()  # keep one model at a time (a ResNet-50 is 100 MB)
         _LOADED[key] = loaded
@@ -301,7 +144,7 @@ class ViewAdapter(nn.Module):
         width = max(len(g) for g in mapping)
         index = torch.tensor([list(g) + [g[0]] * (width - len(g)) for g in mapping])  # [C, width]
         valid = torch.tensor([[True] * len(g) + [False] * (width - len(g)) for g in mapping])
-        self.identity = width == 1 and index[:, 0].tolist() == list(range(_num_outputs(model)))
+        self.identity = width == 1 and index[:, 0].tolist() == list(range(num_outputs(model)))
         self.register_buffer("index", index, persistent=False)
         self.register_buffer("valid", valid, persistent=False)
 
@@ -325,6 +168,12 @@ class ViewAdapter(nn.Module):
         return torch.logsumexp(grouped.masked_fill(~self.valid, float("-inf")), dim=2)  # [B, C]
 
 
+def _where(weights: str | None) -> str | None:
+    """A weights file as an absolute path; a library's weights name (``IMAGENET1K_V1``) as given."""
+    p = Path(weights).expanduser() if weights else None
+    return str(p.resolve()) if p is not None and p.is_file() else weights
+
+
 def member(ref: str, ds, options: Options, device="cpu", channels_last: bool = False, log=None):
     """``(ViewAdapter, provenance)`` for the library model ``ref`` labelling dataset ``ds``'s crops.
 
@@ -339,14 +188,14 @@ def member(ref: str, ds, options: Options, device="cpu", channels_last: bool = F
         raise UserError(f"refinery.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {brief(pre.interpolation)}")
     if len(pre.mean) != pre.in_chans or len(pre.std) != pre.in_chans:
         raise UserError(f"the refinery {ref} takes {pre.in_chans} channels; refinery.mean and .std need {pre.in_chans} values each")
-    outputs = _num_outputs(loaded.model)
+    outputs = num_outputs(loaded.model)
     mapping = class_map(list(ds.classes), loaded.names, loaded.wnids, outputs, options.classes, log)
     adapter = ViewAdapter(loaded.model, pre, list(ds.mean), list(ds.std), mapping).to(device)
     if channels_last:
         adapter = adapter.to(memory_format=torch.channels_last)
     external = {
         "reference": ref,
-        "weights": str(Path(options.weights).expanduser().resolve()) if options.weights else None,
+        "weights": _where(options.weights),
         "weights_sha256": loaded.weights_sha256,
         "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(pre).items()},
         "outputs": outputs,
