@@ -42,6 +42,7 @@ RANKS: dict[str, float] = {
     "models": 1,
     "checkpoint": 1.5,  # builds a checkpoint's model: imports models
     "labels": 2,  # label sources: ground truth, live refineries, label stores
+    "loop": 2.5,  # the pieces of the trainer for your own loop (docs/own-loop.md)
     "training": 3,  # generations and chains
     "tools": 4,  # analyze, audit, export, report: read finished runs
     "study": 5,  # experiments: arms x seeds of chains

@@ -53,7 +53,7 @@ def one_hot_labels(targets: torch.Tensor, num_classes: int, smoothing: float = 0
 def refinery_loss(
     logits: torch.Tensor,
     refined: torch.Tensor,
-    targets: torch.Tensor,
+    targets: torch.Tensor | None = None,
     temperature: float = 1.0,
     gt_weight: float = 0.0,
 ) -> torch.Tensor:
@@ -72,6 +72,8 @@ def refinery_loss(
     if temperature != 1.0:
         loss = loss * temperature**2
     if gt_weight:
+        if targets is None:
+            raise ValueError("gt_weight > 0 mixes in ground truth: pass the targets")
         hard = F.cross_entropy(logits.float(), targets.long())
         loss = (1.0 - gt_weight) * loss + gt_weight * hard
     return loss

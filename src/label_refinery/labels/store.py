@@ -278,8 +278,18 @@ class StoredLabels:
     def __call__(self, batch: Batch) -> torch.Tensor:
         if batch.crop_numbers is not None and not self.static:
             raise UserError("a label store holds one crop per image and epoch: use data.crops_per_image 1 with it")
-        rows = self.lookup[batch.indices.numpy()]  # [B]
-        epoch = 0 if self.static else batch.epoch
+        return self.labels(batch.epoch, batch.indices)
+
+    def labels(self, epoch: int, indices) -> torch.Tensor:
+        """The refined labels ``[B, C]`` of images ``indices`` (dataset ids) as cropped in ``epoch``
+        (a static store: their one label, any epoch): what your own loop looks up (docs/own-loop.md)."""
+        ids = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
+        known = (ids >= 0) & (ids < len(self.lookup))
+        known[known] = self.lookup[ids[known]] >= 0
+        if not known.all():
+            raise UserError(f"label store {self.path} holds no labels for image {int(ids[~known][0])} (it was baked for other images)")
+        rows = self.lookup[ids]  # [B]
+        epoch = 0 if self.static else int(epoch)
         self.check_epoch(epoch)  # once per epoch: nothing is looked up before its digest was checked
         idx = torch.from_numpy(self.indices[epoch, rows].astype(np.int64)).to(self.device, non_blocking=True)  # [B, K]
         p = dequantize(self.probs[epoch, rows]).to(self.device, non_blocking=True)  # [B, K]
