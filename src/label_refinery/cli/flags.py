@@ -71,7 +71,7 @@ TRAIN_FLAGS = [
     (["--jitter-grad"], "jitter.grad", dict(choices=["student", "refinery"], help="whose input gradient makes the step")),
     (["--no-jitter-relabel"], "jitter.relabel", dict(action="store_false", help="keep the clean crop's refined label for the jittered crop")),
 ]
-BAKE_KEYS = {"refinery.path", "seed", "device", "channels_last", "optim.epochs", "loss.temperature", "refinery.temperature", "store.top_k", "store.dtype"}
+BAKE_KEYS = {"refinery.path", "refinery.weights", "refinery.classes", "seed", "device", "channels_last", "optim.epochs", "loss.temperature", "refinery.temperature", "store.top_k", "store.dtype"}
 CHAIN_FLAGS = [
     (["--generations"], "chain.generations", dict(type=int, help="number of generations")),
     (["--refined-epochs"], "chain.refined_epochs", dict(type=int, help="epochs of the refined generations (default: --epochs, as generation 1)")),
