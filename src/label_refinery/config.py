@@ -160,6 +160,7 @@ class Config:
     compile: bool = False  # torch.compile the student's training forward (needs a C++ compiler on CPU)
     save_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     eval_every: int = 1  # evaluate the test (and val) split every N epochs; the last epoch always
+    log: tuple[str, ...] = ()  # trackers fed metrics.jsonl's rows: tensorboard, wandb, mlflow (training/tracking.py)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     refinery: RefineryConfig = field(default_factory=RefineryConfig)
@@ -311,6 +312,8 @@ def validate(cfg: Config) -> None:
         f"data.crop_ratio must satisfy 0 < low <= high, got {list(d.crop_ratio)}",
     )
     _validate_labels_and_transforms(cfg)
+    bad = [k for k in cfg.log if k not in ("tensorboard", "wandb", "mlflow")]
+    _check(not bad, f"log: {brief(bad[0]) if bad else ''} is not a tracker; trackers: tensorboard, wandb, mlflow")
 
 
 def _validate_labels_and_transforms(cfg: Config) -> None:

@@ -36,6 +36,8 @@ TRAIN_FLAGS = [
     (["--seed"], "seed", dict(type=int, help="init, batch order and crops (a chain adds generation - 1); "
                                           "default: 0 on ground truth, the refinery's seed + 1 with --refinery")),
     (["--device"], "device", dict(help="auto, cpu, cuda, cuda:N")),
+    (["--log"], "log", dict(action="append", choices=["tensorboard", "wandb", "mlflow"], help="also send each epoch's metrics to a tracker (rank 0; repeatable): "
+                                          "tensorboard (FOLDER/tensorboard), wandb (offline unless WANDB_MODE), mlflow (FOLDER/mlruns unless MLFLOW_TRACKING_URI)")),
     (["--no-channels-last"], "channels_last", dict(action="store_false", help="keep NCHW memory format")),
     (["--amp"], "amp", dict(choices=["off", "bf16", "fp16", "auto"], help="mixed precision of forward passes (fp16: CUDA, with a grad scaler; auto: bf16 on CUDA, off on CPU)")),
     (["--compile"], "compile", dict(action="store_true", help="torch.compile the student's training forward")),

@@ -31,6 +31,7 @@ from . import state
 from .engine import Meters, lr_schedule, train_one_epoch
 from .runfolder import append_metrics, final_meta, final_metrics, metrics_upto
 from .setup import Plan, Run, build_run, load_data, plan_generation
+from .tracking import Trackers
 
 
 def _epoch_line(desc: str, epochs: int, row: dict) -> str:
@@ -169,15 +170,24 @@ def _train_held(plan: Plan, dataset: ImageDataset | None, progress: bool, log: C
     pos = _start(run, log)
     history = metrics_upto(folder / "metrics.jsonl", pos.epoch - 1) if main else []
     epochs = plan.cfg.optim.epochs
-    for epoch in tqdm(
-        range(pos.epoch, epochs), initial=pos.epoch, total=epochs, desc=desc, unit="epoch", disable=not progress
-    ):
-        row = _train_epoch(run, epoch, pos, desc, progress)
-        if main:
-            append_metrics(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
-        history.append(row)
-        run.save(epoch + 1, 0, None)
-        log(_epoch_line(desc, epochs, row))
-
-    meta = _finish(run, history, labels_info, desc, progress, log)
+    track = Trackers(plan.cfg.log, folder, plan.values, pos.epoch, f"{folder.parent.name}/{folder.name}") if main and plan.cfg.log else None
+    meta = None
+    try:
+        for epoch in tqdm(
+            range(pos.epoch, epochs), initial=pos.epoch, total=epochs, desc=desc, unit="epoch", disable=not progress
+        ):
+            row = _train_epoch(run, epoch, pos, desc, progress)
+            if main:
+                append_metrics(folder / "metrics.jsonl", row)  # before the state: a resume drops unsaved epochs
+            if track:  # before the state too: a resume purges the steps after its epoch (tensorboard)
+                track.epoch(epoch, row)
+            history.append(row)
+            run.save(epoch + 1, 0, None)
+            log(_epoch_line(desc, epochs, row))
+        meta = _finish(run, history, labels_info, desc, progress, log)
+        if track and meta:
+            track.finish(meta["metrics"], epochs)
+    finally:
+        if track:
+            track.close(finished=meta is not None)
     return distributed.broadcast(meta)  # after rank 0 wrote the checkpoint the next generation reads

@@ -31,7 +31,9 @@ from ..models import count_parameters
 from ..typed import merge, to_dict
 
 # Keys that may change between a run and its resumption without changing its results.
-_NOT_COMPARED = ("refinery.path", "device", "chain", "data.data_dir", "data.workers", "compile", "save_every", "eval_every")
+# not part of a run's identity: where files are (the SHA-256s are compared), how it runs, what watches it
+_NOT_COMPARED = ("refinery.path", "refinery.weights", "refinery.classes", "device", "chain", "data.data_dir",
+                 "data.workers", "compile", "save_every", "eval_every", "log")  # fmt: skip
 
 
 def comparable(cfg_dict: dict) -> dict:
