@@ -374,8 +374,7 @@ def _validate_labels_and_transforms(cfg: Config) -> None:
 def _validate_external(ref: RefineryConfig, paths: tuple[str, ...]) -> None:
     """The settings of a library model as the refinery (labels/external.py) go with one."""
     external = [p for p in paths if isinstance(p, str) and p.startswith(EXTERNAL)]
-    own = ("weights", "classes", "image_size", "mean", "std", "interpolation")
-    given = [k for k in own if getattr(ref, k) is not None]
+    given = [k for k in ("weights", "classes", "image_size", "mean", "std", "interpolation") if getattr(ref, k) is not None]
     _check(
         not given or external,
         f"refinery.{given[0] if given else ''} describes a library model as the refinery: give --refinery timm:NAME, "
@@ -388,9 +387,7 @@ def _validate_external(ref: RefineryConfig, paths: tuple[str, ...]) -> None:
     )
     _check(not (ref.cross_fit and external), "refinery.cross_fit combines fold models trained here, not library models")
     _check(ref.image_size is None or ref.image_size >= 8, f"refinery.image_size must be >= 8, got {ref.image_size}")
-    _check(
-        ref.std is None or all(s > 0 for s in ref.std), f"refinery.std must be > 0 in every channel, got {ref.std}"
-    )
+    _check(ref.std is None or all(s > 0 for s in ref.std), f"refinery.std must be > 0 in every channel, got {ref.std}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
