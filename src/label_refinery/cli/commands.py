@@ -22,6 +22,7 @@ from .datacmd import add_index, cmd_index
 from .examples import EXAMPLES
 from .flags import BAKE_KEYS, CHAIN_FLAGS, TRAIN_FLAGS, add_flags
 from .flags import positive_int as _positive_int
+from .runtime import add_runtime, apply_runtime, cmd_report
 from .studycmd import cmd_experiment
 
 
@@ -36,9 +37,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="run folder (default: runs/<command>-<dataset>-<model>); re-run the same command to resume it")
     parser.add_argument("--force", action="store_true", help="write into an --out that is not empty and holds no label-refinery run (its files of the same names are replaced)")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (they are off anyway when not a terminal)"
-    )
 
 
 # fmt: off
@@ -61,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_tools(sub, fmt)
     add_index(sub, fmt)
     chain.add_argument("--report", action="store_true", help="at the end, run `analyze` and `report` on the chain")
+    add_runtime(sub)
     return parser
 
 
@@ -75,7 +74,6 @@ def _add_bake_and_evaluate(sub, fmt) -> None:
     bake.add_argument("--estimate", action="store_true", help="print the store's size and stop")
     bake.add_argument("--batch-size", type=_positive_int, default=512, dest="bake_batch_size", help="images per refinery forward [default: 512]")
     bake.add_argument("--bf16", action="store_true", help="refinery in bfloat16 autocast (faster on GPUs; top-k may change slightly)")
-    bake.add_argument("--no-progress", action="store_true")
     add_flags(bake, [f for f in TRAIN_FLAGS if f[1] in BAKE_KEYS or f[1].startswith("data.")])
     ev = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint", epilog=EXAMPLES["evaluate"], formatter_class=fmt)
     ev.add_argument("checkpoint", help="generation folder or model.safetensors")
@@ -84,7 +82,6 @@ def _add_bake_and_evaluate(sub, fmt) -> None:
     ev.add_argument("--dataset", help="default: the checkpoint's dataset")
     ev.add_argument("--data-dir")
     ev.add_argument("--batch-size", type=_positive_int, default=512)
-    ev.add_argument("--device", default="auto")
 
 
 def _add_label_tools(sub, fmt) -> None:
@@ -120,6 +117,7 @@ def _add_label_tools(sub, fmt) -> None:
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     rep = sub.add_parser("report", help="markdown + HTML report with plots, from the run folder's files", epilog=EXAMPLES["report"], formatter_class=fmt)
     rep.add_argument("run", help="chain folder or one generation's folder")
+    rep.add_argument("--no-analyze", action="store_true", help="do not analyse generations that lack analysis.json (their columns stay empty)")
     vf = sub.add_parser("verify", help="check checkpoints and label stores against their digests, every byte", epilog=EXAMPLES["verify"], formatter_class=fmt)
     vf.add_argument("paths", nargs="+", metavar="PATH", help="run, generation or label-store folders, or checkpoint files")
     xp = sub.add_parser("experiment", help="a grid of chains over seeds: mean ± std tables", epilog=EXAMPLES["experiment"], formatter_class=fmt)
@@ -127,12 +125,7 @@ def _add_label_tools(sub, fmt) -> None:
     xp.add_argument("--out", help="results folder [default: the file's `out`]")
     xp.add_argument("--seeds", type=int, nargs="+", help="run these seeds only [default: the file's]")
     xp.add_argument("--arms", nargs="+", help="run these arms only, in the file's order: names or quoted patterns ('strong-*') [default: all]")
-    xp.add_argument("--threads", type=_positive_int, help="CPU threads of this process (e.g. 1 with two processes on 2 cores)")
     xp.add_argument("--table", action="store_true", help="only rebuild results.md/json from the finished runs")
-    xp.add_argument("--no-progress", action="store_true", help="no progress bars")
-    for p in (an, au, ex):
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 # fmt: on
 
 
@@ -250,7 +243,7 @@ def cmd_evaluate(args) -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     ds = checkpoint_data(ckpt, args.dataset, args.data_dir)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or "auto")
     model = ckpt.build_model(device)
     splits = ["train", "test"] if args.split == "both" else [args.split]
     for name in splits:
@@ -258,7 +251,7 @@ def cmd_evaluate(args) -> None:
         if split is None:
             raise UserError(f"{args.checkpoint} was trained without a validation split (data.val_split)")
         batches = split.iter_batches(args.batch_size, device=device)
-        m = evaluate(model, batches, total=split.num_batches(args.batch_size), progress=sys.stderr.isatty())
+        m = evaluate(model, batches, total=split.num_batches(args.batch_size), progress=_progress(args))
         print(f"{name}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  ({m['images']} images)")
 
 
@@ -266,7 +259,7 @@ def cmd_analyze(args) -> None:
     from ..tools.analyze import analyze_run
     from ..training.setup import resolve_device
 
-    analyze_run(args.run, images=args.images, crops_per_image=args.crops, device=str(resolve_device(args.device)),
+    analyze_run(args.run, images=args.images, crops_per_image=args.crops, device=str(resolve_device(args.device or "auto")),
                 progress=_progress(args))  # fmt: skip
     print(f"analysis saved: {args.run}/gen*/analysis.json")
 
@@ -283,7 +276,7 @@ def cmd_audit(args) -> None:
         crops_per_image=args.crops,
         html_rows=args.html_rows,
     )
-    audit_run(args.run, spec, out=args.out, device=str(resolve_device(args.device)), progress=_progress(args), force=args.force)
+    audit_run(args.run, spec, out=args.out, device=str(resolve_device(args.device or "auto")), progress=_progress(args), force=args.force)
 
 
 def cmd_relabel(args) -> None:
@@ -307,17 +300,11 @@ def cmd_export(args) -> None:
         fmt=args.fmt,
         generation=args.generation,
         top_k=args.top_k,
-        device=str(resolve_device(args.device)),
+        device=str(resolve_device(args.device or "auto")),
         progress=_progress(args),
         force=args.force,
     )
     print(f"refined labels saved to {out}")
-
-
-def cmd_report(args) -> None:
-    from ..tools.reports import report_run
-
-    print(f"report saved to {report_run(args.run)} (and report.md)")
 
 
 def cmd_verify(args) -> None:
@@ -350,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed.launched():  # torchrun with several processes
             if args.command not in ("train", "chain", "bake"):
                 raise UserError(f"`{args.command}` runs in one process: start it without torchrun")
+        apply_runtime(args)
         COMMANDS[args.command](args)
         # all processes leave together: gloo aborts a process ("terminate called without an active
         # exception") when its peer tears the group down first, which busy cores made likely

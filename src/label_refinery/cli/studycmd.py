@@ -27,10 +27,10 @@ def cmd_experiment(args) -> None:
     from ..study.tables import write_results
 
     exp = load_experiment(args.file, args.out)
-    if args.threads:
-        import torch
+    if args.device:  # every arm on this device (not part of a run's identity: finished runs stay finished)
+        import dataclasses
 
-        torch.set_num_threads(args.threads)
+        exp = dataclasses.replace(exp, base={**exp.base, "device": args.device})
     if args.table:
         print(write_results(exp))
         return

@@ -291,8 +291,11 @@ def report_run(run: str | Path) -> Path:
     ]
     md += ["| " + " | ".join(_md_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
     md += [""] + [f"![{n}](figures/{n})" for n in figures]
-    if not any(analyses):
-        md += ["", f"Label statistics and example figures appear after `label-refinery analyze {folder}`."]
+    hint = ""
+    if not all(analyses):  # say which command fills the empty columns (report analyses first unless --no-analyze)
+        hint = (f"{sum(a is None for a in analyses)} of {len(analyses)} generations have no label statistics (dashes above, "
+                f"no label figures): `label-refinery analyze {folder}` fills them, or `label-refinery report` without --no-analyze.")
+        md += ["", md_text(hint)]
     pairs = analyses[-1]["ambiguous_pairs"] if analyses[-1] else []
     pairs_text = "Most ambiguous class pairs (refined mass exchanged, last generation): " + "; ".join(
         f"{p['a']} / {p['b']} {p['mass']:.2f}" for p in pairs
@@ -305,6 +308,7 @@ def report_run(run: str | Path) -> Path:
         + _table(rows, COLUMNS)
         + "".join(f"<figure>{img_tag(d, n)}</figure>" for n, d in figures.items())
         + (f"<p>{html.escape(pairs_text)}</p>" if pairs else "")
+        + (f"<p class=\"hint\">{html.escape(hint)}</p>" if hint else "")
         + _examples_html(folder)
     )
     atomic_write(folder / "report.html", page(f"report: {folder.name}", body).encode())
