@@ -3,6 +3,8 @@
     python bench/table.py tune configs/table/tune.results.json          # the tuning table (markdown)
     python bench/table.py tune configs/table/tune.results.json --into docs/results.md   # ... between its markers
     python bench/table.py paper configs/table/pairs-s*.results.json --figure docs/figures/table.png
+    python bench/table.py refineries configs/table/pairs-s*.results.json   # cnn-small refined by each refinery
+    python bench/table.py curve configs/table/curve.results.json           # the second task's learning curve
     python bench/table.py save configs/table/tune.yaml configs/table/tune.results.json   # refresh it
     python bench/table.py save configs/table/tune.yaml FILE --out runs/elsewhere     # runs made elsewhere
 
@@ -162,6 +164,60 @@ def paper_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _gain(rows: list[dict], gt_arm: str, arm: str) -> str:
+    """``arm``'s test top-1 minus ``gt_arm``'s, paired by (pairing, subset, seed): mean [95 % interval], wins/pairs."""
+    from label_refinery.study.stats import t_interval
+
+    gt = {_key(r): r for r in rows if r["arm"] == gt_arm}
+    diffs = [r["test_top1"] - gt[_key(r)]["test_top1"] for r in rows if r["arm"] == arm and _key(r) in gt]
+    if not diffs:
+        return "not run"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f} (one pair, no interval)"
+    m, half = t_interval(diffs)
+    return f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}], {sum(d > 0 for d in diffs)}/{len(diffs)}"
+
+
+def _acc(rows: list[dict], arms: tuple[str, ...], key: str = "test_top1") -> str:
+    from label_refinery.study.stats import mean_std
+
+    values = [r[key] for r in rows if r["arm"] in arms]
+    if not values:
+        return "–"
+    m, sd = mean_std(values)
+    return f"{m:.2f} ± {sd:.2f} ({len(values)})"
+
+
+# cnn-small's refineries on fashion-pairs: (row, refinery arms, the refined student's arm)
+REFINERIES = (("itself (its generation 1)", ("gt-cnn",), "self-cnn"),
+              ("`vgg-small:width=16` on ground truth", ("gt-vgg",), "mid-cnn"),
+              ("the strong refinery (ResNet-20 + cutmix)", ("refinery",), "strong-cnn"),
+              ("the strong refinery cross-fitted (3 fold models)", ("fold-0", "fold-1", "fold-2"), "xfit-cnn"))  # fmt: skip
+
+
+def refineries_table(rows: list[dict]) -> str:
+    """cnn-small refined by each refinery, paired against its tuned ground truth (``gt-cnn``)."""
+    lines = ["| cnn-small refined by | refinery's test top-1 (trainings) | Δ test vs ground truth | CPU-hours of the refinery + student |",
+             "|---|---:|---|---:|"]  # fmt: skip
+    for name, ref_arms, arm in REFINERIES:
+        paired = {_key(r) for r in rows if r["arm"] == arm}
+        hours = _hours([r for r in rows if r["arm"] in ref_arms and _key(r) in paired]) + _hours([r for r in rows if r["arm"] == arm])
+        lines.append(f"| {name} | {_acc([r for r in rows if _key(r) in paired], ref_arms)} | {_gain(rows, 'gt-cnn', arm)} | {hours:.2f} |")
+    return "\n".join(lines)
+
+
+def curve_table(rows: list[dict]) -> str:
+    """The second task: per training-set size, the refinery, the tuned ground truth and the gains."""
+    sizes = sorted({int(r["arm"].rpartition("-")[2]) for r in rows if r["arm"].startswith("gt-")})
+    lines = ["| training images | seeds | strong refinery, test top-1 | ground truth, test top-1 | refined by itself, Δ test | refined by the strong refinery, Δ test |",
+             "|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    for n in sizes:
+        seeds = len([r for r in rows if r["arm"] == f"gt-{n}"])
+        lines.append(f"| {n:,} | {seeds} | {_acc(rows, (f'refinery-{n}',))} | {_acc(rows, (f'gt-{n}',))} "
+                     f"| {_gain(rows, f'gt-{n}', f'self-{n}')} | {_gain(rows, f'gt-{n}', f'strong-{n}')} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def paper_figure(rows: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -208,7 +264,16 @@ def main() -> None:
     q.add_argument("results", type=Path, nargs="+", help="results files of the table's studies (one per subset)")
     q.add_argument("--figure", type=Path, help="also plot the gains against the students' accuracy")
     q.add_argument("--into", type=Path, help="write it between <!-- PAPER --> markers of this file instead")
+    for name in ("refineries", "curve"):
+        x = sub.add_parser(name)
+        x.add_argument("results", type=Path, nargs="+")
+        x.add_argument("--into", type=Path, help=f"write it between <!-- {name.upper()} --> markers of this file instead")
     a = p.parse_args()
+    if a.what in ("refineries", "curve"):
+        rows = [r for f in a.results for r in json.loads(f.read_text())]
+        text = (refineries_table if a.what == "refineries" else curve_table)(rows)
+        into(a.into, a.what.upper(), text) if a.into else print(text)
+        return
     if a.what == "save":
         save(a.experiment, a.target, a.out)
     elif a.what == "tune":
