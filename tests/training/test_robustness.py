@@ -124,6 +124,9 @@ def test_malicious_pickles_are_refused_and_run_nothing(tmp_path):
         create_model("torchvision:resnet18", 3, 10, pretrained=str(evil_pt))
     with pytest.raises(UserError):
         train_generation(config(refinery=str(evil_pt)), tmp_path / "run", log=lambda _: None)
+    with pytest.raises(UserError, match="weights_only=True"):  # a library model as the refinery, its weights a pickle
+        train_generation(config(**{"refinery.path": "torchvision:resnet18", "refinery.weights": str(evil_pt)}),
+                         tmp_path / "run2", log=lambda _: None)  # fmt: skip
     assert not marker.exists()  # no code ran
 
     pickle.loads(pickle.dumps(Payload(marker)))  # the payload is real: plain unpickling runs it

@@ -110,7 +110,7 @@ def load_state_dict_file(path: str, what: str = "pretrained weights file") -> di
             state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle with objects, a truncated file, not a weights file
         raise UserError(
-            f"{what} {p}: not a weights file this can read safely ({type(err).__name__}: {brief(str(err), 200)}); "
+            f"{what} {p}: not a weights file this can read safely (weights_only=True; {type(err).__name__}: {brief(str(err), 200)}); "
             "give a .safetensors file or a .pth holding only tensors (torch.save(model.state_dict(), ...))"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
