@@ -150,6 +150,10 @@ def test_train_store_resume_ensemble_and_jitter_with_a_timm_refinery(weights, tm
     assert manifest["refinery_sha256"] == live["labels"]["sha256"]
     st = json.loads((tmp_path / "st/meta.json").read_text())
     assert abs(st["metrics"]["test_top1"] - live["metrics"]["test_top1"]) < 3.0
+    # `bake` takes the same flags: its store is the same refinery's (checked when a run opens it)
+    assert main(["bake", "--dataset", "digits", "--train-subset", "200", "--epochs", "1", "--no-progress", *ext,
+                 "--out", str(tmp_path / "baked")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "baked/manifest.json").read_text())["refinery_sha256"] == live["labels"]["sha256"]
     # beside one of ours in an ensemble, and jittered
     ours = str(tmp_path / "live")
     assert main(["train", *BASE, *ext, "--refinery", ours, "--jitter", "--out", str(tmp_path / "ens")]) == 0
