@@ -36,6 +36,8 @@ from .errors import UserError, brief
 from .files import atomic_write
 from .typed import from_dict, merge, nest, read_based, to_dict, valid_keys
 
+EXTERNAL = ("timm:", "torchvision:", "hf-hub:")  # a library's model as the refinery (labels/external.py)
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -170,9 +172,6 @@ class Config:
     jitter: JitterConfig = field(default_factory=JitterConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
-
-
-EXTERNAL = ("timm:", "torchvision:", "hf-hub:")  # a library's model as the refinery (labels/external.py)
 
 
 def refinery_paths(cfg: Config) -> tuple[str, ...]:

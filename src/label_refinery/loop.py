@@ -24,7 +24,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -98,16 +97,10 @@ class Refinery:
 
 
 def _as_tensor(image) -> torch.Tensor:
-    """``[C, H, W]`` float in [0, 1] from a PIL image, a uint8 tensor/array or a float tensor."""
-    if isinstance(image, torch.Tensor):
-        t = image
-    elif isinstance(image, np.ndarray):
-        t = torch.from_numpy(image if image.ndim == 3 else image[:, :, None]).permute(2, 0, 1)
-    else:  # PIL
-        arr = np.asarray(image)
-        t = torch.from_numpy(arr if arr.ndim == 3 else arr[:, :, None]).permute(2, 0, 1)
-    if t.ndim == 2:
-        t = t[None]
+    """``[C, H, W]`` float in [0, 1] from a PIL image, a uint8 tensor/array (HWC) or a float tensor."""
+    from torchvision.transforms.v2.functional import to_image
+
+    t = to_image(image).as_subclass(torch.Tensor)  # PIL, HWC arrays and CHW/HW tensors -> [C, H, W]
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
 

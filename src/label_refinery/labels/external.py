@@ -43,7 +43,7 @@ from torch import nn
 from ..config import EXTERNAL as PREFIXES
 from ..errors import UserError, brief
 from ..files import sha256_bytes, sha256_file
-from .libraries import Loaded, Preprocess, load_timm, load_torchvision, num_outputs, read_weights
+from .libraries import Loaded, Preprocess, load_timm, load_torchvision, num_outputs
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 
@@ -218,4 +218,4 @@ def member(ref: str, ds, options: Options, device="cpu", channels_last: bool = F
     return adapter, provenance
 
 
-__all__ = ["Options", "Preprocess", "ViewAdapter", "identity", "is_external", "load", "member", "read_weights"]
+__all__ = ["Options", "Preprocess", "ViewAdapter", "identity", "is_external", "load", "member"]

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import UserError, brief
 from ..files import sha256_bytes, sha256_file
+from ..models import load_state_dict_file
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,6 @@ class Loaded:
     names: list[str] | None  # a name (or synonyms "a, b") per output, when known
     wnids: list[str] | None  # ImageNet WNIDs per output, when the outputs are ImageNet-1k's
     weights_sha256: str
-
-
-def read_weights(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a weights-only torch file (never unpickling objects)."""
-    from ..models import load_state_dict_file
-
-    return load_state_dict_file(path, "--refinery-weights")
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -70,7 +64,7 @@ def load_timm(name: str, weights: str | None, hub: bool) -> Loaded:
         raise UserError(f"timm has no model {brief(name)} (timm.list_models() lists them)")
     try:
         if weights:
-            state = read_weights(weights)
+            state = load_state_dict_file(weights, "--refinery-weights")
             cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
             n = _outputs_of(state, cfg.get("classifier")) or cfg.get("num_classes", 1000)
             model = timm.create_model(arch, pretrained=False, num_classes=n)
@@ -113,7 +107,7 @@ def load_torchvision(name: str, weights: str | None) -> Loaded:
         default, weights = tags[weights], None
     try:
         if weights:
-            state = read_weights(weights)
+            state = load_state_dict_file(weights, "--refinery-weights")
             head = [k for k, v in state.items() if k.endswith(".weight") and v.ndim == 2]
             n = int(state[head[-1]].shape[0]) if head else 1000
             model = torchvision.models.get_model(name, weights=None, num_classes=n)

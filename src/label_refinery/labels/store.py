@@ -278,7 +278,7 @@ class StoredLabels:
     def __call__(self, batch: Batch) -> torch.Tensor:
         if batch.crop_numbers is not None and not self.static:
             raise UserError("a label store holds one crop per image and epoch: use data.crops_per_image 1 with it")
-        return self.labels(batch.epoch, batch.indices)
+        return self._rows(batch.epoch, self.lookup[batch.indices.numpy()])  # open() checked the run's images
 
     def labels(self, epoch: int, indices) -> torch.Tensor:
         """The refined labels ``[B, C]`` of images ``indices`` (dataset ids) as cropped in ``epoch``
@@ -288,7 +288,9 @@ class StoredLabels:
         known[known] = self.lookup[ids[known]] >= 0
         if not known.all():
             raise UserError(f"label store {self.path} holds no labels for image {int(ids[~known][0])} (it was baked for other images)")
-        rows = self.lookup[ids]  # [B]
+        return self._rows(epoch, self.lookup[ids])
+
+    def _rows(self, epoch: int, rows: np.ndarray) -> torch.Tensor:
         epoch = 0 if self.static else int(epoch)
         self.check_epoch(epoch)  # once per epoch: nothing is looked up before its digest was checked
         idx = torch.from_numpy(self.indices[epoch, rows].astype(np.int64)).to(self.device, non_blocking=True)  # [B, K]

@@ -20,7 +20,6 @@ from pathlib import Path
 from ..errors import UserError
 
 KINDS = ("tensorboard", "wandb", "mlflow")
-EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def _numbers(row: dict, prefix: str = "") -> dict[str, float]:
@@ -45,7 +44,7 @@ def _need(kind: str):
             return SummaryWriter
         return __import__(kind)
     except ImportError:
-        raise UserError(f"--log {kind} needs {EXTRA[kind]}: pip install {EXTRA[kind]}") from None
+        raise UserError(f"--log {kind} needs {kind}: pip install 'label-refinery[{kind}]'") from None
 
 
 class Trackers:
