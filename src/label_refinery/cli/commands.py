@@ -103,14 +103,18 @@ def _add_label_tools(sub, fmt) -> None:
     rl = sub.add_parser("relabel", help="write a label-override file from an audit (--top N) or its reviewed CSV (--reviewed)", epilog=EXAMPLES["relabel"], formatter_class=fmt)
     rl.add_argument("source", help="audit.csv (with --top) or the reviewed CSV that audit.html downloads (with --reviewed)")
     rl.add_argument("--top", type=_positive_int, help="the first N flagged rows of audit.csv whose suggestion differs from the given label")
-    rl.add_argument("--reviewed", action="store_true", help="the rows marked accept in a reviewed CSV")
+    rl.add_argument("--reviewed", action="store_true", help="what a reviewer decided: audit.html's CSV, a FiftyOne samples.json, Label Studio's JSON or CSV export")
     rl.add_argument("--flags", nargs="+", default=["wrong"], choices=["wrong", "ambiguous", "incomplete", "uncertain"], help="which flags --top takes [default: wrong]")
     rl.add_argument("--out", required=True, help="the override file to write (then: train/chain --label-overrides FILE)")
     rl.add_argument("--force", action="store_true", help="replace --out if it exists (it may hold fixes edited by hand)")
-    ex = sub.add_parser("export", help="refined labels per training image (csv, npz, parquet, hf), or a label store as a table", epilog=EXAMPLES["export"], formatter_class=fmt)
+    ex = sub.add_parser("export", help="refined labels per training image (csv, npz, parquet, hf), a label store as a table, or an audit for review (fiftyone, label-studio)", epilog=EXAMPLES["export"], formatter_class=fmt)
     ex.add_argument("run", help="chain folder, one generation's folder, or a label store (then parquet or hf)")
-    ex.add_argument("--format", choices=["csv", "npz", "parquet", "hf"], default=None, dest="fmt",
-                    help="csv/parquet: top-k per image; npz: also the full [N, C] matrix; hf: a Hugging Face dataset folder [default: csv; a store: parquet]")
+    ex.add_argument("--format", choices=["csv", "npz", "parquet", "hf", "fiftyone", "label-studio"], default=None, dest="fmt",
+                    help="csv/parquet: top-k per image; npz: also the full [N, C] matrix; hf: a Hugging Face dataset folder; fiftyone/label-studio: "
+                         "the run's audit as a review folder [default: csv; a store: parquet]")
+    ex.add_argument("--audit", help="fiftyone/label-studio: the audit folder [default: RUN/audit]")
+    ex.add_argument("--top", type=_positive_int, help="fiftyone/label-studio: the first N rows of the audit [default: all (fiftyone), the flagged ones (label-studio)]")
+    ex.add_argument("--image-root", default="/", help="label-studio: its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; image URLs are relative to it [default: /]")
     ex.add_argument("--generation", type=_positive_int, help="whose labels [default: the last]")
     ex.add_argument("--top-k", type=_positive_int, default=5, help="classes per image [default: 5]")
     ex.add_argument("--out", help="output file [default: RUN/refined-labels.FORMAT]")
@@ -290,6 +294,14 @@ def cmd_export(args) -> None:
     from ..tools.export import export_run
     from ..training.setup import resolve_device
 
+    if args.fmt in ("fiftyone", "label-studio"):
+        from ..tools.handoff import export_audit
+
+        out = args.out or f"{args.run.rstrip('/')}/review-{args.fmt}"
+        n = export_audit(args.run, out, fmt=args.fmt, audit=args.audit, top=args.top, image_root=args.image_root, force=args.force)
+        print(f"{n} images for review -> {out}; decisions come back with: label-refinery relabel "
+              f"{out}/{'samples.json' if args.fmt == 'fiftyone' else 'tasks.json'} (exported again after review) --reviewed --out fixes.csv")
+        return
     store = os.path.isfile(os.path.join(args.run, "probs.npy"))
     args.fmt = args.fmt or ("parquet" if store else "csv")
     name = "refined-labels" + ("-hf" if args.fmt == "hf" else f".{args.fmt}")

@@ -62,6 +62,8 @@ EXAMPLES = {
     "relabel": """examples:
   label-refinery relabel runs/fmnist/audit/audit.csv --top 200 --out fixes.csv   # the first 200 'wrong' rows
   label-refinery relabel reviewed.csv --reviewed --out fixes.csv                 # the rows accepted in audit.html
+  label-refinery relabel review-fo/samples.json --reviewed --out fixes.csv       # FiftyOne: tagged accept, or a label field
+  label-refinery relabel project-1-export.json --reviewed --out fixes.csv        # Label Studio's JSON (or CSV) export
   label-refinery chain --label-overrides fixes.csv --out runs/fmnist-fixed        # retrain on the fixed labels
 
   An existing --out file (perhaps fixes edited by hand) is replaced only with --force.""",
@@ -69,7 +71,9 @@ EXAMPLES = {
   label-refinery export runs/fmnist --format npz       # ids, targets, probs [N, C] (cleanlab's pred_probs), top-k
   label-refinery export runs/fmnist --format csv --generation 2 --top-k 3
   label-refinery export runs/fmnist --format hf --out fmnist-refined   # datasets.load_from_disk("fmnist-refined")
-  label-refinery export runs/g1-store --format parquet                  # a label store: one row per (epoch, image)""",
+  label-refinery export runs/g1-store --format parquet                  # a label store: one row per (epoch, image)
+  label-refinery export runs/fmnist --format fiftyone --out review-fo   # the audit: fo.Dataset.from_dir(..., LegacyFiftyOneDataset)
+  label-refinery export runs/fmnist --format label-studio --out review-ls  # tasks.json + config.xml, suggestions pre-annotated""",
     "report": """examples:
   label-refinery report runs/fmnist                    # report.md, report.html, figures/ (run `analyze` first for label plots)""",
     "experiment": """examples:
