@@ -5,6 +5,7 @@
     python bench/table.py paper configs/table/pairs-s*.results.json --figure docs/figures/table.png
     python bench/table.py refineries configs/table/pairs-s*.results.json   # cnn-small refined by each refinery
     python bench/table.py curve configs/table/curve.results.json           # the second task's learning curve
+    python bench/table.py demo configs/table/demo.results.json             # make demo's setting over its seeds
     python bench/table.py save configs/table/tune.yaml configs/table/tune.results.json   # refresh it
     python bench/table.py save configs/table/tune.yaml FILE --out runs/elsewhere     # runs made elsewhere
 
@@ -164,12 +165,12 @@ def paper_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _gain(rows: list[dict], gt_arm: str, arm: str) -> str:
+def _gain(rows: list[dict], gt_arm: str, arm: str, key: str = "test_top1") -> str:
     """``arm``'s test top-1 minus ``gt_arm``'s, paired by (pairing, subset, seed): mean [95 % interval], wins/pairs."""
     from label_refinery.study.stats import t_interval
 
     gt = {_key(r): r for r in rows if r["arm"] == gt_arm}
-    diffs = [r["test_top1"] - gt[_key(r)]["test_top1"] for r in rows if r["arm"] == arm and _key(r) in gt]
+    diffs = [r[key] - gt[_key(r)][key] for r in rows if r["arm"] == arm and _key(r) in gt]
     if not diffs:
         return "not run"
     if len(diffs) == 1:
@@ -215,6 +216,21 @@ def curve_table(rows: list[dict]) -> str:
         seeds = len([r for r in rows if r["arm"] == f"gt-{n}"])
         lines.append(f"| {n:,} | {seeds} | {_acc(rows, (f'refinery-{n}',))} | {_acc(rows, (f'gt-{n}',))} "
                      f"| {_gain(rows, f'gt-{n}', f'self-{n}')} | {_gain(rows, f'gt-{n}', f'strong-{n}')} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def demo_table(rows: list[dict]) -> str:
+    """`make demo`'s setting (configs/table/demo.yaml) over the seeds run: each arm's val and test top-1,
+    and the refined student's gains paired by seed."""
+    lines = ["| arm | model | val top-1 | test top-1 | Δ val vs gt-cnn | Δ test vs gt-cnn | CPU-hours |",
+             "|---|---|---:|---:|---|---|---:|"]  # fmt: skip
+    for arm in ("gt-cnn", "gt-vgg", "refined-cnn"):
+        runs = [r for r in rows if r["arm"] == arm]
+        if not runs:
+            continue
+        gains = ("", "") if arm == "gt-cnn" else (_gain(rows, "gt-cnn", arm, "val_top1"), _gain(rows, "gt-cnn", arm))
+        lines.append(f"| {arm} | `{runs[0]['model']}` | {_acc(rows, (arm,), 'val_top1')} | {_acc(rows, (arm,))} "
+                     f"| {gains[0]} | {gains[1]} | {_hours(runs):.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -264,14 +280,14 @@ def main() -> None:
     q.add_argument("results", type=Path, nargs="+", help="results files of the table's studies (one per subset)")
     q.add_argument("--figure", type=Path, help="also plot the gains against the students' accuracy")
     q.add_argument("--into", type=Path, help="write it between <!-- PAPER --> markers of this file instead")
-    for name in ("refineries", "curve"):
+    for name in ("refineries", "curve", "demo"):
         x = sub.add_parser(name)
         x.add_argument("results", type=Path, nargs="+")
         x.add_argument("--into", type=Path, help=f"write it between <!-- {name.upper()} --> markers of this file instead")
     a = p.parse_args()
-    if a.what in ("refineries", "curve"):
+    if a.what in ("refineries", "curve", "demo"):
         rows = [r for f in a.results for r in json.loads(f.read_text())]
-        text = (refineries_table if a.what == "refineries" else curve_table)(rows)
+        text = {"refineries": refineries_table, "curve": curve_table, "demo": demo_table}[a.what](rows)
         into(a.into, a.what.upper(), text) if a.into else print(text)
         return
     if a.what == "save":
