@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from label_refinery import UserError, load_config, train_generation
@@ -17,6 +18,12 @@ from tests.harness import assert_same_weights, crash, kill_when, metric_rows, po
 ARGS = ["train", "--dataset", "digits", "--image-size", "32", "--epochs", "2", "--batch-size", "32", "--save-every", "7",
         "--device", "cpu", "--no-progress"]
 FAST = {"data.dataset": "digits", "optim.epochs": 1, "optim.batch_size": 64, "device": "cpu"}
+
+
+def assert_same_dynamics(a, b):
+    """The per-image training dynamics (margins, forgetting) of a resumed run equal the uninterrupted run's."""
+    x, y = np.load(a / "dynamics.npz"), np.load(b / "dynamics.npz")
+    assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +52,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(tmp_path):
     assert not (out / "state.safetensors").exists() and (out / "meta.json").is_file()
     assert_same_weights(ref, out)
     assert metric_rows(ref) == metric_rows(out)  # losses, accuracies and learning rates of every epoch, exactly
+    assert_same_dynamics(ref, out)
     ref_meta, meta = (json.loads((d / "meta.json").read_text())["metrics"] for d in (ref, out))
     assert {k: v for k, v in ref_meta.items() if k != "train_seconds"} == {k: v for k, v in meta.items() if k != "train_seconds"}
     assert not list(out.glob(".*.tmp"))  # no half-written temporary file left behind
@@ -66,6 +74,7 @@ def test_resume_inside_an_epoch_in_process(tmp_path):
     assert any("resuming in epoch 2 after step 11 of 44" in m for m in messages), messages
     assert_same_weights(tmp_path / "ref", tmp_path / "cut")
     assert metric_rows(tmp_path / "ref") == metric_rows(tmp_path / "cut")
+    assert_same_dynamics(tmp_path / "ref", tmp_path / "cut")  # the epoch's partial sums were in the state
 
 
 def test_mixing_resumes_exactly_and_refuses_a_label_store(tmp_path, digits):

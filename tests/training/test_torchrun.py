@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -57,7 +58,12 @@ def test_torchrun_cli_matches_one_process_and_only_rank0_writes(tmp_path):
     one, two = metric_rows(tmp_path / "one", drop=()), metric_rows(tmp_path / "two", drop=())
     assert len(two) == 6  # one line per epoch: rank 1 appended nothing
     assert log.count("epoch 6/6") == 1 and log.count(" done: ") == 1  # only rank 0 logs
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [LOCK, "config.yaml", "meta.json", "metrics.jsonl", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [LOCK, "config.yaml", "dynamics.npz", "meta.json", "metrics.jsonl",
+                                                                    "model.safetensors"]  # fmt: skip
+    d1, d2 = (np.load(tmp_path / f / "dynamics.npz") for f in ("one", "two"))
+    # every image counted once per epoch over both shards (the epoch's sums are all-reduced), as in one process
+    assert (d1["ids"] == d2["ids"]).all() and (d1["epochs"] == d2["epochs"]).all() and d2["epochs"].max() == 6
+    assert np.corrcoef(d1["aum"], d2["aum"])[0, 1] > 0.8  # BatchNorm per shard: close margins, not equal
     assert json.loads((tmp_path / "two" / LOCK).read_text())["kinds"] == ["generation"]  # rank 0's claim alone
     assert all(a["images"] == b["images"] for a, b in zip(one, two))  # the same global batches
     # BatchNorm normalises over each process's 32 crops instead of 64: close, not equal (measured: 95.26 vs 96.10)

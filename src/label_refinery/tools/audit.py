@@ -13,8 +13,11 @@ memorised wrong label looks right). ``p`` for all images is written to ``audit/p
 (float32 ``[N, C]``, memory-mapped: a million images x 1,000 classes is 4 GB on disk, little memory),
 which cleanlab's ``pred_probs`` also takes.
 
-**Rankings** (``quality.py``): ``self_confidence = p[given]`` and ``normalized_margin``; rows are
-ordered by ``--rank`` (default self-confidence, lowest first). ``issue`` is confident learning's flag
+**Rankings** (``quality.py``): ``self_confidence = p[given]`` and ``normalized_margin``; and ``aum``,
+the area under the margin of generation 1 (the mean over its epochs of the given label's logit
+minus the largest other, on the training crops: recorded while it trained, training/dynamics.py),
+with ``forgotten`` beside it (epochs the image turned from right to wrong). Rows are ordered by
+``--rank`` (default self-confidence, lowest first). ``issue`` is confident learning's flag
 (labelled ``i``, confidently another class), and ``audit/audit-summary.json`` holds the calibrated confident
 joint's estimate of how many labels are wrong per (given, true) class pair.
 
@@ -43,9 +46,9 @@ from ..labels import refine
 from ..locks import claim
 from . import quality
 from .export import write_csv
-from .probe import analysis_sampler, load_run, refined, to_pictures
+from .probe import analysis_sampler, generations, load_run, refined, to_pictures
 
-RANKINGS = ("self_confidence", "normalized_margin")
+RANKINGS = ("self_confidence", "normalized_margin", "aum")
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,13 @@ def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device
     sampler = analysis_sampler(cfg)
     probs, crop_wrong = _probabilities(stage, scorers, ds, sampler, spec, device, progress)
     y = ds.train.targets.numpy()
-    table = _table(probs, y, crop_wrong, ds.num_classes)
-    order = np.argsort(table[spec.rank], kind="stable")  # lowest quality first
+    table = _table(probs, y, crop_wrong, ds.num_classes) | _dynamics(run, ds)
+    if spec.rank == "aum" and np.isnan(table["aum"]).all():
+        from ..errors import UserError
+
+        raise UserError(f"--rank aum needs the training dynamics of {run}'s generation 1 (gen1/dynamics.npz): "
+                        "it was trained before they were recorded, or with mixup/cutmix; retrain it, or rank otherwise")  # fmt: skip
+    order = np.argsort(table[spec.rank], kind="stable")  # lowest quality first (an unknown AUM, NaN, last)
     rows = (_row(r, i, table, ds) for r, i in enumerate(order.tolist(), 1))
     write_csv(stage / "audit.csv", rows)
     seeds = spec.fold_seeds if spec.folds else 1
@@ -184,6 +192,24 @@ def _score(models, split, positions, probs, crop_wrong, sampler, spec: AuditSpec
             start += p.shape[1]
     if crops_per_image == 0:  # the whole image alone carries all the weight
         probs[positions] *= 2
+
+
+def _dynamics(run, ds) -> dict[str, np.ndarray]:
+    """Generation 1's training dynamics per image (``aum``: the mean margin of the given label while it
+    trained on it; ``forgotten``: epochs it turned from right to wrong); NaN / -1 where not recorded."""
+    from ..training.dynamics import load
+
+    n = len(ds.train)
+    aum, forgotten = np.full(n, np.nan, dtype=np.float32), np.full(n, -1, dtype=np.int64)
+    d = load(generations(run)[0])
+    if d is not None:
+        order = np.argsort(d["ids"], kind="stable")
+        ids = ds.train.ids.numpy()
+        at = np.clip(np.searchsorted(d["ids"], ids, sorter=order), 0, len(order) - 1)
+        src = order[at]
+        ok = (d["ids"][src] == ids) & (d["epochs"][src] > 0)
+        aum[ok], forgotten[ok] = d["aum"][src[ok]], d["forgotten"][src[ok]]
+    return {"aum": aum, "forgotten": forgotten}
 
 
 def _table(probs, y: np.ndarray, crop_wrong: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
@@ -258,6 +284,8 @@ def _row(rank: int, i: int, t: dict, ds) -> dict:
         "issue": bool(t["issue"][i]),
         "entropy": round(float(t["entropy"][i]), 4),
         "crop_disagreement": round(float(t["crop_wrong"][i]), 4),
+        "aum": "" if math.isnan(t["aum"][i]) else round(float(t["aum"][i]), 4),
+        "forgotten": "" if t["forgotten"][i] < 0 else int(t["forgotten"][i]),
         "top3": " ".join(f"{ds.classes[a]}:{b:.2f}" for a, b in zip(idx, prob) if b > 0 or a == idx[0]),
         "reasons": _reason(flag, y, p_given, idx, prob, float(t["crop_wrong"][i]), ds.classes),
     }

@@ -43,7 +43,7 @@ from ..files import read_csv, write_json
 from .probe import load_run, to_pictures
 
 FORMATS = ("fiftyone", "label-studio")
-SCORES = ("self_confidence", "normalized_margin", "entropy", "crop_disagreement")
+SCORES = ("self_confidence", "normalized_margin", "entropy", "crop_disagreement", "aum", "forgotten")
 PREDICTION = "label-refinery audit"
 
 

@@ -30,6 +30,7 @@ from ..labels.crossfit import CrossFitRefinery
 from ..labels.external import Options
 from ..labels.store import StoredLabels
 from ..losses import make_loss
+from .dynamics import Dynamics
 from .engine import Step
 from .jitter import Jitter
 
@@ -136,7 +137,9 @@ def build_step(cfg: Config, ds: ImageDataset, labels, scaler=None) -> Step:
             )
         transforms.append(Jitter(cfg.jitter, labels, ds.mean, ds.std))
     temperature = 1.0 if is_ground_truth(cfg) else cfg.loss.temperature
-    return Step(make_loss(temperature, cfg.loss.gt_weight), _compose(transforms), cfg.channels_last, cfg.amp, scaler)
+    dynamics = Dynamics(ds.train.ids) if cfg.mix.kind == "off" else None  # a mixed image has no one margin
+    loss = make_loss(temperature, cfg.loss.gt_weight)
+    return Step(loss, _compose(transforms), cfg.channels_last, cfg.amp, scaler, dynamics)
 
 
 def _compose(transforms: list):

@@ -170,6 +170,7 @@ class Step:
     channels_last: bool = False
     amp: str = "off"  # off | bf16 | fp16 (see autocast)
     scaler: torch.amp.GradScaler | None = None  # fp16 only
+    dynamics: object | None = None  # per-image margins of the given label (training/dynamics.py), or None
 
 
 def train_one_epoch(
@@ -212,6 +213,8 @@ def train_one_epoch(
                 refined = labels(batch).float()  # [B, C] probabilities of exactly those crops, no grad
                 logits = student(batch.images).float()  # [B, C]
             loss = step_cfg.loss(logits, refined, batch.targets)
+            if step_cfg.dynamics is not None:
+                step_cfg.dynamics.add(batch.indices, logits, batch.targets)
             if every == 1 and not torch.isfinite(loss):
                 raise _nonfinite(str(loss.item()), step, lr)
             _backward_and_step(loss, optimizer, step_cfg.scaler)

@@ -76,6 +76,8 @@ def _train_epoch(run: Run, epoch: int, pos: state.Position, desc: str, progress:
         after_step=after_step,
         bar={"total": steps - first, "desc": f"{desc} epoch {epoch + 1}/{cfg.optim.epochs}", "disable": not progress},
     )
+    if run.step.dynamics is not None:
+        run.step.dynamics.close_epoch(epoch)
     row = {"epoch": epoch, **row}
     if (
         epoch + 1
@@ -95,6 +97,8 @@ def _finish(run: Run, history: list[dict], labels_info: dict, desc: str, progres
     if not distributed.is_main():
         return None
     metrics = final_metrics(history, clean, run.folder, run.cfg.optim.epochs)
+    if run.step.dynamics is not None:  # before the checkpoint: a finished generation always has its dynamics
+        run.step.dynamics.save(run.folder)
     student = run.student.to(memory_format=torch.contiguous_format)
     meta = final_meta(run.plan, run.ds, student, labels_info, metrics, run.fingerprint)
     meta = save_final(run.folder, student, meta)
@@ -140,7 +144,7 @@ def _start(run: Run, log: Callable[[str], None]) -> state.Position:
             atomic_write(folder / "label-noise.csv", run.ds.label_changes.to_csv().encode())
         if run.ds.label_overrides is not None:  # labels replaced from a file (accepted audit fixes)
             atomic_write(folder / "label-overrides.csv", run.ds.label_overrides.to_csv().encode())
-    pos = state.resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint)
+    pos = state.resume(folder, run.student, run.optimizer, run.scaler, run.refinery_sha, run.fingerprint, run.step.dynamics)
     if pos.batch:
         log(f"generation {plan.generation}: resuming in epoch {pos.epoch + 1} after step {pos.batch} of {run.steps} ({folder})")  # fmt: skip
     elif pos.epoch:

@@ -196,7 +196,8 @@ class Run:
             meters = meters.over_processes()
         distributed.sync_buffers(self.student)
         pos = state.Position(epoch, batch, meters)
-        state.save(self.folder, self.student, self.optimizer, self.scaler, pos, self.refinery_sha, self.fingerprint)
+        state.save(self.folder, self.student, self.optimizer, self.scaler, pos, self.refinery_sha, self.fingerprint,
+                   self.step.dynamics)  # fmt: skip
 
 
 def build_run(plan: Plan, ds: ImageDataset, log: Callable[[str], None], progress: bool) -> Run:

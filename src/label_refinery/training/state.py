@@ -28,8 +28,11 @@ class Position:
     meters: Meters | None = None
 
 
-def resume(folder: Path, student, optimizer, scaler, refinery_sha: str | None, data_fingerprint: str) -> Position:
-    """Load the training state if there is one (model, optimizer, grad scaler, RNG, position)."""
+def resume(
+    folder: Path, student, optimizer, scaler, refinery_sha: str | None, data_fingerprint: str, dynamics=None
+) -> Position:
+    """Load the training state if there is one (model, optimizer, grad scaler, RNG, position, and the
+    per-image training dynamics into ``dynamics``)."""
     if not (folder / STATE).is_file():
         return Position()
     try:
@@ -46,6 +49,8 @@ def resume(folder: Path, student, optimizer, scaler, refinery_sha: str | None, d
         )
     student.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors, meta["optimizer"])
+    if dynamics is not None:
+        dynamics.restore(tensors)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     own = f".rank{distributed.rank()}" if distributed.rank() else ""  # each process resumes its own stream
@@ -67,7 +72,8 @@ def _rng_states() -> dict[str, torch.Tensor]:
 
 
 def save(
-    folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str
+    folder: Path, student, optimizer, scaler, pos: Position, refinery_sha: str | None, data_fingerprint: str,
+    dynamics=None,
 ) -> None:
     """Model, optimizer, grad scaler, RNG and position in one atomically replaced file (rank 0 writes).
 
@@ -76,11 +82,13 @@ def save(
     function of the step, which the position gives.
     """
     rngs = distributed.all_gather(_rng_states())  # every process calls save; each keeps its own stream
+    dyn = dynamics.state() if dynamics is not None else {}  # combined over processes: every process takes part
     if not distributed.is_main():
         return
     opt_tensors, opt_info = optimizer_tensors(optimizer)
     tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
     tensors.update(opt_tensors)
+    tensors.update(dyn)
     for r, states in enumerate(rngs):  # rank 0 as "rng.cpu" (what a single process reads), others ".rankR"
         tensors.update({f"{key}{f'.rank{r}' if r else ''}": value for key, value in states.items()})
     meta = {
