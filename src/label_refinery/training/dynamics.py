@@ -47,21 +47,25 @@ class Dynamics:
 
     def positions(self, batch_ids: torch.Tensor) -> torch.Tensor:
         """Positions in the split of the dataset ids ``batch_ids``."""
-        return self._order[torch.searchsorted(self._sorted, batch_ids.cpu().long())]
+        ids = batch_ids.long().to(self._sorted.device)
+        return self._order[torch.searchsorted(self._sorted, ids)]
 
     @torch.no_grad()
     def add(self, batch_ids: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Count one step's crops: margin of the given label and whether it is the top-1."""
+        """Count one step's crops: margin of the given label and whether it is the top-1. The sums stay on
+        the logits' device (no host sync per step on a GPU) until the epoch closes."""
         z = logits.detach().float()
-        y = targets.long()
+        if self.epoch_sums.device != z.device:  # the first step (or the first after a resume)
+            self.epoch_sums, self._order, self._sorted = (t.to(z.device) for t in (self.epoch_sums, self._order, self._sorted))
+        y = targets.long().to(z.device)
         given = z.gather(1, y[:, None])[:, 0]
         others = z.scatter(1, y[:, None], float("-inf")).amax(1)
-        values = torch.stack([given - others, (z.argmax(1) == y).float(), torch.ones_like(given)]).double().cpu()
+        values = torch.stack([given - others, (z.argmax(1) == y).float(), torch.ones_like(given)]).double()
         self.epoch_sums.index_add_(1, self.positions(batch_ids), values)
 
     def close_epoch(self, epoch: int) -> None:
         """Move the epoch's sums (over every process) into the running totals."""
-        margin, correct, seen = self.combined_epoch()
+        margin, correct, seen = self.combined_epoch()  # on the CPU
         hit = seen > 0
         right = torch.where(hit, (correct / seen.clamp_min(1) >= 0.5).to(torch.int8), self.correct_prev)
         self.aum_sum[hit] += (margin / seen.clamp_min(1))[hit]
@@ -71,7 +75,7 @@ class Dynamics:
         self.learned_epoch[turned] = epoch
         self.learned_epoch[hit & (right == 0)] = -1
         self.correct_prev = right
-        self.epoch_sums = torch.zeros_like(self.epoch_sums)
+        self.epoch_sums.zero_()
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors for the training state; the epoch's partial sums must be combined over processes first
@@ -79,11 +83,11 @@ class Dynamics:
         return {f"dynamics.{k}": getattr(self, k).clone() for k in RUNNING} | {"dynamics.epoch_sums": self.combined_epoch()}
 
     def combined_epoch(self) -> torch.Tensor:
-        """The epoch's sums so far over every process (float64 on CPU, like the meters)."""
+        """The epoch's sums so far over every process, on the CPU (float64, like the meters)."""
         sums = self.epoch_sums.clone()
         if distributed.world() > 1:
-            torch.distributed.all_reduce(sums)
-        return sums
+            torch.distributed.all_reduce(sums)  # on the training device (NCCL: CUDA tensors)
+        return sums.cpu()
 
     def restore(self, tensors: dict[str, torch.Tensor]) -> None:
         """From a training state (a state saved without dynamics starts them afresh)."""
@@ -92,7 +96,8 @@ class Dynamics:
         for k in RUNNING:
             setattr(self, k, tensors[f"dynamics.{k}"].clone())
         # the epoch's sums so far, combined over processes when saved: rank 0 carries them, others start at 0
-        self.epoch_sums = tensors["dynamics.epoch_sums"].clone() if distributed.is_main() else torch.zeros_like(self.epoch_sums)
+        sums = tensors["dynamics.epoch_sums"].clone() if distributed.is_main() else torch.zeros_like(self.epoch_sums.cpu())
+        self.epoch_sums = sums.to(self.epoch_sums.device)
 
     def arrays(self) -> dict[str, np.ndarray]:
         seen = self.epochs_seen.clamp_min(1).double()
