@@ -6,7 +6,7 @@ against the training dynamics recorded while generation 1 trained, each alone an
 
 For each flip kind, rate and seed: a seeded share of the training labels is flipped through a
 label-override file (``symmetric``: to a uniformly drawn other class; ``pairs``: between confusable
-classes, T-shirt <-> shirt, pullover <-> coat, sandal <-> sneaker, sneaker <-> ankle boot, trouser <->
+classes, T-shirt <-> shirt, pullover <-> coat, sandal -> sneaker, sneaker <-> ankle boot, trouser <->
 dress, as annotators err); one generation trains on them (``label-refinery train``, 10 epochs), and
 the in-sample audit scores every image (``label-refinery audit``, no folds: one training in all). Then
 precision at k (k = the number of flipped labels; 1.0 = the k lowest-ranked images are exactly the
