@@ -38,7 +38,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from ..files import read_csv, write_json
 from .probe import load_run, to_pictures
 
@@ -153,7 +153,7 @@ def export_audit(
     """Write ``run``'s audit (default ``RUN/audit``) as a FiftyOne or Label Studio folder ``out`` (module
     docstring); returns how many images it holds. ``out`` is replaced only with ``force``."""
     if fmt not in FORMATS:
-        raise UserError(f"a review export is {' or '.join(FORMATS)}, not {fmt!r}")
+        raise UserError(f"a review export is {' or '.join(FORMATS)}, not {brief(fmt)}")
     audit, out = Path(audit) if audit else Path(run) / "audit", Path(out)
     rows = _chosen(_audit_rows(audit), fmt, top)
     if not rows:
