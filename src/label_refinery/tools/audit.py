@@ -46,6 +46,7 @@ from ..labels import refine
 from ..locks import claim
 from . import quality
 from .export import write_csv
+from .hygiene import hygiene, hygiene_sections
 from .probe import analysis_sampler, generations, load_run, refined, to_pictures
 
 RANKINGS = ("self_confidence", "normalized_margin", "aum")
@@ -66,6 +67,7 @@ class AuditSpec:
     rank: str = "self_confidence"  # the order of audit.csv (RANKINGS), lowest first
     crops_per_image: int = 4  # fixed random crops per image, beside the whole image
     html_rows: int = 100  # the images shown in audit.html
+    hygiene_rows: int = 12  # the most similar train/test pairs, training pairs and outliers shown there
     batch_size: int = 256
 
 
@@ -123,6 +125,8 @@ def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device
     probs, crop_wrong = _probabilities(stage, scorers, ds, sampler, spec, device, progress)
     y = ds.train.targets.numpy()
     table = _table(probs, y, crop_wrong, ds.num_classes) | _dynamics(run, ds)
+    embedder = scorers[0][1][-1]  # a model the run trained (embeddings need not be held out)
+    table |= hygiene(embedder, ds.train, ds.test, batch_size=spec.batch_size, device=device)
     if spec.rank == "aum" and np.isnan(table["aum"]).all():
         from ..errors import UserError
 
@@ -142,7 +146,8 @@ def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device
     for k, (positions, _) in enumerate(scorers):
         scorer_of[positions] = k
     pictures = _pictures(ds, top, [scorers[scorer_of[i]][1][-1] for i in top], sampler, device)
-    atomic_write(stage / "audit.html", audit_html(top_rows, pictures, run=str(run), summary=summary).encode())
+    sections = hygiene_sections(ds, table, spec.hygiene_rows)
+    atomic_write(stage / "audit.html", audit_html(top_rows, pictures, run=str(run), summary=summary, hygiene=sections).encode())
     return summary
 
 
@@ -284,6 +289,11 @@ def _row(rank: int, i: int, t: dict, ds) -> dict:
         "issue": bool(t["issue"][i]),
         "entropy": round(float(t["entropy"][i]), 4),
         "crop_disagreement": round(float(t["crop_wrong"][i]), 4),
+        "duplicate_of": int(t["duplicate_of"][i]),
+        "duplicate_sim": round(float(t["duplicate_sim"][i]), 4),
+        "test_duplicate_of": int(t["test_duplicate_of"][i]),
+        "test_duplicate_sim": round(float(t["test_duplicate_sim"][i]), 4),
+        "outlier_score": round(float(t["outlier_score"][i]), 4),
         "aum": "" if math.isnan(t["aum"][i]) else round(float(t["aum"][i]), 4),
         "forgotten": "" if t["forgotten"][i] < 0 else int(t["forgotten"][i]),
         "top3": " ".join(f"{ds.classes[a]}:{b:.2f}" for a, b in zip(idx, prob) if b > 0 or a == idx[0]),

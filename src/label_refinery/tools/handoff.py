@@ -43,7 +43,8 @@ from ..files import read_csv, write_json
 from .probe import load_run, to_pictures
 
 FORMATS = ("fiftyone", "label-studio")
-SCORES = ("self_confidence", "normalized_margin", "entropy", "crop_disagreement", "aum", "forgotten")
+SCORES = ("self_confidence", "normalized_margin", "entropy", "crop_disagreement", "aum", "forgotten",
+          "duplicate_sim", "test_duplicate_sim", "outlier_score")
 PREDICTION = "label-refinery audit"
 
 

@@ -111,7 +111,32 @@ function countDecisions(){
 """
 
 
-def audit_html(rows: list[dict], pictures: list[dict], *, run: str, summary: dict) -> str:
+def hygiene_html(sections: list[dict]) -> str:
+    """The hygiene tables (audit.py), each behind a filter button: image, its closest match, the score."""
+    if not sections:
+        return ""
+    buttons = "".join(
+        f"<button onclick=\"showOnly('{s['key']}')\">{html.escape(s['title'])}</button> " for s in sections
+    )
+    tables = []
+    for s in sections:
+        trs = "".join(
+            f"<tr><td>{img_tag(png(i['image']), i['caption'], 'pic')}<br>{html.escape(i['caption'])}</td>"
+            + (f"<td>{img_tag(png(i['match']), i['match_caption'], 'pic')}<br>{html.escape(i['match_caption'])}</td>" if "match" in i else "")
+            + "</tr>"
+            for i in s["items"]
+        )
+        tables.append(f"<div class='hygiene' id='h-{s['key']}'><h3>{html.escape(s['title'])}</h3><table>{trs}</table></div>")
+    script = ("<script>function showOnly(k){document.querySelectorAll('.hygiene').forEach("
+              "d=>{d.style.display=(k==='all'||d.id==='h-'+k)?'':'none';});}</script>")  # fmt: skip
+    return (
+        "<h2>Image hygiene</h2><p>From the embeddings of a model of the run (audit.csv: duplicate_of, "
+        "duplicate_sim, test_duplicate_of, test_duplicate_sim, outlier_score). Show: "
+        f"{buttons}<button onclick=\"showOnly('all')\">all</button></p>{''.join(tables)}{script}"
+    )
+
+
+def audit_html(rows: list[dict], pictures: list[dict], *, run: str, summary: dict, hygiene: list[dict] | None = None) -> str:
     """The audit page: per suspicious image its picture, given and suggested label, the reason, the
     top-3 and three crops with their own top-3, and accept/reject buttons; "download reviewed CSV"
     saves the decisions (``decision``: accept, reject or empty; ``label``: the label to keep) for
@@ -155,7 +180,7 @@ def audit_html(rows: list[dict], pictures: list[dict], *, run: str, summary: dic
         "<p>Mark each row, then <button id='download' onclick='downloadReviewed()'>download reviewed CSV</button> "
         "(<span id='decided'>0</span> decided) and apply it with <code>label-refinery relabel reviewed.csv "
         "--reviewed --out fixes.csv</code>.</p>"
-        f"<table>{head}{''.join(trs)}</table><script>{REVIEW_JS}</script>"
+        f"<table>{head}{''.join(trs)}</table><script>{REVIEW_JS}</script>{hygiene_html(hygiene or [])}"
     )
     return page(f"label audit: {run}", body)
 

@@ -1,0 +1,132 @@
+"""Image hygiene beside labels (issue 27, goal 3): near-duplicate training images, training images that
+duplicate test images (they inflate test accuracy), and outliers (images far from every other).
+
+Each image is embedded by a model the run trained: the input of its classifier (the last ``nn.Linear``),
+L2-normalised, on the evaluation view. Then, by cosine similarity in chunks (no ``N x N`` matrix held):
+
+- ``duplicate_of`` / ``duplicate_sim``: the most similar *other* training image;
+- ``test_duplicate_of`` / ``test_duplicate_sim``: the most similar test image;
+- ``outlier_score``: 1 minus the mean similarity to its ``K`` nearest training images (K = 10): high
+  where an image has no close neighbours at all.
+
+The audit writes them as columns of ``audit.csv`` and shows the most similar train/test pairs, training
+pairs and outliers in ``audit.html``. Their thresholds are the reader's: the columns are rankings, and
+``bench/audit_hygiene.py`` measures their precision on planted copies and outliers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .probe import to_pictures
+
+NEIGHBOURS = 10
+CHUNK = 2048
+
+
+def classifier_input(model: nn.Module) -> nn.Linear:
+    """The model's last ``nn.Linear``: its input is the embedding."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"{type(model).__name__} has no nn.Linear classifier to take embeddings from")
+    return linears[-1]
+
+
+@torch.no_grad()
+def embed(model: nn.Module, split, *, batch_size: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``(ids [N], embeddings [N, D])`` of ``split``'s evaluation views, in its order, L2-normalised."""
+    grabbed: list[torch.Tensor] = []
+    hook = classifier_input(model).register_forward_hook(lambda _m, inputs, _out: grabbed.append(inputs[0].flatten(1)))
+    ids, out = [], []
+    try:
+        model.eval()
+        for batch in split.iter_batches(batch_size, device=device):
+            model(batch.images)
+            out.append(torch.nn.functional.normalize(grabbed.pop().float(), dim=1).cpu())
+            ids.append(batch.indices.cpu())
+    finally:
+        hook.remove()
+    return torch.cat(ids).numpy(), torch.cat(out).numpy()
+
+
+def nearest(queries: np.ndarray, keys: np.ndarray, k: int = 1, same: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``[N, k]`` and cosine similarities ``[N, k]`` of each query's ``k`` most similar keys
+    (``same``: queries are the keys, and an image is not its own neighbour)."""
+    k = min(k, len(keys) - (1 if same else 0))
+    keys_t = torch.from_numpy(np.ascontiguousarray(keys))
+    pos, sim = np.zeros((len(queries), k), dtype=np.int64), np.zeros((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), CHUNK):
+        q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK]))
+        s = q @ keys_t.T  # [chunk, M]
+        if same:
+            rows = torch.arange(len(q))
+            s[rows, rows + start] = -2.0  # not itself
+        top = s.topk(k, dim=1)
+        pos[start : start + len(q)], sim[start : start + len(q)] = top.indices.numpy(), top.values.numpy()
+    return pos, sim
+
+
+def hygiene(model: nn.Module, train, test, *, batch_size: int = 256, device="cpu") -> dict[str, np.ndarray]:
+    """Per training image ``[N]`` (in ``train``'s order): the columns of the module docstring."""
+    train_ids, e_train = embed(model, train, batch_size=batch_size, device=device)
+    test_ids, e_test = embed(model, test, batch_size=batch_size, device=device)
+    pos, sim = nearest(e_train, e_train, NEIGHBOURS, same=True)
+    tpos, tsim = nearest(e_train, e_test, 1)
+    return {
+        "duplicate_of": train_ids[pos[:, 0]],
+        "duplicate_sim": sim[:, 0],
+        "test_duplicate_of": test_ids[tpos[:, 0]],
+        "test_duplicate_sim": tsim[:, 0],
+        "outlier_score": 1.0 - sim.mean(1),
+    }
+
+
+def _views(split, positions: list[int], ds) -> list[np.ndarray]:
+    """uint8 evaluation views of ``split``'s images at ``positions``, in that order."""
+    out = []
+    for batch in split.subset(positions).iter_batches(64):
+        out.extend(to_pictures(batch.images, ds))
+    return out
+
+
+def hygiene_sections(ds, t: dict, rows: int) -> list[dict]:
+    """audit.html's hygiene tables: the ``rows`` most similar train/test and training pairs, and outliers."""
+    if rows <= 0:
+        return []
+    train_pos = {int(i): p for p, i in enumerate(ds.train.ids.tolist())}
+    test_pos = {int(i): p for p, i in enumerate(ds.test.ids.tolist())}
+    cls = ds.classes
+    y, y_test = ds.train.targets.numpy(), ds.test.targets.numpy()
+    sections = []
+    for key, title, other, other_split, other_y in (
+        ("test_duplicate_sim", "training images most like a test image", "test_duplicate_of", ds.test, y_test),
+        ("duplicate_sim", "training images most like another training image", "duplicate_of", ds.train, y),
+        ("outlier_score", "outliers: training images least like any other", None, None, None),
+    ):
+        order = np.argsort(-t[key], kind="stable")[:rows].tolist()
+        if key == "duplicate_sim":  # each pair once
+            seen, kept = set(), []
+            for p in np.argsort(-t[key], kind="stable").tolist():
+                pair = frozenset((int(ds.train.ids[p]), int(t[other][p])))
+                if pair not in seen:
+                    seen.add(pair)
+                    kept.append(p)
+                if len(kept) == rows:
+                    break
+            order = kept
+        a = _views(ds.train, order, ds)
+        items = [{"image": img, "caption": f"train #{int(ds.train.ids[p])} ({cls[y[p]]}), {key} {t[key][p]:.3f}"} for img, p in zip(a, order)]
+        if other:
+            where = train_pos if other_split is ds.train else test_pos
+            pos = [where[int(t[other][p])] for p in order]
+            for item, img, q in zip(items, _views(other_split, pos, ds), pos):
+                item["match"] = img
+                item["match_caption"] = f"{'test' if other_split is ds.test else 'train'} #{int(other_split.ids[q])} ({cls[other_y[q]]})"
+        sections.append({"key": key, "title": title, "items": items})
+    return sections
+
+
+__all__ = ["embed", "hygiene", "hygiene_sections", "nearest"]
