@@ -54,3 +54,16 @@ def test_the_audit_writes_hygiene_columns_and_its_page_shows_them(tmp_path):
     page = (tmp_path / "run/audit/audit.html").read_text()
     assert "Image hygiene" in page and page.count("class='hygiene'") == 3
     assert page.count("showOnly(") >= 4  # a filter button per table, and all
+
+
+def test_too_many_pairs_skips_hygiene_and_says_so(tmp_path, monkeypatch, capsys):
+    from label_refinery.tools import audit
+
+    cfg = load_config(overrides={"data.dataset": "digits", "optim.epochs": 1, "device": "cpu"})
+    train_generation(cfg, tmp_path / "run", log=lambda _: None)
+    monkeypatch.setattr(audit, "MAX_PAIRS", 1000)
+    audit_run(tmp_path / "run", log=lambda _: None)
+    assert "image hygiene skipped" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "run/audit/audit.csv")))
+    assert {r["test_duplicate_sim"] for r in rows} == {""} and {r["duplicate_of"] for r in rows} == {""}
+    assert "Image hygiene" not in (tmp_path / "run/audit/audit.html").read_text()

@@ -50,6 +50,7 @@ from .hygiene import hygiene, hygiene_sections
 from .probe import analysis_sampler, generations, load_run, refined, to_pictures
 
 RANKINGS = ("self_confidence", "normalized_margin", "aum")
+MAX_PAIRS = 5e10  # image hygiene compares every training image with every other and every test image
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,7 @@ def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device
     probs, crop_wrong = _probabilities(stage, scorers, ds, sampler, spec, device, progress)
     y = ds.train.targets.numpy()
     table = _table(probs, y, crop_wrong, ds.num_classes) | _dynamics(run, ds)
-    embedder = scorers[0][1][-1]  # a model the run trained (embeddings need not be held out)
-    table |= hygiene(embedder, ds.train, ds.test, batch_size=spec.batch_size, device=device)
+    table |= _hygiene(scorers[0][1][-1], ds, spec, device)  # a model the run trained: embeddings need not be held out
     if spec.rank == "aum" and np.isnan(table["aum"]).all():
         from ..errors import UserError
 
@@ -197,6 +197,17 @@ def _score(models, split, positions, probs, crop_wrong, sampler, spec: AuditSpec
             start += p.shape[1]
     if crops_per_image == 0:  # the whole image alone carries all the weight
         probs[positions] *= 2
+
+
+def _hygiene(model, ds, spec: AuditSpec, device) -> dict[str, np.ndarray]:
+    """hygiene.py's columns, or empty ones (NaN, -1) where comparing every pair would cost too much."""
+    n, m = len(ds.train), len(ds.test)
+    if n * (n + m) <= MAX_PAIRS:
+        return hygiene(model, ds.train, ds.test, batch_size=spec.batch_size, device=device)
+    print(f"audit: image hygiene skipped ({n:,} x {n + m:,} image pairs is more than {MAX_PAIRS:.0e}): its columns stay empty")
+    empty, none = np.full(n, np.nan, dtype=np.float32), np.full(n, -1, dtype=np.int64)
+    return {"duplicate_of": none, "duplicate_sim": empty, "test_duplicate_of": none, "test_duplicate_sim": empty,
+            "outlier_score": empty}  # fmt: skip
 
 
 def _dynamics(run, ds) -> dict[str, np.ndarray]:
@@ -289,11 +300,8 @@ def _row(rank: int, i: int, t: dict, ds) -> dict:
         "issue": bool(t["issue"][i]),
         "entropy": round(float(t["entropy"][i]), 4),
         "crop_disagreement": round(float(t["crop_wrong"][i]), 4),
-        "duplicate_of": int(t["duplicate_of"][i]),
-        "duplicate_sim": round(float(t["duplicate_sim"][i]), 4),
-        "test_duplicate_of": int(t["test_duplicate_of"][i]),
-        "test_duplicate_sim": round(float(t["test_duplicate_sim"][i]), 4),
-        "outlier_score": round(float(t["outlier_score"][i]), 4),
+        **{k: (int(t[k][i]) if t[k][i] >= 0 else "") for k in ("duplicate_of", "test_duplicate_of")},
+        **{k: ("" if math.isnan(t[k][i]) else round(float(t[k][i]), 4)) for k in ("duplicate_sim", "test_duplicate_sim", "outlier_score")},
         "aum": "" if math.isnan(t["aum"][i]) else round(float(t["aum"][i]), 4),
         "forgotten": "" if t["forgotten"][i] < 0 else int(t["forgotten"][i]),
         "top3": " ".join(f"{ds.classes[a]}:{b:.2f}" for a, b in zip(idx, prob) if b > 0 or a == idx[0]),
