@@ -2,10 +2,13 @@
 duplicate test images (they inflate test accuracy), and outliers (images far from every other).
 
 Each image is embedded by a model the run trained: the input of its classifier (the last ``nn.Linear``),
-L2-normalised, on the evaluation view. Then, by cosine similarity in chunks (no ``N x N`` matrix held):
+L2-normalised, on the evaluation view. Its 5 nearest neighbours by cosine similarity (in chunks: no
+``N x N`` matrix held) are the candidates; of those, the one most alike in pixels (the view pooled to
+16 x 16, mean removed, cosine) is its match, since a network's embedding puts look-alikes as close as
+copies:
 
-- ``duplicate_of`` / ``duplicate_sim``: the most similar *other* training image;
-- ``test_duplicate_of`` / ``test_duplicate_sim``: the most similar test image;
+- ``duplicate_of`` / ``duplicate_sim``: the matching *other* training image and the pixel similarity;
+- ``test_duplicate_of`` / ``test_duplicate_sim``: the matching test image and the pixel similarity;
 - ``outlier_score``: 1 minus the mean similarity to its ``K`` nearest training images (K = 10): high
   where an image has no close neighbours at all.
 
@@ -18,12 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
 from .probe import to_pictures
 
 NEIGHBOURS = 10
+CANDIDATES = 5  # embedding neighbours compared in pixels
+PIXELS = 16  # the side of the pooled view compared
 CHUNK = 2048
 
 
@@ -36,20 +42,24 @@ def classifier_input(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def embed(model: nn.Module, split, *, batch_size: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """``(ids [N], embeddings [N, D])`` of ``split``'s evaluation views, in its order, L2-normalised."""
+def embed(model: nn.Module, split, *, batch_size: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids [N], embeddings [N, D], pixels [N, P])`` of ``split``'s evaluation views, in its order, both
+    L2-normalised; ``pixels``: the view pooled to at most 16 x 16 per channel, its mean removed (what
+    tells a copy from a look-alike)."""
     grabbed: list[torch.Tensor] = []
     hook = classifier_input(model).register_forward_hook(lambda _m, inputs, _out: grabbed.append(inputs[0].flatten(1)))
-    ids, out = [], []
+    ids, out, pix = [], [], []
     try:
         model.eval()
         for batch in split.iter_batches(batch_size, device=device):
             model(batch.images)
-            out.append(torch.nn.functional.normalize(grabbed.pop().float(), dim=1).cpu())
+            out.append(F.normalize(grabbed.pop().float(), dim=1).cpu())
+            small = F.adaptive_avg_pool2d(batch.images.float(), min(PIXELS, batch.images.shape[-1])).flatten(1)
+            pix.append(F.normalize(small - small.mean(1, keepdim=True), dim=1).cpu())
             ids.append(batch.indices.cpu())
     finally:
         hook.remove()
-    return torch.cat(ids).numpy(), torch.cat(out).numpy()
+    return torch.cat(ids).numpy(), torch.cat(out).numpy(), torch.cat(pix).numpy()
 
 
 def nearest(queries: np.ndarray, keys: np.ndarray, k: int = 1, same: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -69,17 +79,28 @@ def nearest(queries: np.ndarray, keys: np.ndarray, k: int = 1, same: bool = Fals
     return pos, sim
 
 
+def _closest_in_pixels(pix: np.ndarray, other: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Among each image's embedding candidates ``[N, k]``, the one most alike in pixels: ``(its position [N],
+    the pixel similarity [N])``."""
+    sims = np.einsum("np,nkp->nk", pix, other[candidates])
+    best = sims.argmax(1)
+    rows = np.arange(len(pix))
+    return candidates[rows, best], sims[rows, best]
+
+
 def hygiene(model: nn.Module, train, test, *, batch_size: int = 256, device="cpu") -> dict[str, np.ndarray]:
     """Per training image ``[N]`` (in ``train``'s order): the columns of the module docstring."""
-    train_ids, e_train = embed(model, train, batch_size=batch_size, device=device)
-    test_ids, e_test = embed(model, test, batch_size=batch_size, device=device)
+    train_ids, e_train, p_train = embed(model, train, batch_size=batch_size, device=device)
+    test_ids, e_test, p_test = embed(model, test, batch_size=batch_size, device=device)
     pos, sim = nearest(e_train, e_train, NEIGHBOURS, same=True)
-    tpos, tsim = nearest(e_train, e_test, 1)
+    tpos, _ = nearest(e_train, e_test, CANDIDATES)
+    dup, dup_sim = _closest_in_pixels(p_train, p_train, pos[:, :CANDIDATES])
+    leak, leak_sim = _closest_in_pixels(p_train, p_test, tpos)
     return {
-        "duplicate_of": train_ids[pos[:, 0]],
-        "duplicate_sim": sim[:, 0],
-        "test_duplicate_of": test_ids[tpos[:, 0]],
-        "test_duplicate_sim": tsim[:, 0],
+        "duplicate_of": train_ids[dup],
+        "duplicate_sim": dup_sim,
+        "test_duplicate_of": test_ids[leak],
+        "test_duplicate_sim": leak_sim,
         "outlier_score": 1.0 - sim.mean(1),
     }
 
