@@ -3,9 +3,9 @@ duplicate test images (they inflate test accuracy), and outliers (images far fro
 
 Each image is embedded by a model the run trained: the input of its classifier (the last ``nn.Linear``),
 L2-normalised, on the evaluation view. Its 5 nearest neighbours by cosine similarity (in chunks: no
-``N x N`` matrix held) are the candidates; of those, the one most alike in pixels (the view pooled to
-16 x 16, mean removed, cosine) is its match, since a network's embedding puts look-alikes as close as
-copies:
+``N x N`` matrix held) are the candidates; of those, the one most alike in pixels (the views at most
+32 x 32, their correlation, the candidate shifted by up to a pixel) is its match, since a network's
+embedding puts look-alikes as close as copies:
 
 - ``duplicate_of`` / ``duplicate_sim``: the matching *other* training image and the pixel similarity;
 - ``test_duplicate_of`` / ``test_duplicate_sim``: the matching test image and the pixel similarity;
@@ -29,7 +29,7 @@ from .probe import to_pictures
 
 NEIGHBOURS = 10
 CANDIDATES = 5  # embedding neighbours compared in pixels
-PIXELS = 16  # the side of the pooled view compared
+PIXELS = 32  # the largest side of the views compared in pixels
 CHUNK = 2048
 
 
@@ -43,9 +43,9 @@ def classifier_input(model: nn.Module) -> nn.Linear:
 
 @torch.no_grad()
 def embed(model: nn.Module, split, *, batch_size: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids [N], embeddings [N, D], pixels [N, P])`` of ``split``'s evaluation views, in its order, both
-    L2-normalised; ``pixels``: the view pooled to at most 16 x 16 per channel, its mean removed (what
-    tells a copy from a look-alike)."""
+    """``(ids [N], embeddings [N, D], pixels [N, C, S, S])`` of ``split``'s evaluation views, in its order:
+    the embeddings L2-normalised, the pixels the view at most 32 x 32 (float16; what tells a copy from a
+    look-alike)."""
     grabbed: list[torch.Tensor] = []
     hook = classifier_input(model).register_forward_hook(lambda _m, inputs, _out: grabbed.append(inputs[0].flatten(1)))
     ids, out, pix = [], [], []
@@ -54,8 +54,8 @@ def embed(model: nn.Module, split, *, batch_size: int = 256, device="cpu") -> tu
         for batch in split.iter_batches(batch_size, device=device):
             model(batch.images)
             out.append(F.normalize(grabbed.pop().float(), dim=1).cpu())
-            small = F.adaptive_avg_pool2d(batch.images.float(), min(PIXELS, batch.images.shape[-1])).flatten(1)
-            pix.append(F.normalize(small - small.mean(1, keepdim=True), dim=1).cpu())
+            side = min(PIXELS, batch.images.shape[-1])
+            pix.append(F.adaptive_avg_pool2d(batch.images.float(), side).half().cpu())  # [B, C, S, S]
             ids.append(batch.indices.cpu())
     finally:
         hook.remove()
@@ -79,13 +79,29 @@ def nearest(queries: np.ndarray, keys: np.ndarray, k: int = 1, same: bool = Fals
     return pos, sim
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    x = x.flatten(-3).float()
+    return F.normalize(x - x.mean(-1, keepdim=True), dim=-1)
+
+
 def _closest_in_pixels(pix: np.ndarray, other: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Among each image's embedding candidates ``[N, k]``, the one most alike in pixels: ``(its position [N],
-    the pixel similarity [N])``."""
-    sims = np.einsum("np,nkp->nk", pix, other[candidates])
-    best = sims.argmax(1)
-    rows = np.arange(len(pix))
-    return candidates[rows, best], sims[rows, best]
+    the similarity [N])``, the correlation of the two views with the candidate shifted by up to one pixel
+    either way (the best of 9 shifts: a copy moved by a pixel is still a copy)."""
+    best_pos, best_sim = np.zeros(len(pix), dtype=np.int64), np.full(len(pix), -1.0, dtype=np.float32)
+    for start in range(0, len(pix), CHUNK):
+        q = torch.from_numpy(pix[start : start + CHUNK])[..., 1:-1, 1:-1]  # [n, C, S-2, S-2]
+        cand = torch.from_numpy(candidates[start : start + CHUNK])
+        keys = torch.from_numpy(other)[cand]  # [n, k, C, S, S]
+        size = q.shape[-1]
+        qu = _unit(q)[:, None]  # [n, 1, P]
+        sims = torch.stack([(qu * _unit(keys[..., dy : dy + size, dx : dx + size])).sum(-1)
+                            for dy in range(3) for dx in range(3)]).amax(0)  # [n, k]  # fmt: skip
+        top = sims.max(1)
+        rows = torch.arange(len(q))
+        best_pos[start : start + len(q)] = cand[rows, top.indices].numpy()
+        best_sim[start : start + len(q)] = top.values.numpy()
+    return best_pos, best_sim
 
 
 def hygiene(model: nn.Module, train, test, *, batch_size: int = 256, device="cpu") -> dict[str, np.ndarray]:
