@@ -244,8 +244,10 @@ def paper_figure(rows: list[dict], path: Path) -> None:
         if points:
             x, y, err, names = zip(*points)
             ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=f"refined by {'itself' if family == 'self' else 'the strong refinery'}")
-            for xi, yi, name in zip(x, y, names):
-                ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ordered = sorted(zip(x, y, names))
+            for i, (xi, yi, name) in enumerate(ordered):
+                left = i + 1 < len(ordered) and ordered[i + 1][0] - xi < 1.0  # the next label would overlap: write this one leftwards
+                ax.annotate(name, (xi, yi), fontsize=7, xytext=(-3 if left else 3, 3), textcoords="offset points", ha="right" if left else "left")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("student's ground-truth test top-1 (%)")
     ax.set_ylabel("gain in test top-1 (points, 95 % interval)")

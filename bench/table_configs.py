@@ -126,7 +126,7 @@ def curve(tune: dict, choice: dict) -> dict:
         arms.append(arm(f"gt-{n}", "cnn-small", recipe["gt"], data=size))
         arms.append(arm(f"self-{n}", "cnn-small", recipe["self"], f"gt-{n}/gen1", 1, data=size))
         arms.append(arm(f"strong-{n}", "cnn-small", recipe["strong"], f"refinery-{n}/gen1", 1, classes=10, data=size))
-    return {"out": "runs/table/curve", "seeds": [1, 2, 3], "analyze": False, "base": base, "arms": arms}
+    return {"out": "runs/table/curve", "seeds": [1, 2, 3, 4, 5], "analyze": False, "base": base, "arms": arms}
 
 
 def main() -> None:
