@@ -12,7 +12,8 @@ the in-sample audit scores every image (``label-refinery audit``, no folds: one 
 precision at k (k = the number of flipped labels; 1.0 = the k lowest-ranked images are exactly the
 flipped ones) of:
 
-- ``self_confidence`` and ``normalized_margin`` of the audit's view-averaged probabilities (ours);
+- ``log_margin`` (the audit's default), ``self_confidence`` and ``normalized_margin`` of the audit's
+  view-averaged probabilities (ours);
 - cleanlab's ``get_label_quality_scores`` on the same probabilities (if cleanlab is installed);
 - ``aum``: generation 1's area under the margin, recorded while it trained (training/dynamics.py);
 - ``forgotten``: how often the image turned from right to wrong (more first);
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 PAIRS = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 9, 9: 7, 1: 3, 3: 1}  # Fashion-MNIST: the likeliest confusions
-SIGNALS = ("self_confidence", "normalized_margin", "cleanlab", "aum", "forgotten", "combined")
+SIGNALS = ("log_margin", "self_confidence", "normalized_margin", "cleanlab", "aum", "forgotten", "combined")
 
 
 def flips(ids: np.ndarray, targets: np.ndarray, kind: str, rate: float, seed: int, classes: int) -> dict[int, int]:
@@ -64,11 +65,19 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
 
     out = Path(args.out) / f"{kind}-{rate:g}-seed{seed}"
     if (out / "result.json").is_file():
-        return json.loads((out / "result.json").read_text())
+        cached = json.loads((out / "result.json").read_text())
+        if all(s in cached for s in SIGNALS if s != "cleanlab"):
+            return cached
     ds = load_dataset("fashion-mnist", train_subset=args.subset)
     ids, targets = ds.train.ids.numpy(), ds.train.targets.numpy()
     wrong_label = flips(ids, targets, kind, rate, seed, ds.num_classes)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "run/audit/audit.csv").is_file():
+        _train_and_audit(args, out, ds, wrong_label, seed)
+    return _score(out, ds, ids, wrong_label, kind, rate, seed)
+
+
+def _train_and_audit(args, out: Path, ds, wrong_label: dict[int, int], seed: int) -> None:
     with open(out / "flips.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "label"])
@@ -79,6 +88,11 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
                     "--label-overrides", str(out / "flips.csv"), "--seed", str(seed), "--out", str(out / "run"), *common],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     subprocess.run([*lr, "audit", str(out / "run"), *common], check=True, stdout=subprocess.DEVNULL)
+
+
+def _score(out: Path, ds, ids: np.ndarray, wrong_label: dict[int, int], kind: str, rate: float, seed: int) -> dict:
+    from label_refinery.tools import quality
+
     rows = list(csv.DictReader(open(out / "run/audit/audit.csv")))
     probs = np.load(out / "run/audit/probs.npy")
     by_id = {int(r["index"]): r for r in rows}
@@ -90,6 +104,7 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
     col = {k: column(k, np.nan) for k in ("self_confidence", "normalized_margin", "aum")}
     forgotten = column("forgotten", 0.0)
     orders = {
+        "log_margin": np.argsort(quality.log_margin(probs, y), kind="stable"),  # from the probabilities: older audits lack the column
         "self_confidence": np.argsort(col["self_confidence"], kind="stable"),
         "normalized_margin": np.argsort(col["normalized_margin"], kind="stable"),
         "aum": np.argsort(col["aum"], kind="stable"),

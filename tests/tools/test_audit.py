@@ -44,6 +44,9 @@ def test_confident_joint_by_hand_and_like_cleanlab():
     assert quality.confident_joint(p, y, 3).tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     assert quality.label_issues(p, y).tolist() == [False, False, False, True, False]
     assert quality.normalized_margin(p, y).tolist() == pytest.approx([0.85, 0.65, 0.85, 0.25, 0.85])
+    given, rival = quality.given_and_rival(p, y)
+    assert quality.log_margin(p, y) == pytest.approx(np.log(given) - np.log(rival))
+    assert np.argsort(quality.log_margin(p, y))[0] == 3  # the image confidently another class comes first
     pytest.importorskip("cleanlab", reason="cleanlab (a dev dependency) compares the rankings")
     from cleanlab.count import compute_confident_joint
     from cleanlab.filter import find_label_issues

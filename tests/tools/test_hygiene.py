@@ -14,7 +14,7 @@ from label_refinery import load_config, train_generation
 from label_refinery.data import load_dataset
 from label_refinery.models import create_model
 from label_refinery.tools.audit import AuditSpec, audit_run
-from label_refinery.tools.hygiene import classifier_input, hygiene, nearest
+from label_refinery.tools.hygiene import class_similarity, classifier_input, hygiene, nearest
 
 
 def test_nearest_by_hand():
@@ -26,7 +26,21 @@ def test_nearest_by_hand():
     assert pos.tolist() == [[0]] and sim.tolist() == [[0.0]]
 
 
-def test_a_training_image_in_the_test_split_is_found_and_outliers_rank_first(tmp_path):
+def test_outliers_far_from_every_class_rank_first_even_as_a_cluster_of_their_own():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)[:3]  # three classes along three axes
+    inliers = centres[np.repeat(np.arange(3), 50)] + 0.05 * rng.standard_normal((150, 4))
+    junk = np.array([0, 0, 0, 1.0]) + 0.01 * rng.standard_normal((6, 4))  # six alike images off every class,
+    e = np.concatenate([inliers, junk])  # given random labels
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    y = np.concatenate([np.repeat(np.arange(3), 50), rng.integers(0, 3, 6)])
+    score = 1 - class_similarity(e, y)
+    assert set(np.argsort(-score)[:6]) == set(range(150, 156))
+    _, sim = nearest(e, e, 5, same=True)  # their nearest neighbours are each other: a kNN score misses them
+    assert (1 - sim.mean(1))[150:].max() < np.median(1 - sim.mean(1))
+
+
+def test_a_training_image_in_the_test_split_is_found(tmp_path):
     ds = load_dataset("digits")
     torch.manual_seed(0)
     model = create_model("cnn-small", ds.in_chans, ds.num_classes).eval()
@@ -40,6 +54,7 @@ def test_a_training_image_in_the_test_split_is_found_and_outliers_rank_first(tmp
     assert h["test_duplicate_sim"][~copies].max() < 1.0 - 1e-4
     assert (h["duplicate_of"] != ids).all()  # never itself among the training images
     assert h["outlier_score"].shape == (len(ds.train),) and (h["outlier_score"] >= -1e-6).all()
+    assert (h["outlier_score"] <= 2 + 1e-6).all()
 
 
 def test_the_audit_writes_hygiene_columns_and_its_page_shows_them(tmp_path):

@@ -99,8 +99,8 @@ def _add_label_tools(sub, fmt) -> None:
     au.add_argument("--folds", type=int, default=0, help="held-out scores: train K fold chains (each without one fold of the images) with the run's generation-1 config; costs K trainings on (K-1)/K of the data; 0: the chain's own generations, in-sample [default: 0]")
     au.add_argument("--fold-generations", type=_positive_int, default=1, help="generations per fold chain (2: add a refined one, still held out) [default: 1]")
     au.add_argument("--fold-seeds", type=_positive_int, default=1, help="train each fold chain with S seeds and average their probabilities (an ensemble, still held out); costs S times the folds' trainings [default: 1]")
-    au.add_argument("--rank", choices=["self_confidence", "normalized_margin", "aum"], default="self_confidence",
-                    help="order of audit.csv, lowest first; aum: generation 1's area under the margin, recorded while it trained [default: self_confidence]")
+    au.add_argument("--rank", choices=["log_margin", "self_confidence", "normalized_margin", "aum"], default="log_margin",
+                    help="order of audit.csv, lowest first; log_margin: log p(given) - log p(strongest other class), good for uniform flips and for flips between look-alike classes; aum: generation 1's area under the margin, recorded while it trained [default: log_margin]")
     rl = sub.add_parser("relabel", help="write a label-override file from an audit (--top N) or its reviewed CSV (--reviewed)", epilog=EXAMPLES["relabel"], formatter_class=fmt)
     rl.add_argument("source", help="audit.csv (with --top) or the reviewed CSV that audit.html downloads (with --reviewed)")
     rl.add_argument("--top", type=_positive_int, help="the first N flagged rows of audit.csv whose suggestion differs from the given label")
@@ -289,6 +289,8 @@ def cmd_relabel(args) -> None:
 
     n = relabel(args.source, args.out, top=args.top, reviewed=args.reviewed, flags=tuple(args.flags), force=args.force)
     print(f"{n} label(s) to change -> {args.out}; train on them with: label-refinery chain --label-overrides {args.out} ...")
+    if args.top is not None:
+        print("  unreviewed: some of these suggestions replace correct labels (relabel --help); reviewing them first paid more")
 
 
 def cmd_export(args) -> None:

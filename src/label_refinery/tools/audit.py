@@ -13,11 +13,13 @@ memorised wrong label looks right). ``p`` for all images is written to ``audit/p
 (float32 ``[N, C]``, memory-mapped: a million images x 1,000 classes is 4 GB on disk, little memory),
 which cleanlab's ``pred_probs`` also takes.
 
-**Rankings** (``quality.py``): ``self_confidence = p[given]`` and ``normalized_margin``; and ``aum``,
+**Rankings** (``quality.py``): ``log_margin = log p[given] - log max_other p`` (the default: as good
+as self-confidence on uniform flips and as the margin on flips between confusable classes,
+docs/analysis.md), ``self_confidence = p[given]`` and ``normalized_margin``; and ``aum``,
 the area under the margin of generation 1 (the mean over its epochs of the given label's logit
 minus the largest other, on the training crops: recorded while it trained, training/dynamics.py),
 with ``forgotten`` beside it (epochs the image turned from right to wrong). Rows are ordered by
-``--rank`` (default self-confidence, lowest first). ``issue`` is confident learning's flag
+``--rank`` (default ``log_margin``, lowest first). ``issue`` is confident learning's flag
 (labelled ``i``, confidently another class), and ``audit/audit-summary.json`` holds the calibrated confident
 joint's estimate of how many labels are wrong per (given, true) class pair.
 
@@ -49,7 +51,7 @@ from .export import write_csv
 from .hygiene import hygiene, hygiene_sections
 from .probe import analysis_sampler, generations, load_run, refined, to_pictures
 
-RANKINGS = ("self_confidence", "normalized_margin", "aum")
+RANKINGS = ("log_margin", "self_confidence", "normalized_margin", "aum")
 MAX_PAIRS = 5e10  # image hygiene compares every training image with every other and every test image
 
 
@@ -59,13 +61,13 @@ class AuditSpec:
 
     Example:
         >>> AuditSpec(folds=5, fold_seeds=2).rank
-        'self_confidence'
+        'log_margin'
     """
 
     folds: int = 0  # held-out scores from that many fold chains (folds.py); 0: the chain's own generations
     fold_generations: int = 1  # generations per fold chain
     fold_seeds: int = 1  # seeds per fold chain, their probabilities averaged (an ensemble over seeds)
-    rank: str = "self_confidence"  # the order of audit.csv (RANKINGS), lowest first
+    rank: str = "log_margin"  # the order of audit.csv (RANKINGS), lowest first
     crops_per_image: int = 4  # fixed random crops per image, beside the whole image
     html_rows: int = 100  # the images shown in audit.html
     hygiene_rows: int = 12  # the most similar train/test pairs, training pairs and outliers shown there
@@ -244,6 +246,7 @@ def _table(probs, y: np.ndarray, crop_wrong: np.ndarray, num_classes: int) -> di
     return {
         "self_confidence": quality.self_confidence(probs, y),
         "normalized_margin": quality.normalized_margin(probs, y),
+        "log_margin": quality.log_margin(probs, y),
         "issue": issue,
         "joint": quality.joint_from(y, confident, num_classes),
         "top_idx": top_idx,
@@ -297,6 +300,7 @@ def _row(rank: int, i: int, t: dict, ds) -> dict:
         "flag": flag,
         "self_confidence": round(p_given, 4),
         "normalized_margin": round(float(t["normalized_margin"][i]), 4),
+        "log_margin": round(float(t["log_margin"][i]), 4),
         "issue": bool(t["issue"][i]),
         "entropy": round(float(t["entropy"][i]), 4),
         "crop_disagreement": round(float(t["crop_wrong"][i]), 4),

@@ -10,7 +10,7 @@ dict per image, as ``fiftyone.Sample.from_dict`` reads it; ``metadata.json``: me
 loaded with ``fo.Dataset.from_dir(OUT, dataset_type=fo.types.LegacyFiftyOneDataset)``. Each sample:
 ``filepath``, ``tags`` (its flag), ``index`` and ``rank`` in the audit, ``given`` and ``suggested``
 (``Classification``; ``suggested.confidence`` its probability, ``suggested.logits`` the log of every
-class's probability, in ``info.classes`` order), ``flag``, ``self_confidence``, ``normalized_margin``,
+class's probability, in ``info.classes`` order), ``flag``, ``log_margin``, ``self_confidence``, ``normalized_margin``,
 ``entropy``, ``crop_disagreement`` and ``issue``. The reviewer tags a sample ``accept`` (the suggestion
 is right) or sets a ``label`` string field to the right class; exported again in the same format, its
 ``samples.json`` comes back through ``relabel --reviewed``.
@@ -43,7 +43,7 @@ from ..files import read_csv, write_json
 from .probe import load_run, to_pictures
 
 FORMATS = ("fiftyone", "label-studio")
-SCORES = ("self_confidence", "normalized_margin", "entropy", "crop_disagreement", "aum", "forgotten",
+SCORES = ("log_margin", "self_confidence", "normalized_margin", "entropy", "crop_disagreement", "aum", "forgotten",
           "duplicate_sim", "test_duplicate_sim", "outlier_score")
 PREDICTION = "label-refinery audit"
 

@@ -8,6 +8,7 @@ memory. The audit (``audit.py``) calls these on *held-out* probabilities when it
 - :func:`self_confidence`: ``p[y]``, the probability of the given label (low: suspicious).
 - :func:`normalized_margin`: ``(p[y] - max_{j != y} p[j] + 1) / 2`` in ``[0, 1]`` (low: another class
   beats the given one); cleanlab's "normalized_margin".
+- :func:`log_margin`: ``log p[y] - log max_{j != y} p[j]`` (low: improbable, or beaten by one class).
 - :func:`confident_joint`: Northcutt, Jiang & Chuang 2021 ("Confident learning: estimating uncertainty
   in dataset labels", JAIR), section 3.1: per-class thresholds ``t_j = mean p[j]`` over the images
   labelled ``j``; an image labelled ``i`` counts in ``C[i, j*]``, ``j*`` its most probable class among
@@ -50,17 +51,38 @@ def self_confidence(p, y) -> np.ndarray:
     return out
 
 
-def normalized_margin(p, y) -> np.ndarray:
-    """``(p[y] - max_{j != y} p[j] + 1) / 2`` for every row ``[N]``, in ``[0, 1]``."""
+def given_and_rival(p, y) -> tuple[np.ndarray, np.ndarray]:
+    """``(p[y], max_{j != y} p[j])`` for every row, each ``[N]``: the given label and its strongest rival."""
     y = np.asarray(y)
-    out = np.empty(len(y), dtype=np.float64)
+    given, rival = np.empty(len(y), dtype=np.float64), np.empty(len(y), dtype=np.float64)
     for s in row_chunks(len(y)):
         block = np.array(p[s], dtype=np.float32)  # a copy: the given column is masked below
         rows = np.arange(len(block))
-        given = block[rows, y[s]].copy()
+        given[s] = block[rows, y[s]]
         block[rows, y[s]] = -np.inf
-        out[s] = (given - block.max(1) + 1) / 2
-    return out
+        rival[s] = block.max(1)
+    return given, rival
+
+
+def normalized_margin(p, y) -> np.ndarray:
+    """``(p[y] - max_{j != y} p[j] + 1) / 2`` for every row ``[N]``, in ``[0, 1]``."""
+    given, rival = given_and_rival(p, y)
+    return (given - rival + 1) / 2
+
+
+def log_margin(p, y) -> np.ndarray:
+    """``log p[y] - log max_{j != y} p[j]`` for every row ``[N]``: the log-odds of the given label against
+    its strongest rival (probabilities floored at 1e-12). Low where the given label is improbable
+    (as self-confidence) *and* where one other class beats it (as the margin): the audit's default
+    ranking, since it finds uniform flips as well as self-confidence does and flips between
+    confusable classes as well as the margin does (docs/analysis.md).
+
+    Example:
+        >>> log_margin(np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]), np.array([0, 0])).round(3).tolist()
+        [0.693, -2.079]
+    """
+    given, rival = given_and_rival(p, y)
+    return np.log(np.maximum(given, 1e-12)) - np.log(np.maximum(rival, 1e-12))
 
 
 def thresholds(p, y, num_classes: int) -> np.ndarray:
@@ -126,7 +148,9 @@ __all__ = [
     "confident_joint",
     "confident_of",
     "joint_from",
+    "given_and_rival",
     "label_issues",
+    "log_margin",
     "normalized_margin",
     "self_confidence",
     "thresholds",
