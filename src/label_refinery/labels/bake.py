@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..data.base import Batch, Split
 from ..data.crops import CropSampler
-from ..errors import UserError
+from ..errors import UserError, brief
 from ..files import read_json, write_json
 from ..locks import claim
 from . import refine
@@ -307,7 +307,7 @@ def _store_spec(split: Split, sampler: CropSampler | None, spec: BakeSpec) -> di
     if not 1 <= top_k <= num_classes:
         raise UserError(f"top_k must be in 1..{num_classes}, got {top_k}")
     if prob_dtype not in PROB_DTYPES:
-        raise UserError(f"prob_dtype must be one of {', '.join(PROB_DTYPES)}, got {prob_dtype!r}")
+        raise UserError(f"prob_dtype must be one of {', '.join(PROB_DTYPES)}, got {brief(prob_dtype)}")
     return {
         "format": FORMAT,
         "views": "crops" if sampler is not None else "static",

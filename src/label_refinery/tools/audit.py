@@ -96,11 +96,11 @@ def audit_run(
         >>> audit_run("runs/fmnist", AuditSpec(folds=5))                        # doctest: +SKIP
         PosixPath('runs/fmnist/audit')
     """
-    from ..errors import UserError
+    from ..errors import UserError, brief
 
     folds, fold_seeds, rank = spec.folds, spec.fold_seeds, spec.rank
     if rank not in RANKINGS:
-        raise UserError(f"--rank must be one of {', '.join(RANKINGS)}, got {rank!r}")
+        raise UserError(f"--rank must be one of {', '.join(RANKINGS)}, got {brief(rank)}")
     gens, models, ds, cfg = load_run(run, device)
     n = len(ds.train)
     if folds and not 2 <= folds <= n:

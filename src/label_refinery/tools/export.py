@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from ..files import atomic_write, csv_cell
 from ..locks import claim_file
 from .probe import load_run, refined
@@ -62,7 +62,7 @@ def export_run(
     which makes label-issue finders more lenient than out-of-sample ones. Formats: csv, npz,
     parquet (needs pyarrow). An existing ``out`` is replaced only with ``force``."""
     if fmt not in FORMATS:
-        raise UserError(f"export format must be {', '.join(FORMATS)}, got {fmt!r}")
+        raise UserError(f"export format must be {', '.join(FORMATS)}, got {brief(fmt)}")
     _needs(fmt)
     if (Path(run) / "manifest.json").is_file() and (Path(run) / "probs.npy").is_file():
         return export_store(run, out, fmt=fmt, force=force)
