@@ -23,7 +23,6 @@ trainings are reused (each is its own run folder).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import subprocess
@@ -98,24 +97,12 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--subset", type=int, default=6000)
+    p = audit_signals.arguments(__doc__, rates=[0.05], threads=1, out="runs/bench-audit-signals")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--rates", type=float, nargs="+", default=[0.05])
-    p.add_argument("--kinds", nargs="+", default=["symmetric", "pairs"], choices=["symmetric", "pairs"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="runs/bench-audit-signals", help="the folder bench/audit_signals.py writes (its runs are reused)")
     args = p.parse_args()
     from label_refinery.study.stats import t_interval
 
-    results = []
-    for kind in args.kinds:
-        for rate in args.rates:
-            for seed in args.seeds:
-                results.append(one(args, kind, rate, seed))
-                print(json.dumps(results[-1]), flush=True)
-    Path(args.out, "relabel.json").write_text(json.dumps(results, indent=1))
+    results = audit_signals.grid(args, one, "relabel.json")
     print("| flips | rate | seeds | arm | test top-1 | minus noisy, paired | seeds better | flips fixed | correct labels broken |")
     print("|---|---:|---:|---|---:|---|---:|---:|---:|")
     for kind in args.kinds:

@@ -77,11 +77,16 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
     return _score(out, ds, ids, wrong_label, kind, rate, seed)
 
 
-def _train_and_audit(args, out: Path, ds, wrong_label: dict[int, int], seed: int) -> None:
-    with open(out / "flips.csv", "w", newline="") as f:
+def write_flips(path: Path, ds, wrong_label: dict[int, int]) -> None:
+    """The flips as a label-override file (``index,label``, class names)."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "label"])
         w.writerows((i, ds.classes[c]) for i, c in sorted(wrong_label.items()))
+
+
+def _train_and_audit(args, out: Path, ds, wrong_label: dict[int, int], seed: int) -> None:
+    write_flips(out / "flips.csv", ds, wrong_label)
     lr = [sys.executable, "-m", "label_refinery"]
     common = ["--no-progress", "--threads", str(args.threads)]
     subprocess.run([*lr, "train", "--dataset", "fashion-mnist", "--train-subset", str(args.subset), "--epochs", str(args.epochs),
@@ -123,36 +128,53 @@ def _score(out: Path, ds, ids: np.ndarray, wrong_label: dict[int, int], kind: st
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, *, rates: list[float], threads: int, out: str) -> argparse.ArgumentParser:
+    """The flip study's common flags (each bench adds its own)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--subset", type=int, default=6000)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    p.add_argument("--rates", type=float, nargs="+", default=rates)
     p.add_argument("--kinds", nargs="+", default=["symmetric", "pairs"], choices=["symmetric", "pairs"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="runs/bench-audit-signals")
-    args = p.parse_args()
-    from label_refinery.study.stats import t_interval
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--out", default=out)
+    return p
 
+
+def grid(args, one, name: str) -> list[dict]:
+    """``one(args, kind, rate, seed)`` for every flip kind, rate and seed, each printed; all into ``OUT/name``."""
     results = []
     for kind in args.kinds:
         for rate in args.rates:
             for seed in args.seeds:
                 results.append(one(args, kind, rate, seed))
                 print(json.dumps(results[-1]), flush=True)
-    Path(args.out, "results.json").write_text(json.dumps(results, indent=1))
+    Path(args.out, name).write_text(json.dumps(results, indent=1))
+    return results
+
+
+def cells(rows: list[dict], keys) -> list[str]:
+    """``mean ± 95 % half-width`` of each key over ``rows`` (the mean alone for one row)."""
+    from label_refinery.study.stats import t_interval
+
+    out = []
+    for key in keys:
+        m, h = t_interval([r[key] for r in rows])
+        out.append(f"{m:.3f} ± {h:.3f}" if len(rows) > 1 else f"{m:.3f}")
+    return out
+
+
+def main() -> None:
+    p = arguments(__doc__, rates=[0.05, 0.1, 0.2], threads=1, out="runs/bench-audit-signals")
+    p.add_argument("--epochs", type=int, default=10)
+    args = p.parse_args()
+    results = grid(args, one, "results.json")
     signals = [s for s in SIGNALS if all(s in r for r in results)]
     print("| flips | rate | seeds | " + " | ".join(signals) + " |")
     print("|---|---:|---:|" + "---:|" * len(signals))
     for kind in args.kinds:
         for rate in args.rates:
             rs = [r for r in results if r["kind"] == kind and r["rate"] == rate]
-            cells = []
-            for s in signals:
-                m, h = t_interval([r[s] for r in rs])
-                cells.append(f"{m:.3f} ± {h:.3f}" if len(rs) > 1 else f"{m:.3f}")
-            print(f"| {kind} | {rate:g} | {len(rs)} | " + " | ".join(cells) + " |")
+            print(f"| {kind} | {rate:g} | {len(rs)} | " + " | ".join(cells(rs, signals)) + " |")
 
 
 if __name__ == "__main__":
