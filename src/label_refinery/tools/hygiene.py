@@ -163,7 +163,7 @@ def hygiene_sections(ds, t: dict, rows: int) -> list[dict]:
     for key, title, other, other_split, other_y in (
         ("test_duplicate_sim", "training images most like a test image", "test_duplicate_of", ds.test, y_test),
         ("duplicate_sim", "training images most like another training image", "duplicate_of", ds.train, y),
-        ("outlier_score", "outliers: training images least like any other", None, None, None),
+        ("outlier_score", "outliers: training images far from every class", None, None, None),
     ):
         order = np.argsort(-t[key], kind="stable")[:rows].tolist()
         if key == "duplicate_sim":  # each pair once
