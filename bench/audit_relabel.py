@@ -37,13 +37,6 @@ import audit_signals  # noqa: E402  (the noisy runs and their audits)
 ARMS = ("noisy", "top-k", "reviewed", "clean")
 
 
-def _write_csv(path: Path, header: list[str], rows) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def _overrides(path: Path) -> dict[int, str]:
     return {int(r["index"]): r["label"] for r in csv.DictReader(open(path))} if path.is_file() else {}
 
@@ -76,7 +69,7 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     # reviewed: the first k rows of audit.html's order, decided by a reviewer who knows the truth
     decided = [(r["index"], r["given"], "accept" if true[int(r["index"])] != r["given"] else "keep", true[int(r["index"])]) for r in rows[:k]]
-    _write_csv(base / "reviewed.csv", ["index", "given", "decision", "label"], decided)
+    audit_signals.write_csv(base / "reviewed.csv", ["index", "given", "decision", "label"], decided)
     subprocess.run([*lr, "relabel", str(base / "reviewed.csv"), "--reviewed", "--out", str(base / "fixes-reviewed.csv"), "--force"],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
 
@@ -84,7 +77,7 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
     for arm, fixes in (("top-k", base / "fixes-top.csv"), ("reviewed", base / "fixes-reviewed.csv")):
         labels = {**flips, **_overrides(fixes)}  # the fixes on top of the flipped labels
         labels = {i: c for i, c in labels.items() if c != true[i]}  # an override back to the dataset's label is no override
-        _write_csv(base / f"labels-{arm}.csv", ["index", "label"], sorted(labels.items()))
+        audit_signals.write_csv(base / f"labels-{arm}.csv", ["index", "label"], sorted(labels.items()))
         changed = _overrides(fixes)
         result[f"{arm} fixed"] = sum(1 for i, c in changed.items() if i in flips and c == true[i])
         result[f"{arm} broke"] = sum(1 for i, c in changed.items() if i not in flips)

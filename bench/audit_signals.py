@@ -77,12 +77,16 @@ def one(args, kind: str, rate: float, seed: int) -> dict:
     return _score(out, ds, ids, wrong_label, kind, rate, seed)
 
 
-def write_flips(path: Path, ds, wrong_label: dict[int, int]) -> None:
-    """The flips as a label-override file (``index,label``, class names)."""
+def write_csv(path: Path, header: list[str], rows) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "label"])
-        w.writerows((i, ds.classes[c]) for i, c in sorted(wrong_label.items()))
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_flips(path: Path, ds, wrong_label: dict[int, int]) -> None:
+    """The flips as a label-override file (``index,label``, class names)."""
+    write_csv(path, ["index", "label"], ((i, ds.classes[c]) for i, c in sorted(wrong_label.items())))
 
 
 def _train_and_audit(args, out: Path, ds, wrong_label: dict[int, int], seed: int) -> None:

@@ -244,9 +244,7 @@ def _table(probs, y: np.ndarray, crop_wrong: np.ndarray, num_classes: int) -> di
     confident = quality.confident_of(probs, y, num_classes)
     issue = (confident >= 0) & (confident != y)
     return {
-        "self_confidence": quality.self_confidence(probs, y),
-        "normalized_margin": quality.normalized_margin(probs, y),
-        "log_margin": quality.log_margin(probs, y),
+        **quality.margins(probs, y),  # self-confidence, normalized and log margins: one pass over probs
         "issue": issue,
         "joint": quality.joint_from(y, confident, num_classes),
         "top_idx": top_idx,

@@ -118,14 +118,8 @@ def hygiene(model: nn.Module, train, test, *, batch_size: int = 256, device="cpu
         "duplicate_sim": dup_sim,
         "test_duplicate_of": test_ids[leak],
         "test_duplicate_sim": leak_sim,
-        "outlier_score": 1.0 - class_similarity(e_train, _targets(train, train_ids)),
+        "outlier_score": 1.0 - class_similarity(e_train, train.targets.numpy()),  # embed keeps the split's order
     }
-
-
-def _targets(split, ids: np.ndarray) -> np.ndarray:
-    """The given labels of ``split``'s images ``ids`` (embed's order)."""
-    label_of = dict(zip(split.ids.tolist(), split.targets.tolist()))
-    return np.array([label_of[int(i)] for i in ids], dtype=np.int64)
 
 
 def class_similarity(emb: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -64,10 +64,19 @@ def given_and_rival(p, y) -> tuple[np.ndarray, np.ndarray]:
     return given, rival
 
 
+def margins(p, y) -> dict[str, np.ndarray]:
+    """``self_confidence``, ``normalized_margin`` and ``log_margin`` ``[N]`` from one pass over ``p``."""
+    given, rival = given_and_rival(p, y)
+    return {
+        "self_confidence": given,
+        "normalized_margin": (given - rival + 1) / 2,
+        "log_margin": np.log(np.maximum(given, 1e-12)) - np.log(np.maximum(rival, 1e-12)),
+    }
+
+
 def normalized_margin(p, y) -> np.ndarray:
     """``(p[y] - max_{j != y} p[j] + 1) / 2`` for every row ``[N]``, in ``[0, 1]``."""
-    given, rival = given_and_rival(p, y)
-    return (given - rival + 1) / 2
+    return margins(p, y)["normalized_margin"]
 
 
 def log_margin(p, y) -> np.ndarray:
@@ -81,8 +90,7 @@ def log_margin(p, y) -> np.ndarray:
         >>> log_margin(np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]), np.array([0, 0])).round(3).tolist()
         [0.693, -2.079]
     """
-    given, rival = given_and_rival(p, y)
-    return np.log(np.maximum(given, 1e-12)) - np.log(np.maximum(rival, 1e-12))
+    return margins(p, y)["log_margin"]
 
 
 def thresholds(p, y, num_classes: int) -> np.ndarray:
@@ -151,6 +159,7 @@ __all__ = [
     "given_and_rival",
     "label_issues",
     "log_margin",
+    "margins",
     "normalized_margin",
     "self_confidence",
     "thresholds",
