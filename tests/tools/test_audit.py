@@ -131,6 +131,30 @@ def test_fold_seeds_ensemble_reuses_the_first_seed_and_stays_held_out(noisy, tmp
     assert precision_at_k(rows, flipped) >= 0.8
 
 
+def test_fold_epochs_train_their_own_folds_and_the_runs_epochs_reuse_the_default(noisy, tmp_path, capsys):
+    """--fold-epochs E: fold chains of E epochs in K3-eE/ (evaluated at their end only), held out as
+    before; E equal to the run's own epochs is the default audit and reuses its folders."""
+    run, flipped = noisy
+    if not (run / "audit/audit.csv").is_file():
+        assert main(["audit", str(run), "--folds", "3", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(run), "--folds", "3", "--fold-epochs", "40", "--out", str(tmp_path / "same"), "--no-progress"]) == 0
+    assert "training on" not in capsys.readouterr().out and not (run / "audit-folds/K3-e40").exists()
+    assert np.array_equal(np.load(tmp_path / "same/probs.npy"), np.load(run / "audit/probs.npy"))
+    assert main(["audit", str(run), "--folds", "3", "--fold-epochs", "8", "--out", str(tmp_path / "short"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("training on") == 3
+    meta = json.loads((run / "audit-folds/K3-e8/fold3/gen1/meta.json").read_text())
+    assert meta["config"]["optim"]["epochs"] == 8 and meta["config"]["data"]["holdout_fold"] == [2, 3]
+    assert meta["config"]["eval_every"] == 8 and "test_top1" in meta["metrics"]
+    summary = json.loads((tmp_path / "short/audit-summary.json").read_text())
+    assert summary["scores"] == "held-out, 3 folds, 8 epochs each"
+    rows = list(csv.DictReader(open(tmp_path / "short/audit.csv")))
+    assert not np.allclose(np.load(tmp_path / "short/probs.npy"), np.load(run / "audit/probs.npy"), atol=1e-3)
+    assert precision_at_k(rows, flipped) >= 0.8  # held out still (8 epochs fit fewer flips than 40: 0.97 vs 0.92 here)
+    with pytest.raises(SystemExit):
+        main(["audit", str(run), "--folds", "3", "--fold-epochs", "0"])
+
+
 def test_relabel_then_retrain_on_overrides(noisy, tmp_path, capsys):
     run, flipped = noisy
     if not (run / "audit/audit.csv").is_file():

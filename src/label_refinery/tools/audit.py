@@ -67,6 +67,7 @@ class AuditSpec:
     folds: int = 0  # held-out scores from that many fold chains (folds.py); 0: the chain's own generations
     fold_generations: int = 1  # generations per fold chain
     fold_seeds: int = 1  # seeds per fold chain, their probabilities averaged (an ensemble over seeds)
+    fold_epochs: int | None = None  # epochs per fold training; None: generation 1's
     rank: str = "log_margin"  # the order of audit.csv (RANKINGS), lowest first
     crops_per_image: int = 4  # fixed random crops per image, beside the whole image
     html_rows: int = 100  # the images shown in audit.html
@@ -107,9 +108,11 @@ def audit_run(
         raise UserError(f"--folds must be in 2..{n}, got {folds}")
     if fold_seeds < 1:
         raise UserError(f"--fold-seeds must be at least 1, got {fold_seeds}")
+    if spec.fold_epochs is not None and spec.fold_epochs < 1:
+        raise UserError(f"--fold-epochs must be at least 1, got {spec.fold_epochs}")
     out = Path(out) if out else Path(run) / "audit"
     with claim(out, "audit", accept=("audit", "chain", "generation"), force=force):
-        scorers = _scorers(run, gens, models, ds, folds, spec.fold_generations, fold_seeds, device, progress, log)
+        scorers = _scorers(run, gens, models, ds, spec, device, progress, log)
         with together(out) as stage:  # audit.csv, audit.html, probs.npy and audit-summary.json appear together
             summary = _write_audit(stage, run, scorers, (ds, cfg, len(gens)), spec, device, progress)
     log(
@@ -139,6 +142,8 @@ def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device
     write_csv(stage / "audit.csv", rows)
     seeds = spec.fold_seeds if spec.folds else 1
     summary = _summary(table, y, ds.classes, spec.folds, spec.fold_generations, seeds, generations, spec.rank)
+    if spec.folds and spec.fold_epochs:
+        summary["scores"] += f", {spec.fold_epochs} epochs each"
     write_json(stage / "audit-summary.json", summary)
     from .reports import audit_html  # HTML and pictures live with the reports
 
@@ -153,13 +158,14 @@ def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device
     return summary
 
 
-def _scorers(run, gens, models, ds, folds: int, fold_generations: int, seeds: int, device, progress: bool, log) -> list:
+def _scorers(run, gens, models, ds, spec: AuditSpec, device, progress: bool, log) -> list:
     """``(positions [n_k], models)`` pairs: who scores which training images (module docstring)."""
-    if not folds:
+    if not spec.folds:
         return [(np.arange(len(ds.train)), models)]
     from .folds import train_folds
 
-    parts = train_folds(Path(run), gens[0], ds, folds, fold_generations, seeds, progress=progress, log=log)
+    parts = train_folds(Path(run), gens[0], ds, spec.folds, spec.fold_generations, spec.fold_seeds,
+                        epochs=spec.fold_epochs, progress=progress, log=log)  # fmt: skip
     return [(pos, [load_checkpoint(g).build_model(device).eval() for g in folders]) for pos, folders in parts]
 
 

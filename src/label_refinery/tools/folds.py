@@ -18,6 +18,12 @@ a second audit reuses them.
 image's probability is the mean over its fold's ``S x G`` models, all held out. Cost: ``K x G x S``
 training runs; a later audit with more seeds reuses the ones already trained.
 
+**Epochs** (``--fold-epochs E``): each fold trains ``E`` epochs instead of generation 1's, in
+``K{K}-e{E}/``; cost ``E`` over generation 1's epochs times the folds' trainings. The schedule
+decides how good the held-out models are: longer helps a model that underfits (issue 27's bar,
+docs/analysis.md), shorter one that memorises its flipped labels. Fold models evaluate the test
+split at their last epoch only.
+
 The chain's own generations are never held out for its training images (each saw them, or was
 labelled by a model that did), so without ``--folds`` the audit says its scores are in-sample.
 """
@@ -35,8 +41,10 @@ from ..config import Config, config_from_dict
 from ..data import ImageDataset, fold_of, without_fold
 
 
-def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
-    """The chain config of fold ``k`` (0-based): generation 1's, on ground truth, without fold ``k``."""
+def fold_config(gen1: Config, k: int, folds: int, generations: int, epochs: int | None = None) -> Config:
+    """The chain config of fold ``k`` (0-based): generation 1's, on ground truth, without fold ``k``
+    (``epochs``: that many epochs instead of generation 1's)."""
+    optim = replace(gen1.optim, epochs=epochs) if epochs else gen1.optim
     labels = replace(gen1.labels, source="live", store=None)
     return replace(
         gen1,
@@ -44,13 +52,17 @@ def fold_config(gen1: Config, k: int, folds: int, generations: int) -> Config:
         labels=labels,
         jitter=replace(gen1.jitter, enabled=False),
         data=replace(gen1.data, holdout_fold=(k, folds)),
+        optim=optim,
+        eval_every=max(gen1.eval_every, optim.epochs),  # test top-1 of a fold model at its end only: nobody reads its curve
         chain=replace(gen1.chain, generations=generations, models=(), refined_epochs=None),
     )
 
 
-def fold_folder(run: Path, folds: int, k: int, seed: int = 0) -> Path:
-    """Fold ``k``'s chain (0-based) with seed offset ``seed`` (0: the run's seed, the first folder)."""
-    return Path(run) / "audit-folds" / f"K{folds}" / (f"fold{k + 1}" + (f"-seed{seed + 1}" if seed else ""))
+def fold_folder(run: Path, folds: int, k: int, seed: int = 0, epochs: int | None = None) -> Path:
+    """Fold ``k``'s chain (0-based) with seed offset ``seed`` (0: the run's seed, the first folder);
+    ``epochs`` other than generation 1's: a folder of their own (``K5-e30``)."""
+    kind = f"K{folds}" + (f"-e{epochs}" if epochs else "")
+    return Path(run) / "audit-folds" / kind / (f"fold{k + 1}" + (f"-seed{seed + 1}" if seed else ""))
 
 
 def train_folds(
@@ -61,21 +73,24 @@ def train_folds(
     generations: int = 1,
     seeds: int = 1,
     *,
+    epochs: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[tuple[np.ndarray, list[Path]]]:
     """Train (or resume) the ``folds x seeds`` fold chains; returns per fold ``(positions of its
-    held-out images in ds.train [n_k], the generation folders of its chains, every seed)``."""
+    held-out images in ds.train [n_k], the generation folders of its chains, every seed)``;
+    ``epochs``: each fold trains that many epochs (default: generation 1's)."""
     from ..training.chain import run_chain
 
     gen1 = config_from_dict(read_meta(gen1_folder)["config"])
+    epochs = None if epochs == gen1.optim.epochs else epochs  # the run's own epochs: the default folders
     fold = fold_of(len(ds.train), folds)
     out = []
     for k in range(folds):
         gens = []
         for s in range(seeds):
-            cfg = replace(fold_config(gen1, k, folds, generations), seed=gen1.seed + s)
-            folder = fold_folder(run, folds, k, s)
+            cfg = replace(fold_config(gen1, k, folds, generations, epochs), seed=gen1.seed + s)
+            folder = fold_folder(run, folds, k, s, epochs)
             if not all((folder / f"gen{g}" / META).is_file() for g in range(1, generations + 1)):
                 which = f" seed {s + 1}/{seeds}" if seeds > 1 else ""
                 log(f"audit: fold {k + 1}/{folds}{which}: training on {int((fold != k).sum())} images -> {folder}")
