@@ -106,6 +106,8 @@ def main() -> None:
     p = arguments(__doc__, rates=[0.05], threads=2, out="runs/bench-audit-bar")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--fold-epochs", type=int, help="audit --fold-epochs (default: the run's, 10)")
+    p.add_argument("--against", help="another OUT of this bench (the same flips): the paired difference of this audit "
+                                     "minus that one's self-confidence ranking (the audit when issue 27 was filed)")  # fmt: skip
     args = p.parse_args()
     from label_refinery.study.stats import t_interval
 
@@ -118,6 +120,15 @@ def main() -> None:
             d, dh = t_interval([r["audit"] - r["audit, self-confidence"] for r in rs])
             cost = np.mean([r["audit_seconds"] / r["chain_seconds"] for r in rs])
             print(f"| {kind} | {rate:g} | {len(rs)} | " + " | ".join(cells(rs, SCORES)) + f" | {d:+.3f} [{d - dh:+.3f}, {d + dh:+.3f}] | {cost:.1f} |")
+    if args.against:
+        print("\n| flips | rate | seeds | this audit minus the --against audit's self-confidence, paired | per seed |\n|---|---:|---:|---|---|")
+        for kind in args.kinds:
+            for rate in args.rates:
+                rs = [r for r in results if r["kind"] == kind and r["rate"] == rate]
+                old = [json.loads((Path(args.against) / f"{kind}-{rate:g}-seed{r['seed']}" / "bar.json").read_text()) for r in rs]
+                diffs = [r["audit"] - o["audit, self-confidence"] for r, o in zip(rs, old)]
+                d, dh = t_interval(diffs)
+                print(f"| {kind} | {rate:g} | {len(rs)} | {d:+.3f} [{d - dh:+.3f}, {d + dh:+.3f}] | " + " ".join(f"{x:+.3f}" for x in diffs) + " |")
 
 
 if __name__ == "__main__":
