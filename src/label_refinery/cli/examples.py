@@ -51,6 +51,7 @@ EXAMPLES = {
   label-refinery analyze runs/fmnist --images 10000 --crops 8""",
     "audit": """examples:
   label-refinery audit runs/fmnist --folds 5           # held-out: 5 fold models never trained on the images they score
+  label-refinery audit runs/fmnist --folds 5 --fold-epochs 30   # fold models trained 3x the default 10 epochs: more flips found
   label-refinery audit runs/fmnist --folds 5 --fold-seeds 3   # each fold an ensemble of 3 seeds (15 trainings)
   label-refinery audit runs/fmnist                     # in-sample: the chain's own generations (no training; weaker)
   label-refinery audit runs/fmnist --html-rows 300 --rank normalized_margin --out audits/fmnist
