@@ -56,10 +56,11 @@ def main() -> None:
     full = load_dataset("fashion-mnist")
     inside = subset_positions(full.train.targets, args.subset)  # the bar's folder (train_subset's choice)
     rest = np.setdiff1d(np.arange(len(full.train)), inside)
+    others = replace(full, train=full.train.subset(rest))  # the 54,000 images the folder does not hold
     folder = Path(args.out) / f"{args.model}-e{args.epochs}"
     if not (folder / "gen1" / "meta.json").is_file():
-        run_chain(cfg, folder, dataset=replace(full, train=full.train.subset(rest)))
-    _, models, _, cfg1 = load_run(folder, dataset=replace(load_dataset("fashion-mnist"), train=full.train.subset(rest)))
+        run_chain(cfg, folder, dataset=others)
+    _, models, _, cfg1 = load_run(folder, dataset=others)
     split = full.train.subset(inside)
     probs = np.zeros((len(split), full.num_classes), dtype=np.float32)
     crop_wrong = np.zeros(len(split), dtype=np.float32)

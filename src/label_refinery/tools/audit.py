@@ -140,10 +140,7 @@ def _write_audit(stage: Path, run, scorers, data: tuple, spec: AuditSpec, device
     order = np.argsort(table[spec.rank], kind="stable")  # lowest quality first (an unknown AUM, NaN, last)
     rows = (_row(r, i, table, ds) for r, i in enumerate(order.tolist(), 1))
     write_csv(stage / "audit.csv", rows)
-    seeds = spec.fold_seeds if spec.folds else 1
-    summary = _summary(table, y, ds.classes, spec.folds, spec.fold_generations, seeds, generations, spec.rank)
-    if spec.folds and spec.fold_epochs:
-        summary["scores"] += f", {spec.fold_epochs} epochs each"
+    summary = _summary(table, y, ds.classes, spec, generations)
     write_json(stage / "audit-summary.json", summary)
     from .reports import audit_html  # HTML and pictures live with the reports
 
@@ -317,20 +314,22 @@ def _row(rank: int, i: int, t: dict, ds) -> dict:
     }
 
 
-def _summary(t: dict, y, classes: list[str], folds: int, fold_gens: int, seeds: int, gens: int, rank: str) -> dict:
+def _summary(t: dict, y, classes: list[str], spec: AuditSpec, gens: int) -> dict:
     """Counts per flag, the confident joint's estimate of wrong labels per class pair, and what the scores cost."""
+    folds, seeds = spec.folds, spec.fold_seeds
     cal = quality.calibrated_joint(t["joint"], y, len(classes))
     off = [
         (float(cal[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and cal[i, j] > 0
     ]
     counts = np.bincount(t["flag"], minlength=len(FLAGS))
     return {
-        "scores": (f"held-out, {folds} folds" + (f" x {seeds} seeds" if seeds > 1 else ""))
+        "scores": (f"held-out, {folds} folds" + (f" x {seeds} seeds" if seeds > 1 else "")
+                   + (f", {spec.fold_epochs} epochs each" if spec.fold_epochs else ""))
         if folds
         else f"in-sample, {gens} generation(s)",
-        "training_runs": folds * fold_gens * seeds if folds else 0,
+        "training_runs": folds * spec.fold_generations * seeds if folds else 0,
         "images": int(len(y)),
-        "rank": rank,
+        "rank": spec.rank,
         "flagged": {f: int(k) for f, k in zip(FLAGS, counts)},
         "confident_learning_issues": int(t["issue"].sum()),
         "estimated_issues": float(sum(v for v, _, _ in off)),
